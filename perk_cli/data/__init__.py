@@ -1,0 +1,1 @@
+"""Task data: the task record, readers of the published formats, generators, segmentation."""

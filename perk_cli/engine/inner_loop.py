@@ -1,0 +1,87 @@
+"""The functional inner loop: K optimiser steps on the LoRA tensors only, the base model untouched.
+
+Unroll modes (differentiable=True):
+  second-order  every step keeps its graph (create_graph=True)
+  first-order   every inner gradient is detached; the update stays differentiable in phi_t and eta
+  truncated     steps t < unroll_start first-order, the rest second-order
+With differentiable=False (test time) no graph survives a step: memory is one group's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from perk_cli.config import InnerLoopSettings
+from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.losses import functional_model_call, inner_loss
+from perk_cli.engine.optim import FunctionalOptimizer
+from perk_cli.engine.weighting import TokenWeighter
+
+# on_group(step, group_index, n_groups, loss) is called after every group's backward pass.
+GroupCallback = Callable[[int, int, int, float], None]
+
+
+@dataclass
+class InnerResult:
+    params: dict[str, torch.Tensor]  # phi_K by LoRA parameter name
+    losses: list[float]  # inner loss at each step, before its update
+
+
+def optimizer_for(settings: InnerLoopSettings) -> FunctionalOptimizer:
+    return FunctionalOptimizer(settings.optimizer, settings.betas, settings.eps, settings.weight_decay)
+
+
+def keeps_graph(settings: InnerLoopSettings, step: int) -> bool:
+    """Whether inner step `step` is second-order under the settings' unroll mode."""
+    if settings.unroll == "second-order":
+        return True
+    if settings.unroll == "truncated":
+        return step >= settings.unroll_start
+    return False
+
+
+def run_inner_loop(
+    model: torch.nn.Module,
+    params0: dict[str, torch.Tensor],
+    groups: list[TokenBatch],
+    step_sizes: torch.Tensor,
+    weighter: TokenWeighter | None,
+    settings: InnerLoopSettings,
+    *,
+    differentiable: bool,
+    on_group: GroupCallback | None = None,
+) -> InnerResult:
+    """Run K = step_sizes.shape[0] inner steps; gradients of all groups are summed before each update."""
+    names = list(params0)
+    params = list(params0.values())
+    differentiable = differentiable and torch.is_grad_enabled()  # under no_grad: same values, no graph
+    if not differentiable:
+        params = [p.detach() for p in params]
+        step_sizes = step_sizes.detach()
+    optimizer = optimizer_for(settings)
+    state = optimizer.init_state(params)
+    normaliser = sum(g.n_targets for g in groups)
+    losses: list[float] = []
+    for step in range(step_sizes.shape[0]):
+        second_order = differentiable and keeps_graph(settings, step)
+        grads: list[torch.Tensor] | None = None
+        step_loss = 0.0
+        for index, group in enumerate(groups):
+            # A first-order step differentiates w.r.t. detached copies: its forward graph never
+            # reaches phi_0, and nothing of it outlives the group.
+            leaves = params if second_order else [p.detach().requires_grad_() for p in params]
+            with torch.enable_grad():
+                loss = inner_loss(functional_model_call(model, dict(zip(names, leaves))), group,
+                                  weighter, normaliser)
+                group_grads = torch.autograd.grad(loss, leaves, create_graph=second_order)
+            grads = list(group_grads) if grads is None else [a + b for a, b in zip(grads, group_grads)]
+            step_loss += float(loss.detach())
+            if on_group is not None:
+                on_group(step, index, len(groups), step_loss)
+        losses.append(step_loss)
+        with torch.set_grad_enabled(differentiable):
+            params, state = optimizer.step(params, grads, step_sizes[step], state)
+    return InnerResult(dict(zip(names, params)), losses)

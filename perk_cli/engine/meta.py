@@ -1,0 +1,110 @@
+"""The meta-learner: Omega = (phi_0, eta, w) around a PEFT-wrapped, frozen base model.
+
+phi_0 is the PEFT model's own LoRA parameters (so the base is never copied); eta are learned step
+sizes; w is the token weighter. `meta_loss` runs the differentiable inner loop on a task's context
+and scores the answer with the adapted LoRA; `adapt` is the test-time path with no graph kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perk_cli.config import InnerLoopSettings
+from perk_cli.engine.batches import MetaTask, TokenBatch
+from perk_cli.engine.inner_loop import GroupCallback, InnerResult, run_inner_loop
+from perk_cli.engine.losses import answer_loss, functional_model_call
+from perk_cli.engine.step_sizes import LearnedStepSizes
+from perk_cli.engine.weighting import TokenWeighter
+from perk_cli.models import lora_parameters
+
+
+class MetaLearner(nn.Module):
+    def __init__(self, peft_model: nn.Module, settings: InnerLoopSettings, train_base: bool = False):
+        super().__init__()
+        # Not a registered submodule: this module's state_dict/parameters hold only what it learns.
+        self.__dict__["model"] = peft_model
+        self.settings = settings
+        self.train_base = train_base
+        self.lora_names = list(lora_parameters(peft_model))
+        if not self.lora_names:
+            raise ValueError("the model has no LoRA tensors; wrap it with perk_cli.models.attach_lora")
+        reference = next(iter(lora_parameters(peft_model).values()))
+        self.step_sizes = LearnedStepSizes(
+            settings.steps, len(self.lora_names), settings.lr_init, settings.lr_max, settings.learn_lr
+        ).to(reference.device, reference.dtype)
+        self.weighter = (
+            TokenWeighter(peft_model.config.hidden_size).to(reference.device, reference.dtype)
+            if settings.weighting else None
+        )
+        for name, param in peft_model.named_parameters():
+            if name not in self.lora_names:
+                param.requires_grad_(train_base)
+
+    def lora_init(self) -> dict[str, nn.Parameter]:
+        return lora_parameters(self.model)
+
+    def base_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if n not in self.lora_names}
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on matrices; none on biases, norms, embeddings' 1-D tensors or eta."""
+        decay, no_decay = [], []
+        named = list(self.lora_init().items()) + list(self.named_parameters())
+        if self.train_base:
+            named += list(self.base_parameters().items())
+        for name, param in named:
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or name.startswith("step_sizes") else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def inner_loop(self, context: TokenBatch, *, differentiable: bool,
+                   on_group: GroupCallback | None = None) -> InnerResult:
+        groups = context.split(self.settings.max_tokens_per_group)
+        if self.settings.engine == "higher":
+            from perk_cli.engine.higher_engine import run_inner_loop_higher
+
+            return run_inner_loop_higher(self.model, self.lora_names, groups, self.step_sizes(),
+                                         self.weighter, self.settings)
+        return run_inner_loop(self.model, self.lora_init(), groups, self.step_sizes(), self.weighter,
+                              self.settings, differentiable=differentiable, on_group=on_group)
+
+    def meta_loss(self, task: MetaTask) -> tuple[torch.Tensor, InnerResult]:
+        """Outer loss CE(answer | question; theta, phi_K), differentiable into Omega."""
+        result = self.inner_loop(task.context, differentiable=True)
+        return self.answer_loss(result.params, task.question), result
+
+    def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch) -> torch.Tensor:
+        return answer_loss(functional_model_call(self.model, params), question)
+
+    def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None) -> InnerResult:
+        """Test time: the same inner loop, no graph kept; returns detached phi_K."""
+        if self.settings.engine == "higher":
+            raise ValueError("test-time adaptation uses the func engine; engine 'higher' is for meta-training")
+        result = run_inner_loop(self.model, self.lora_init(), context.split(self.settings.max_tokens_per_group),
+                                self.step_sizes(), self.weighter, self.settings,
+                                differentiable=False, on_group=on_group)
+        return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Omega as flat tensors: 'lora_init.<name>', 'step_sizes.raw', 'weighter.*' (+ 'base.*')."""
+        state = {f"lora_init.{n}": p.detach() for n, p in self.lora_init().items()}
+        state.update({k: v.detach() for k, v in self.state_dict().items()})
+        if self.train_base:
+            state.update({f"base.{n}": p.detach() for n, p in self.base_parameters().items()})
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        lora, base = self.lora_init(), self.base_parameters()
+        own = {k: v for k, v in state.items() if not k.startswith(("lora_init.", "base."))}
+        with torch.no_grad():
+            for key, value in state.items():
+                if key.startswith("lora_init."):
+                    lora[key.removeprefix("lora_init.")].copy_(value)
+                elif key.startswith("base."):
+                    base[key.removeprefix("base.")].copy_(value)
+        missing = [n for n in lora if f"lora_init.{n}" not in state]
+        if missing:
+            raise KeyError(f"state has no LoRA init for {missing[0]}")
+        self.load_state_dict(own)

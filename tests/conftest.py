@@ -1,0 +1,70 @@
+"""Shared fixtures: micro models built from a config (no download), in float64 where numbers matter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perk_cli.config import LoraSettings
+from perk_cli.engine.batches import MetaTask, TokenBatch
+from perk_cli.models import attach_lora
+
+VOCAB = 64
+
+
+def micro_gpt2(dtype=torch.float64, n_layer: int = 2, seed: int = 0):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=16, n_layer=n_layer, n_head=2,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def micro_llama(dtype=torch.float64, n_layer: int = 3, seed: int = 0):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=n_layer,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def randomise_lora_b(peft_model, scale: float = 0.05, seed: int = 1) -> None:
+    """PEFT starts B at zero; a non-zero B makes every LoRA tensor's gradient non-trivial."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * scale)
+
+
+def random_batch(rows: int, width: int, seed: int, pad_first: int = 0, prefix: int = 2) -> TokenBatch:
+    """Random ids; row 0 right-padded by `pad_first`; the first `prefix` tokens of a row are not targets."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (rows, width), generator=gen)
+    attention = torch.ones(rows, width, dtype=torch.long)
+    if pad_first:
+        attention[0, width - pad_first:] = 0
+        ids[0, width - pad_first:] = 0
+    targets = torch.ones(rows, width, dtype=torch.bool)
+    targets[:, :prefix] = False
+    return TokenBatch(ids, attention, targets)
+
+
+@pytest.fixture
+def micro_task() -> MetaTask:
+    return MetaTask(random_batch(4, 10, seed=2, pad_first=3), random_batch(1, 7, seed=3, prefix=4))
+
+
+@pytest.fixture
+def micro_peft():
+    model = micro_gpt2()
+    peft_model = attach_lora(model, LoraSettings(rank=2, alpha=4.0))
+    randomise_lora_b(peft_model)
+    return peft_model
