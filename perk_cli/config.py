@@ -71,3 +71,49 @@ class InnerLoopSettings(_Settings):
         if self.engine == "higher" and self.optimizer == "adamw" and self.weight_decay:
             raise ValueError("engine 'higher' has no AdamW; use optimizer 'adam' or weight_decay 0")
         return self
+
+
+TASK_SOURCES = ("babilong", "student-records", "longgorilla", "jsonl", "babi", "records")
+SUBTASKS = {"babi": ("qa1", "qa2", "qa3"), "records": ("recall", "relation", "aggregate")}
+
+
+class PrepareSettings(_Settings):
+    """How `perk prepare` builds a task directory (saved in its prepare.json)."""
+
+    task: Literal["babilong", "student-records", "longgorilla", "jsonl", "babi", "records"]
+    out: str = Field(description="Output directory for train/validation/test.jsonl and prepare.json.")
+    input: str | None = Field(None, description="File or directory of records (reader tasks).")
+    hub: str | None = Field(None, description="Hugging Face dataset id, e.g. RMT-team/babilong.")
+    hub_config: str | None = None
+    hub_split: str | None = None
+    split: Literal["train", "validation", "test"] = Field("test", description="Split for a single input file.")
+    subtask: str | None = Field(None, description="babi: qa1|qa2|qa3; records: recall|relation|aggregate.")
+    model: str = Field("tiny", description="Tokenizer used to count tokens and cut plain text.")
+    segment_tokens: int = Field(256, ge=1)
+    facts: int | None = Field(None, ge=1, description="babi: facts a story (default qa1 6, qa2 10, qa3 12).")
+    length: int | None = Field(None, ge=1, description="Target context length in tokens.")
+    distractors: int = Field(0, ge=0, description="babi: filler sentences when --length is not given.")
+    filler: str | None = Field(None, description="babi: text file or directory of .txt haystack filler.")
+    position: Literal["uniform", "early", "middle", "late"] = "uniform"
+    records: int | None = Field(None, ge=1, description="records: students a database (default 20).")
+    train: int = Field(200, ge=0)
+    validation: int = Field(50, ge=0)
+    test: int = Field(100, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "PrepareSettings":
+        generator = self.task in SUBTASKS
+        if generator:
+            if self.subtask not in SUBTASKS[self.task]:
+                raise ValueError(f"--subtask must be one of {', '.join(SUBTASKS[self.task])} for --task {self.task}")
+            if self.train + self.validation + self.test == 0:
+                raise ValueError("--train, --validation and --test are all 0: nothing to generate")
+            if self.task == "records" and self.records is not None and self.length is not None:
+                raise ValueError("give --records or --length, not both")
+        else:
+            if (self.input is None) == (self.hub is None):
+                raise ValueError(f"--task {self.task} reads records: give exactly one of --input or --hub")
+            if self.hub is not None and self.task != "babilong":
+                raise ValueError("--hub is supported for --task babilong")
+        return self

@@ -188,3 +188,32 @@ def attach_lora(model, settings: LoraSettings, adapter_name: str = "default"):
 def lora_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
     """The LoRA tensors of a PEFT model, by their full parameter name, in a fixed order."""
     return {n: p for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+
+
+def load_tokenizer(name: str):
+    """Only the tokenizer of a model spec (for counting and segmenting text); raises PerkError."""
+    if name == "tiny":
+        from perk_cli.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    try:
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise PerkError(f"--model {name}: no such .gguf file")
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.exists():
+            return AutoTokenizer.from_pretrained(str(path))
+        if name.startswith((".", "/", "~")):
+            raise PerkError(f"--model {name}: no such file or directory")
+        try:
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except OSError:
+            if not _hub_reachable():
+                raise PerkError(f"--model {name}: tokenizer not in the local Hugging Face cache and the Hub is "
+                                "unreachable; pass a local directory or .gguf file, or --model tiny")
+            return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise PerkError(f"--model {name}: cannot load its tokenizer ({str(exc).splitlines()[0]})")

@@ -1,0 +1,102 @@
+"""Seconds and peak memory of one meta-step per unroll mode and engine, on the tiny preset.
+
+    python benchmarks/engine.py            # K=4, 512 context tokens, LoRA r=16 on all projections
+
+Each method runs in its own subprocess (so peak RSS is its own); the table reports the median time
+of the measured steps and the peak RSS growth above the process's state after loading the model,
+plus ratios to second-order, all measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+METHODS = ["second-order", "truncated", "first-order", "higher", "peft-fwd-bwd"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(method: str, context_tokens: int, steps: int, repeats: int) -> dict:
+    import torch
+
+    from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings
+    from perk_cli.engine import MetaLearner, MetaTask, TokenBatch
+    from perk_cli.models import attach_lora, load_base
+
+    torch.manual_seed(0)
+    model, tokenizer = load_base(ModelSettings(name="tiny"))
+    peft_model = attach_lora(model, LoraSettings(rank=16, alpha=32))
+    segment = 64
+    rows = context_tokens // segment
+    vocab = len(tokenizer)
+    context = TokenBatch(torch.randint(1, vocab, (rows, segment)), torch.ones(rows, segment, dtype=torch.long),
+                         torch.ones(rows, segment, dtype=torch.bool))
+    question = TokenBatch(torch.randint(1, vocab, (1, 24)), torch.ones(1, 24, dtype=torch.long),
+                          torch.arange(24).unsqueeze(0) >= 20)
+    task = MetaTask(context, question)
+    if method == "peft-fwd-bwd":
+        def step():
+            out = peft_model(input_ids=context.input_ids, attention_mask=context.attention_mask,
+                             labels=context.input_ids)
+            out.loss.backward()
+    else:
+        settings = InnerLoopSettings(
+            steps=steps, optimizer="sgd", lr_init=1e-2,
+            unroll="second-order" if method == "higher" else method,
+            engine="higher" if method == "higher" else "func",
+        )
+        meta = MetaLearner(peft_model, settings)
+
+        def step():
+            loss, _ = meta.meta_loss(task)
+            loss.backward()
+    baseline = _rss_mb()
+    step()  # warm-up (counted in the peak: a first step is a real cost)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"method": method, "seconds": statistics.median(times), "peak_mb": _peak_mb() - baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--context-tokens", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.context_tokens, args.steps, args.repeats)))
+        return
+    rows = []
+    for method in METHODS:
+        out = subprocess.run([sys.executable, __file__, "--one", method, "--context-tokens", str(args.context_tokens),
+                              "--steps", str(args.steps), "--repeats", str(args.repeats)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ref = rows[0]
+    print(f"tiny preset, K={args.steps}, {args.context_tokens} context tokens, LoRA r=16 (all projections), "
+          f"torch threads={__import__('torch').get_num_threads()}")
+    print(f"{'method':<14}{'s/step':>9}{'peak MB':>10}{'time/2nd':>10}{'mem/2nd':>9}")
+    for row in rows:
+        print(f"{row['method']:<14}{row['seconds']:>9.3f}{row['peak_mb']:>10.1f}"
+              f"{row['seconds'] / ref['seconds']:>10.2f}{row['peak_mb'] / max(ref['peak_mb'], 1e-9):>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""A generator of bAbI-style tasks (qa1, qa2, qa3) hidden in a haystack of filler, of a chosen length.
+
+Every fact carries its temporal order ("Event 7: Mary went to the kitchen."), so the answer is
+determined by the set of segments whatever order they are presented in.
+
+  qa1  single supporting fact   "Where is Mary?"            last place Mary moved to
+  qa2  two supporting facts     "Where is the apple?"       where its holder is, or where it was dropped
+  qa3  three supporting facts   "Where was the apple before the kitchen?"
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from perk_cli.data import vocab
+from perk_cli.data.filler import Filler
+
+DEFAULT_FACTS = {"qa1": 6, "qa2": 10, "qa3": 12}
+POSITIONS = ("uniform", "early", "middle", "late")
+_REGION = {"uniform": (0.0, 1.0), "early": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "late": (2 / 3, 1.0)}
+
+
+@dataclass
+class Story:
+    facts: list[str]
+    question: str
+    answer: str
+    support: list[int]  # indices into facts
+
+
+@dataclass
+class _World:
+    """Who is where and who holds what; each change records the event that caused it."""
+
+    person_at: dict[str, tuple[str, int]] = field(default_factory=dict)  # person -> (place, event)
+    holder: dict[str, tuple[str, int]] = field(default_factory=dict)  # object -> (person, take event)
+    dropped: dict[str, tuple[str, int]] = field(default_factory=dict)  # object -> (place, drop event)
+    history: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # object -> [(place, event)]
+    takes: dict[str, list[int]] = field(default_factory=dict)  # object -> events that picked it up
+
+    def place_of(self, obj: str) -> str | None:
+        if obj in self.holder:
+            return self.person_at[self.holder[obj][0]][0]
+        return self.dropped.get(obj, (None,))[0]
+
+    def note(self, obj: str, event: int) -> None:
+        place = self.place_of(obj)
+        trail = self.history.setdefault(obj, [])
+        if not trail or trail[-1][0] != place:
+            trail.append((place, event))
+
+
+def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str], _World, list]:
+    people = rng.sample(vocab.PEOPLE, k=2 if subtask == "qa1" and n_facts < 4 else 3)
+    objects = rng.sample(vocab.OBJECTS, k=2)
+    world, facts, log = _World(), [], []
+    while len(facts) < n_facts:
+        event = len(facts)
+        choices = ["move"]
+        if subtask != "qa1":
+            free = [o for o in objects if o not in world.holder]
+            takers = [(p, o) for p in people if p in world.person_at for o in free
+                      if o not in world.dropped or world.dropped[o][0] == world.person_at[p][0]]
+            if takers:
+                choices += ["take"] * 2
+            if world.holder:
+                choices.append("drop")
+        action = rng.choice(choices)
+        if action == "move":
+            person = rng.choice(people)
+            here = world.person_at.get(person, (None,))[0]
+            place = rng.choice([p for p in vocab.LOCATIONS if p != here])
+            world.person_at[person] = (place, event)
+            text = f"{person} {rng.choice(vocab.MOVE_VERBS)} the {place}."
+            for obj, (who, _) in world.holder.items():
+                if who == person:
+                    world.note(obj, event)
+        elif action == "take":
+            person, obj = rng.choice(takers)
+            world.holder[obj] = (person, event)
+            world.dropped.pop(obj, None)
+            world.takes.setdefault(obj, []).append(event)
+            world.note(obj, event)
+            text = f"{person} {rng.choice(vocab.TAKE_VERBS)} the {obj} there."
+        else:
+            obj = rng.choice(sorted(world.holder))
+            person, _ = world.holder.pop(obj)
+            world.dropped[obj] = (world.person_at[person][0], event)
+            text = f"{person} {rng.choice(vocab.DROP_VERBS)} the {obj}."
+        facts.append(f"Event {event}: {text}")
+        log.append((action, event))
+    return facts, world, log
+
+
+def _question(subtask: str, world: _World, rng: random.Random):
+    """(question, answer, support event indices) or None if this story has no good question."""
+    if subtask == "qa1":
+        person = rng.choice(sorted(world.person_at))
+        place, event = world.person_at[person]
+        return f"Where is {person}?", place, [event]
+    placed = sorted(o for o in world.history if world.place_of(o) is not None)
+    if not placed:
+        return None
+    if subtask == "qa2":
+        obj = rng.choice(placed)
+        if obj in world.holder:
+            person, take = world.holder[obj]
+            support = sorted({take, world.person_at[person][1]})
+        else:
+            support = [world.dropped[obj][1]]
+            support.insert(0, max(e for e in _moves_before(world, obj)))  # where the dropper was
+        return f"Where is the {obj}?", world.place_of(obj), support
+    candidates = []
+    for obj in placed:
+        trail = world.history[obj]
+        places = [p for p, _ in trail]
+        for i in range(1, len(trail)):
+            if places.count(places[i]) == 1:
+                candidates.append((obj, i))
+    if not candidates:
+        return None
+    obj, i = rng.choice(candidates)
+    trail = world.history[obj]
+    take = max(e for e in world.takes[obj] if e <= trail[i][1])  # who carried it there
+    return (f"Where was the {obj} before the {trail[i][0]}?", trail[i - 1][0],
+            sorted({trail[i - 1][1], take, trail[i][1]}))
+
+
+def _moves_before(world: _World, obj: str) -> list[int]:
+    # The dropper's location at the drop is the last entry of the object's history before the drop.
+    drop_event = world.dropped[obj][1]
+    return [e for _, e in world.history[obj] if e < drop_event] or [drop_event]
+
+
+def make_story(subtask: str, n_facts: int, rng: random.Random, max_tries: int = 1000) -> Story:
+    if subtask not in DEFAULT_FACTS:
+        raise ValueError(f"unknown bAbI subtask {subtask!r}")
+    minimum = {"qa1": 1, "qa2": 2, "qa3": 4}[subtask]
+    if n_facts < minimum:
+        raise ValueError(f"{subtask} needs at least {minimum} facts")
+    for _ in range(max_tries):
+        facts, world, _ = _simulate(subtask, n_facts, rng)
+        q = _question(subtask, world, rng)
+        if q is not None:
+            return Story(facts, q[0], q[1], q[2])
+    raise ValueError(f"could not generate a {subtask} story with {n_facts} facts; use more facts")
+
+
+def lay_out(story: Story, filler: Filler, n_filler: int, position: str, rng: random.Random) -> tuple[list[str], int]:
+    """Sentences of the document (facts in order, filler around them) and the index of the first
+    supporting fact's sentence."""
+    lo, hi = _REGION[position]
+    gaps = list(range(int(round(lo * n_filler)), int(round(hi * n_filler)) + 1))
+    slots = sorted(rng.choice(gaps) for _ in story.facts)
+    sentences, fact_at, f = [], {}, 0
+    for gap in range(n_filler + 1):
+        while f < len(slots) and slots[f] == gap:
+            fact_at[f] = len(sentences)
+            sentences.append(story.facts[f])
+            f += 1
+        if gap < n_filler:
+            sentences.append(filler.next())
+    return sentences, fact_at[min(story.support)]

@@ -1,0 +1,162 @@
+"""`perk prepare`: turn published task formats, generic JSONL, Hub datasets or generated tasks into
+one validated task directory (train/validation/test.jsonl + prepare.json).
+
+    perk prepare --task babi --subtask qa1 --length 512 -o data/qa1-512
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from perk_cli import __version__
+from perk_cli.config import PrepareSettings
+from perk_cli.data import babi, records
+from perk_cli.data.filler import Filler
+from perk_cli.data.readers import babilong, make_segmenter, read_source
+from perk_cli.data.schema import SPLITS, Task, TaskMeta, write_prepared
+from perk_cli.data.segment import segment_text
+from perk_cli.errors import PerkError
+from perk_cli.models import load_tokenizer
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def _count(tokenizer, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler: Filler, ident: str) -> Task:
+    n_facts = settings.facts or babi.DEFAULT_FACTS[settings.subtask]
+    story = babi.make_story(settings.subtask, n_facts, rng)
+    n_filler = settings.distractors
+    if settings.length is not None:
+        total = sum(_count(tokenizer, story.facts))
+        pool: list[str] = []
+        n_filler = 0
+        while total < settings.length:
+            batch = [filler.next() for _ in range(64)]
+            for sentence, count in zip(batch, _count(tokenizer, batch)):
+                if total >= settings.length:
+                    break
+                pool.append(sentence)
+                total += count + 1  # + the joining space
+        n_filler = len(pool)
+        filler = _Replay(pool)
+    sentences, first_support = babi.lay_out(story, filler, n_filler, settings.position, rng)
+    text = " ".join(sentences)
+    segments = segment_text(text, tokenizer, settings.segment_tokens)
+    offset = len(" ".join(sentences[:first_support])) + (1 if first_support else 0)
+    return Task(
+        id=ident, context=segments, question=story.question, answer=story.answer,
+        support=[story.facts[i] for i in story.support],
+        meta=TaskMeta(family=f"babi/{settings.subtask}", length_tokens=sum(_count(tokenizer, segments)),
+                      position=round(offset / max(len(text), 1), 4), facts=n_facts),
+    )
+
+
+class _Replay:
+    """A filler that hands out a precomputed list (so length control counts exactly what is used)."""
+
+    def __init__(self, sentences: list[str]):
+        self.sentences, self.index = sentences, 0
+
+    def next(self) -> str:
+        self.index += 1
+        return self.sentences[self.index - 1]
+
+
+def _records_task(settings: PrepareSettings, tokenizer, rng: random.Random, per_record: float, ident: str) -> Task:
+    n = settings.records or (max(2, round(settings.length / per_record)) if settings.length else 20)
+    db = records.make_database(n, rng)
+    question, answer, relevant = records.make_question(settings.subtask, db, rng)
+    segments = [s.record() for s in db]
+    return Task(
+        id=ident, context=segments, question=question, answer=answer,
+        support=[segments[i] for i in relevant] if len(relevant) <= 2 else None,
+        meta=TaskMeta(family=f"records/{settings.subtask}", length_tokens=sum(_count(tokenizer, segments)),
+                      position=round(min(relevant) / max(n - 1, 1), 4), records=n),
+    )
+
+
+def _generate(settings: PrepareSettings, tokenizer, progress: Progress | None) -> dict[str, list[Task]]:
+    counts = {"train": settings.train, "validation": settings.validation, "test": settings.test}
+    total, done = sum(counts.values()), 0
+    per_record = 0.0
+    if settings.task == "records":
+        sample = records.make_database(50, random.Random(0))
+        per_record = statistics.mean(_count(tokenizer, [s.record() for s in sample]))
+    splits: dict[str, list[Task]] = {}
+    for split, n in counts.items():
+        if n == 0:
+            continue
+        # One independent stream a split: changing --test never changes the training set.
+        rng = random.Random(f"{settings.seed}/{settings.task}/{settings.subtask}/{split}")
+        filler = Filler(random.Random(f"{settings.seed}/filler/{split}"),
+                        Path(settings.filler) if settings.filler else None)
+        tasks = []
+        for i in range(n):
+            ident = f"{settings.subtask}-{split}-{i:05d}"
+            if settings.task == "babi":
+                tasks.append(_babi_task(settings, tokenizer, rng, filler, ident))
+            else:
+                tasks.append(_records_task(settings, tokenizer, rng, per_record, ident))
+            done += 1
+            if progress:
+                progress(done, total)
+        splits[split] = tasks
+    return splits
+
+
+def _read_hub(settings: PrepareSettings, segmenter) -> dict[str, list[Task]]:
+    from perk_cli.models import _hub_reachable
+
+    if not _hub_reachable():
+        raise PerkError(f"--hub {settings.hub}: the Hugging Face Hub is unreachable (offline?); download the "
+                        "dataset elsewhere and pass the files with --input")
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(settings.hub, settings.hub_config, split=settings.hub_split)
+    except Exception as exc:  # datasets raises many types; the user needs the first line only
+        raise PerkError(f"--hub {settings.hub}: cannot load ({str(exc).splitlines()[0]})")
+    family = f"babilong/{settings.hub_split or settings.hub_config or 'hub'}"
+    tasks = [t for i, row in enumerate(rows) for t in babilong(dict(row), f"hub-{i}", family, segmenter)]
+    return {settings.split: tasks}
+
+
+def _lengths(tasks: list[Task], tokenizer) -> list[int]:
+    missing = [t for t in tasks if t.meta is None or t.meta.length_tokens is None]
+    for task in missing:
+        task.meta = task.meta or TaskMeta()
+        task.meta.length_tokens = sum(_count(tokenizer, task.context))
+    return [t.meta.length_tokens for t in tasks]
+
+
+def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict:
+    """Build and write the task directory; return the summary written to prepare.json."""
+    tokenizer = load_tokenizer(settings.model)
+    if settings.task in ("babi", "records"):
+        splits = _generate(settings, tokenizer, progress)
+        source = f"generator:{settings.task}/{settings.subtask}"
+    elif settings.hub is not None:
+        splits = _read_hub(settings, make_segmenter(tokenizer, settings.segment_tokens))
+        source = f"hub:{settings.hub}"
+    else:
+        splits = read_source(settings.task, Path(settings.input), make_segmenter(tokenizer, settings.segment_tokens),
+                             settings.split)
+        source = f"file:{settings.input}"
+    summary = {"perk_version": __version__, "source": source, "settings": settings.model_dump(mode="json"),
+               "counts": {}, "length_tokens": {}}
+    for split in SPLITS:
+        if split in splits:
+            lengths = _lengths(splits[split], tokenizer)
+            summary["counts"][split] = len(splits[split])
+            summary["length_tokens"][split] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
+                                               "max": max(lengths)}
+    write_prepared(Path(settings.out), splits, summary)
+    return summary
