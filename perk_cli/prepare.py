@@ -41,10 +41,11 @@ def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler:
         while total < settings.length:
             batch = [filler.next() for _ in range(64)]
             for sentence, count in zip(batch, _count(tokenizer, batch)):
-                if total >= settings.length:
+                if total + count / 2 >= settings.length:  # stop at whichever side is closer
+                    total = settings.length
                     break
                 pool.append(sentence)
-                total += count + 1  # + the joining space
+                total += count
         n_filler = len(pool)
         filler = _Replay(pool)
     sentences, first_support = babi.lay_out(story, filler, n_filler, settings.position, rng)

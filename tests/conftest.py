@@ -68,3 +68,26 @@ def micro_peft():
     peft_model = attach_lora(model, LoraSettings(rank=2, alpha=4.0))
     randomise_lora_b(peft_model)
     return peft_model
+
+
+REFERENCE = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "reference-data"
+needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data not found at {REFERENCE}")
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `perk ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
+    import sys
+
+    from perk_cli.cli import main
+
+    argv = sys.argv
+    sys.argv = ["perk", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

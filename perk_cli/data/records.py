@@ -9,6 +9,7 @@ exactly like the relevant one, one record a segment.
 from __future__ import annotations
 
 import random
+from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass
 
 from perk_cli.data import vocab
@@ -51,7 +52,9 @@ def make_database(n: int, rng: random.Random) -> list[Student]:
 
 
 def format_average(values: list[int]) -> str:
-    return f"{sum(values) / len(values):.1f}"
+    """Mean to one decimal, halves rounded up (58.25 -> 58.3), computed exactly."""
+    mean = Decimal(sum(values)) / Decimal(len(values))
+    return str(mean.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
 
 
 def make_question(subtask: str, db: list[Student], rng: random.Random) -> tuple[str, str, list[int]]:

@@ -1,0 +1,169 @@
+"""Generated tasks checked by independent solvers (replay the facts; query the database), plus length
+control and determinism."""
+
+import json
+import random
+import re
+
+import pytest
+
+from perk_cli.config import PrepareSettings
+from perk_cli.data import vocab
+from perk_cli.prepare import prepare
+
+_FACT = re.compile(r"Event (\d+): (\w+) (.+?) the (\w+)( there)?\.")
+
+
+def solve_babi(context: list[str], question: str) -> str:
+    """Replay every 'Event k' fact in event order, whatever order the segments come in."""
+    facts = sorted((int(m[0]), m[1], m[2], m[3]) for s in context for m in _FACT.findall(s))
+    assert [f[0] for f in facts] == list(range(len(facts))), "events must be numbered 0..n-1 exactly once"
+    at, holder, place_of, trail = {}, {}, {}, {}
+
+    def touch(obj):
+        where = at[holder[obj]] if obj in holder else place_of.get(obj)
+        if where is not None and (not trail.get(obj) or trail[obj][-1] != where):
+            trail.setdefault(obj, []).append(where)
+
+    for _, who, verb, what in facts:
+        if verb in vocab.MOVE_VERBS:
+            at[who] = what
+            for obj, person in holder.items():
+                if person == who:
+                    touch(obj)
+        elif verb in vocab.TAKE_VERBS:
+            holder[what] = who
+            place_of.pop(what, None)
+            touch(what)
+        elif verb in vocab.DROP_VERBS:
+            del holder[what]
+            place_of[what] = at[who]
+        else:
+            raise AssertionError(f"unknown verb {verb!r}")
+    if m := re.fullmatch(r"Where is (\w+)\?", question):
+        return at[m[1]]
+    if m := re.fullmatch(r"Where is the (\w+)\?", question):
+        return at[holder[m[1]]] if m[1] in holder else place_of[m[1]]
+    m = re.fullmatch(r"Where was the (\w+) before the (\w+)\?", question)
+    places = trail[m[1]]
+    assert places.count(m[2]) == 1
+    return places[places.index(m[2]) - 1]
+
+
+def _parse_students(context):
+    pattern = re.compile(r"Student (\d+), Name: (.+), Year: (\w+), School: (.+), Major: (.+), Grade: (\d+)")
+    return [dict(zip(["id", "name", "year", "school", "major", "grade"], pattern.fullmatch(s).groups()))
+            for s in context]
+
+
+def solve_records(context: list[str], question: str) -> str:
+    db = _parse_students(context)
+    by_id = {s["id"]: s for s in db}
+    if m := re.fullmatch(r"What is the (\w+) of student (\d+)\?", question):
+        return by_id[m[2]][m[1]]
+    if m := re.fullmatch(r"Does student (\d+) have a higher grade than student (\d+)\?", question):
+        return "Yes" if int(by_id[m[1]]["grade"]) > int(by_id[m[2]]["grade"]) else "No"
+    if m := re.fullmatch(r"Do student (\d+) and student (\d+) (study the same major|attend the same school|"
+                         r"study in the same year)\?", question):
+        key = {"study the same major": "major", "attend the same school": "school",
+               "study in the same year": "year"}[m[3]]
+        return "Yes" if by_id[m[1]][key] == by_id[m[2]][key] else "No"
+    m = re.fullmatch(r"What is the (highest|lowest|average) grade among (.+)\?", question)
+    scope = m[2]
+    if scope == "all students":
+        members = db
+    elif scope.startswith("students in the "):
+        members = [s for s in db if s["school"] == scope.removeprefix("students in the ")]
+    elif scope.startswith("students majoring in "):
+        members = [s for s in db if s["major"] == scope.removeprefix("students majoring in ")]
+    else:
+        members = [s for s in db if s["year"] == scope.removesuffix(" students")]
+    grades = [int(s["grade"]) for s in members]
+    return {"highest": str(max(grades)), "lowest": str(min(grades)),
+            "average": str(round(sum(grades) / len(grades) + 1e-9, 1))}[m[1]]
+
+
+def _tasks(tmp_path, **kwargs):
+    out = tmp_path / "out"
+    prepare(PrepareSettings(out=str(out), **kwargs))
+    return [json.loads(line) for split in ("train", "validation", "test")
+            if (out / f"{split}.jsonl").exists() for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("subtask, facts", [("qa1", 6), ("qa2", 10), ("qa3", 12), ("qa1", 2), ("qa3", 25)])
+def test_babi_answers_match_an_independent_replay(tmp_path, subtask, facts):
+    tasks = _tasks(tmp_path, task="babi", subtask=subtask, facts=facts, distractors=5, segment_tokens=48,
+                   train=150, validation=25, test=25, seed=3)
+    assert len(tasks) == 200
+    rng = random.Random(0)
+    for task in tasks:
+        shuffled = rng.sample(task["context"], len(task["context"]))
+        assert solve_babi(shuffled, task["question"]) == task["answer"], task["id"]
+        assert all(s in " ".join(task["context"]) for s in task["support"])
+    answers = {t["answer"] for t in tasks}
+    assert len(answers) >= 5  # answers vary; no constant shortcut
+
+
+@pytest.mark.parametrize("subtask", ["recall", "relation", "aggregate"])
+def test_records_answers_match_a_database_query(tmp_path, subtask):
+    tasks = _tasks(tmp_path, task="records", subtask=subtask, records=15, train=200, validation=50, test=50)
+    for task in tasks:
+        assert len(task["context"]) == 15  # one record a segment
+        assert solve_records(task["context"], task["question"]) == task["answer"], task["id"]
+    if subtask == "relation":
+        yes = sum(t["answer"] == "Yes" for t in tasks) / len(tasks)
+        assert 0.3 < yes < 0.7
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(task="babi", subtask="qa1", length=256), dict(task="babi", subtask="qa2", length=2048),
+    dict(task="babi", subtask="qa3", length=1024, position="late"),
+    dict(task="records", subtask="recall", length=512), dict(task="records", subtask="aggregate", length=2000),
+])
+def test_length_control_within_ten_percent(tmp_path, kwargs):
+    tasks = _tasks(tmp_path, train=10, validation=0, test=10, **kwargs)
+    for task in tasks:
+        assert abs(task["meta"]["length_tokens"] - kwargs["length"]) <= 0.1 * kwargs["length"], task["id"]
+
+
+def test_position_places_the_supporting_facts(tmp_path):
+    # Facts go into the first, middle or last third of the filler; the facts' own text shifts the
+    # measured character fraction a little, hence the margins.
+    bounds = {"early": (0.0, 0.45), "middle": (0.28, 0.72), "late": (0.55, 1.0)}
+    means = {}
+    for position, (lo, hi) in bounds.items():
+        tasks = _tasks(tmp_path / position, task="babi", subtask="qa1", length=800, position=position, train=30,
+                       validation=0, test=0)
+        where = [t["meta"]["position"] for t in tasks]
+        assert all(lo <= p <= hi for p in where), (position, where)
+        means[position] = sum(where) / len(where)
+    assert means["early"] < 0.33 < means["middle"] < 0.67 < means["late"]
+
+
+def test_user_filler_is_used(tmp_path):
+    filler = tmp_path / "hay.txt"
+    filler.write_text("Quartz clocks tick quietly. Zebras graze at dawn. " * 20)
+    tasks = _tasks(tmp_path, task="babi", subtask="qa1", length=300, filler=str(filler), train=5, validation=0,
+                   test=0)
+    assert all("Zebras graze at dawn." in " ".join(t["context"]) for t in tasks)
+
+
+def test_same_seed_gives_byte_identical_output(tmp_path):
+    files = []
+    for attempt in range(2):
+        out = tmp_path / "same"
+        prepare(PrepareSettings(task="babi", subtask="qa2", length=300, out=str(out), train=20, validation=5,
+                                test=5, seed=11))
+        files.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert files[0] == files[1]
+    prepare(PrepareSettings(task="babi", subtask="qa2", length=300, out=str(tmp_path / "other"), train=20,
+                            validation=5, test=5, seed=12))
+    assert (tmp_path / "other" / "train.jsonl").read_bytes() != files[0]["train.jsonl"]
+
+
+def test_procedural_filler_never_mentions_task_entities(tmp_path):
+    tasks = _tasks(tmp_path, task="babi", subtask="qa1", distractors=200, facts=1, train=3, validation=0, test=0)
+    for task in tasks:
+        text = " ".join(task["context"])
+        mentioned = {w for w in vocab.PEOPLE + vocab.LOCATIONS + vocab.OBJECTS if re.search(rf"\b{w}\b", text)}
+        assert len(mentioned) <= 2  # only the single fact's person and place
