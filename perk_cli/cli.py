@@ -100,6 +100,122 @@ def prepare(
         out.print(table)
 
 
+def _read_document(document: str) -> tuple[str | None, list[str] | None]:
+    """(text, None) for a text file or '-' (stdin); (None, segments) for a task record file."""
+    from perk_cli.data.schema import read_tasks, read_text
+
+    if document == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PerkError("stdin: not valid UTF-8; re-encode the document as UTF-8")
+        if not text.strip() or "\x00" in text:
+            raise PerkError("stdin: empty or binary input; pipe a UTF-8 text document")
+        return text, None
+    path = Path(document)
+    if path.suffix in (".jsonl", ".json"):
+        tasks = read_tasks(path)
+        if not tasks:
+            raise PerkError(f"{path}: no task records")
+        return None, tasks[0].context
+    return read_text(path), None
+
+
+@app.command()
+def adapt(
+    document: str = typer.Argument(..., help="Text file, '-' for stdin, or a task file (.jsonl: its first record)."),
+    output: Path = typer.Option(..., "-o", "--out", help="Memory file to write (.safetensors)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train "
+                                              "[default: most recent under runs/]."),
+    model: Optional[str] = typer.Option(None, help="Base model for plain test-time training (no checkpoint), "
+                                        "or to override the checkpoint's base path."),
+    segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment [default: the checkpoint's]."),
+    max_tokens_per_step: int = typer.Option(4096, min=1, help="Tokens an accumulation group: bounds peak memory."),
+    steps: int = typer.Option(4, min=1, help="Plain TTT only: inner steps."),
+    lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT only: fixed learning rate."),
+    peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
+    json_output: bool = typer.Option(False, "--json", help="Print the memory's metadata as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write a document into a memory file by test-time gradient steps.
+
+    Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1
+    """
+    from perk_cli.adapt import adapt_segments, adapt_text, load_adapter
+    from perk_cli.memory import export_peft
+
+    if output.exists() and output.is_dir():
+        raise PerkError(f"--out {output}: is a directory; give a file name like mem.safetensors")
+    text, segments = _read_document(document)
+    runtime, origin = load_adapter(checkpoint, model, plain_steps=steps, plain_lr=lr)
+    if origin.note and not quiet:
+        err.print(origin.note, markup=False)
+    with _progress(quiet or json_output) as bar:
+        handle = bar.add_task("adapting", total=None)
+
+        def on_group(step: int, group: int, n_groups: int, loss: float) -> None:
+            bar.update(handle, completed=step * n_groups + group + 1, total=runtime.config.inner.steps * n_groups,
+                       description=f"adapting  step {step + 1}  loss {loss:.3f}")
+
+        if segments is not None:
+            memory = adapt_segments(runtime, origin, segments, max_tokens_per_step=max_tokens_per_step,
+                                    on_group=on_group)
+        else:
+            memory = adapt_text(runtime, origin, text, segment_tokens, max_tokens_per_step, on_group)
+    memory.save(output)
+    if peft is not None:
+        export_peft(runtime.model, memory, peft)
+    if json_output:
+        out.print_json(json.dumps({"memory": str(output), **memory.metadata}))
+    elif not quiet:
+        out.print(f"wrote {output}: {memory.metadata['segments']} segments, {memory.metadata['context_tokens']} "
+                  f"tokens, final inner loss {memory.metadata['final_inner_loss']}"
+                  + (f"; PEFT adapter in {peft}" if peft else ""))
+
+
+@app.command()
+def ask(
+    memory: Path = typer.Argument(..., help="Memory file written by `perk adapt`."),
+    questions: Optional[list[str]] = typer.Argument(None, help="Questions (or one a line on stdin)."),
+    model: Optional[str] = typer.Option(None, help="Base model path, overriding the one the memory names."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Decoding budget [default: 64]."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Ask questions at a prompt."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    json_output: bool = typer.Option(False, "--json", help="Print {question, answer, raw} per question."),
+) -> None:
+    """Answer questions from a memory, without re-reading the document.
+
+    Example: perk ask mem.safetensors "Where is Mary?"
+    """
+    from perk_cli.reader import load_reader
+
+    reader = load_reader(memory, model=model, device=device)
+
+    def answer(question: str) -> None:
+        text, raw = reader.ask(question, max_new_tokens)
+        if json_output:
+            out.print_json(json.dumps({"question": question, "answer": text, "raw": raw}))
+        else:
+            out.print(text, markup=False, highlight=False)
+
+    if interactive:
+        while True:
+            try:
+                question = input("question> ").strip()
+            except EOFError:
+                return
+            if question:
+                answer(question)
+        return
+    if not questions:
+        if sys.stdin.isatty():
+            raise PerkError("no question: pass questions as arguments, on stdin, or use --interactive")
+        questions = [line.strip() for line in sys.stdin if line.strip()]
+    for question in questions:
+        answer(question)
+
+
 def main() -> None:
     try:
         app()

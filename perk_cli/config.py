@@ -117,3 +117,49 @@ class PrepareSettings(_Settings):
             if self.hub is not None and self.task != "babilong":
                 raise ValueError("--hub is supported for --task babilong")
         return self
+
+
+class PromptSettings(_Settings):
+    """How tasks become token sequences (saved in the checkpoint so adapt/ask/eval reuse it)."""
+
+    segment_tokens: int = Field(256, ge=8, description="Max tokens a segment when cutting a plain document.")
+    segment_prefix: str = Field("doc_{i}: ", description="Masked-out prefix of each segment; {i} = its id.")
+    question_template: str = "You have memorized {n} documents.\n{question}\nAnswer:"
+    answer_format: Literal["plain", "support"] = Field(
+        "plain", description="plain: ' {answer}'; support: '<support>facts</support>\\n<output>answer</output>'."
+    )
+    max_answer_tokens: int = Field(64, ge=1, description="Cap on the target length (and on decoding).")
+
+
+class TrainSettings(_Settings):
+    """The outer loop of `perk meta-train`."""
+
+    max_steps: int = Field(200, ge=1, description="Outer (meta) steps.")
+    epochs: float | None = Field(None, gt=0, description="Stop after this many passes over train (if sooner).")
+    tasks_per_batch: int = Field(8, ge=1, description="Tasks an outer step (gradients accumulated).")
+    lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    spike_factor: float | None = Field(
+        20.0, gt=1, description="Skip a step whose gradient norm exceeds this x the running median."
+    )
+    eval_every: int = Field(50, ge=1, description="Validate every N steps.")
+    eval_tasks: int = Field(32, ge=1, description="Validation tasks a validation pass.")
+    train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")
+    baseline: bool = Field(True, description="Also train the in-context baseline LoRA into the run.")
+    seed: int = 0
+
+
+class RunConfig(_Settings):
+    """Everything a checkpoint needs to be rebuilt: saved as config.json in every checkpoint."""
+
+    perk_version: str
+    model: ModelSettings = ModelSettings()
+    lora: LoraSettings = LoraSettings()
+    inner: InnerLoopSettings = InnerLoopSettings()
+    prompt: PromptSettings = PromptSettings()
+    train: TrainSettings = TrainSettings()
+    task: str | None = Field(None, description="Task directory it was trained on.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -179,7 +180,9 @@ def attach_lora(model, settings: LoraSettings, adapter_name: str = "default"):
         bias="none",
         **kwargs,
     )
-    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     for name, param in peft_model.named_parameters():
         param.requires_grad_(".lora_" in name)
     return peft_model

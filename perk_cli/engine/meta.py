@@ -78,20 +78,24 @@ class MetaLearner(nn.Module):
     def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch) -> torch.Tensor:
         return answer_loss(functional_model_call(self.model, params), question)
 
-    def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None) -> InnerResult:
-        """Test time: the same inner loop, no graph kept; returns detached phi_K."""
-        if self.settings.engine == "higher":
-            raise ValueError("test-time adaptation uses the func engine; engine 'higher' is for meta-training")
-        result = run_inner_loop(self.model, self.lora_init(), context.split(self.settings.max_tokens_per_group),
+    def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None,
+              max_tokens_per_group: int | None = None) -> InnerResult:
+        """Test time: the same inner loop (func engine), no graph kept; returns detached phi_K.
+
+        `max_tokens_per_group` overrides the settings' group size: peak memory is one group's.
+        """
+        groups = context.split(max_tokens_per_group or self.settings.max_tokens_per_group)
+        result = run_inner_loop(self.model, self.lora_init(), groups,
                                 self.step_sizes(), self.weighter, self.settings,
                                 differentiable=False, on_group=on_group)
         return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Omega as flat tensors: 'lora_init.<name>', 'step_sizes.raw', 'weighter.*' (+ 'base.*')."""
+    def trainable_state_dict(self, include_base: bool = False) -> dict[str, torch.Tensor]:
+        """Omega as flat tensors: 'lora_init.<name>', 'step_sizes.raw', 'weighter.*', and 'base.*' when
+        the base is trained (or `include_base`: a base that exists nowhere else, like tiny's)."""
         state = {f"lora_init.{n}": p.detach() for n, p in self.lora_init().items()}
         state.update({k: v.detach() for k, v in self.state_dict().items()})
-        if self.train_base:
+        if self.train_base or include_base:
             state.update({f"base.{n}": p.detach() for n, p in self.base_parameters().items()})
         return state
 

@@ -1,0 +1,110 @@
+"""Checkpoints of meta-training: config.json + meta.safetensors (+ trainer_state.json, optimizer.safetensors).
+
+Only trainable PERK state is stored (LoRA init, step sizes, token weighter), never the weights of a
+Hub or local base model. The `tiny` preset's base exists nowhere else, so it travels as `base.*`.
+A run directory holds `best/` and `last/`; `--checkpoint` accepts either a run or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from perk_cli.config import RunConfig
+from perk_cli.errors import PerkError
+
+CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
+DEFAULT_RUNS = Path("runs")
+
+
+def fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(directory: Path, config: RunConfig, tensors: dict[str, torch.Tensor],
+                    trainer_state: dict | None = None, optimizer: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint directory atomically (staging directory, then rename over the old one)."""
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        (staging / CONFIG).write_text(config.model_dump_json(indent=2) + "\n")
+        save_file(_contiguous(tensors), str(staging / META), metadata={"format": "perk-checkpoint/1"})
+        if optimizer is not None:
+            save_file(_contiguous(optimizer), str(staging / OPTIMIZER))
+        if trainer_state is not None:
+            (staging / STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            directory.rename(old)
+            staging.rename(directory)
+            shutil.rmtree(old)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory from a checkpoint or a run directory (best/ preferred over last/)."""
+    if not path.exists():
+        raise PerkError(f"--checkpoint {path}: no such directory")
+    if (path / CONFIG).exists() or (path / META).exists():
+        return path
+    for name in ("best", "last"):
+        if (path / name / CONFIG).exists():
+            return path / name
+    raise PerkError(f"--checkpoint {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
+
+
+def latest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
+    """The most recently written checkpoint under the runs directory, if any."""
+    found = [p.parent for p in runs.glob("*/*/" + META)] + [p.parent for p in runs.glob("*/" + META)]
+    return max(found, key=lambda p: (p / META).stat().st_mtime) if found else None
+
+
+@dataclass
+class CheckpointFiles:
+    path: Path
+    config: RunConfig
+    tensors: dict[str, torch.Tensor]
+    fingerprint: str
+    trainer_state: dict | None
+    optimizer: dict[str, torch.Tensor] | None
+
+
+def read_checkpoint(path: Path) -> CheckpointFiles:
+    path = resolve_checkpoint(path)
+    for name in (CONFIG, META):
+        if not (path / name).is_file():
+            raise PerkError(f"{path / name}: missing; the checkpoint is incomplete")
+    try:
+        config = RunConfig.model_validate_json((path / CONFIG).read_text())
+    except Exception as exc:
+        raise PerkError(f"{path / CONFIG}: not a perk checkpoint config ({str(exc).splitlines()[0]})")
+    try:
+        tensors = load_file(str(path / META))
+    except (SafetensorError, OSError) as exc:
+        raise PerkError(f"{path / META}: unreadable ({exc}); the checkpoint is damaged")
+    state = json.loads((path / STATE).read_text()) if (path / STATE).is_file() else None
+    optimizer = None
+    if (path / OPTIMIZER).is_file():
+        try:
+            optimizer = load_file(str(path / OPTIMIZER))
+        except (SafetensorError, OSError) as exc:
+            raise PerkError(f"{path / OPTIMIZER}: unreadable ({exc})")
+    return CheckpointFiles(path, config, tensors, fingerprint(path / META), state, optimizer)

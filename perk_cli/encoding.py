@@ -1,0 +1,97 @@
+"""Tasks to token batches, as the SPEC fixes them.
+
+Each segment becomes `"doc_{i}: " + segment + eos`, the prefix masked out of the inner loss; ids are a
+fresh random permutation a task in meta-training and 0..N-1 at test time. The question becomes
+`"You have memorized {N} documents.\n{question}\nAnswer:"` with target `" {answer}" + eos` (or the
+`<support>...</support>\n<output>...</output>` form).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+
+from perk_cli.config import PromptSettings
+from perk_cli.engine.batches import MetaTask, TokenBatch
+
+
+def _pad(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (row_ids, row_targets) in enumerate(rows):
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        attention[r, : len(row_ids)] = 1
+        targets[r, : len(row_ids)] = torch.tensor(row_targets)
+    return TokenBatch(ids, attention, targets)
+
+
+def max_positions(tokenizer, model_config=None) -> int:
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(model_config, key, None) if model_config is not None else None
+        if value:
+            return int(value)
+    return 1_000_000
+
+
+def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc_ids: list[int] | None = None,
+                   max_len: int | None = None) -> TokenBatch:
+    """One row a segment: masked prefix, segment tokens (targets), eos (target)."""
+    doc_ids = list(range(len(segments))) if doc_ids is None else doc_ids
+    eos = tokenizer.eos_token_id
+    bodies = tokenizer(segments, add_special_tokens=False)["input_ids"]
+    prefixes = tokenizer([settings.segment_prefix.format(i=i) for i in doc_ids], add_special_tokens=False)["input_ids"]
+    rows = []
+    for prefix, body in zip(prefixes, bodies):
+        ids = prefix + body + [eos]
+        mask = [False] * len(prefix) + [True] * (len(body) + 1)
+        if max_len is not None and len(ids) > max_len:
+            ids, mask = ids[:max_len], mask[:max_len]
+        rows.append((ids, mask))
+    return _pad(rows, tokenizer.pad_token_id)
+
+
+def question_prompt(question: str, n_segments: int, settings: PromptSettings) -> str:
+    return settings.question_template.format(n=n_segments, question=question)
+
+
+def answer_target(answer: str, support: list[str] | None, settings: PromptSettings) -> str:
+    if settings.answer_format == "support":
+        return f"<support>{' '.join(support or [])}</support>\n<output>{answer}</output>"
+    return f" {answer}"
+
+
+def encode_question(tokenizer, question: str, n_segments: int, settings: PromptSettings,
+                    answer: str | None = None, support: list[str] | None = None) -> TokenBatch:
+    """The prompt, plus the target tokens (answer + eos) when an answer is given."""
+    prompt = tokenizer(question_prompt(question, n_segments, settings), add_special_tokens=False)["input_ids"]
+    target: list[int] = []
+    if answer is not None:
+        target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
+        target = target[: settings.max_answer_tokens] + [tokenizer.eos_token_id]
+    return _pad([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id)
+
+
+def encode_task(tokenizer, task, settings: PromptSettings, rng: random.Random | None = None,
+                max_len: int | None = None) -> MetaTask:
+    """A Task record as a MetaTask; `rng` draws a random id permutation (training), None = 0..N-1."""
+    n = len(task.context)
+    doc_ids = rng.sample(range(n), n) if rng is not None else None
+    return MetaTask(
+        encode_context(tokenizer, task.context, settings, doc_ids, max_len),
+        encode_question(tokenizer, task.question, n, settings, task.answer, task.support),
+    )
+
+
+_OUTPUT = re.compile(r"<output>(.*?)(?:</output>|$)", re.S)
+
+
+def extract_answer(text: str, settings: PromptSettings) -> str:
+    """The answer inside <output> tags (support format) or the text up to the first newline."""
+    if settings.answer_format == "support":
+        match = _OUTPUT.search(text)
+        return match.group(1).strip() if match else ""
+    return text.strip().split("\n", 1)[0].strip()
