@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from perk_cli.config import LoraSettings, ModelSettings, PromptSettings
-from perk_cli.encoding import encode_question, extract_answer
+from perk_cli.decode import answer_question
 from perk_cli.errors import PerkError
 from perk_cli.memory import Memory
 from perk_cli.models import attach_lora, load_base
@@ -43,19 +43,10 @@ class Reader:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def ask(self, question: str, max_new_tokens: int | None = None) -> tuple[str, str]:
         """(answer, raw generated text)."""
-        batch = encode_question(self.tokenizer, question, self.n_segments, self.prompt).to(self.device)
-        generated = self.model.generate(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens or self.prompt.max_answer_tokens, do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-        )
-        raw = self.tokenizer.decode(generated[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
-        if self.prompt.answer_format == "support" and "</output>" in raw:
-            raw = raw[: raw.index("</output>") + len("</output>")]
-        return extract_answer(raw, self.prompt), raw
+        return answer_question(self.model, self.tokenizer, question, self.n_segments, self.prompt,
+                               max_new_tokens=max_new_tokens)
 
 
 def load_reader(path: Path, model: str | None = None, device: str = "auto") -> Reader:
