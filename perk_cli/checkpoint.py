@@ -63,11 +63,13 @@ def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory from a checkpoint or a run directory (best/ preferred over last/)."""
     if not path.exists():
         raise PerkError(f"--checkpoint {path}: no such directory")
-    if (path / CONFIG).exists() or (path / META).exists():
+    if (path / META).exists():
         return path
     for name in ("best", "last"):
-        if (path / name / CONFIG).exists():
+        if (path / name).is_dir():
             return path / name
+    if (path / CONFIG).exists():
+        return path  # a checkpoint missing its tensors: read_checkpoint names the file
     raise PerkError(f"--checkpoint {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
 
 

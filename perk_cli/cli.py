@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -214,6 +216,209 @@ def ask(
         questions = [line.strip() for line in sys.stdin if line.strip()]
     for question in questions:
         answer(question)
+
+
+_TASK_NAMES = {"babi": ("babi", "qa1"), "records": ("records", "recall")}
+
+
+def _task_directory(task: str, out: Path, model: str, seed: int, quiet: bool) -> Path:
+    """A prepared directory, or a task name ('babi', 'babi:qa2', 'records:relation') generated into out/data."""
+    path = Path(task)
+    if path.is_dir():
+        return path
+    family, _, subtask = task.partition(":")
+    if family not in _TASK_NAMES or (path.suffix or "/" in task):
+        if path.exists() or "/" in task or path.suffix:
+            raise PerkError(f"--task {task}: not a task directory (prepare one with `perk prepare`)")
+        raise PerkError(f"--task {task}: unknown task; give a directory from `perk prepare` or one of "
+                        "babi, babi:qa2, babi:qa3, records, records:relation, records:aggregate")
+    from perk_cli.config import PrepareSettings
+    from perk_cli.prepare import prepare as run_prepare
+
+    subtask = subtask or _TASK_NAMES[family][1]
+    data = out / "data"
+    settings = PrepareSettings(task=family, subtask=subtask, out=str(data), model=model, seed=seed)
+    if not (data / "prepare.json").is_file():
+        run_prepare(settings)
+    if not quiet:
+        err.print(f"--task {task}: using generated {family}/{subtask} tasks in {data}", markup=False)
+    return data
+
+
+@app.command("meta-train")
+def meta_train_command(
+    model: Optional[str] = typer.Option(None, help="Hub id, local directory, .gguf file, or 'tiny' [default: tiny]."),
+    task: Optional[str] = typer.Option(None, help="Task directory from `perk prepare`, or a name: babi, babi:qa2, "
+                                       "records, records:relation."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<model>-<task>]."),
+    config: Optional[Path] = typer.Option(None, help="YAML or JSON RunConfig (model, lora, inner, prompt, train)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank [16]."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [32]; scaling alpha/sqrt(r)."),
+    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names [all projections]."),
+    lora_top_layers: Optional[int] = typer.Option(None, help="Adapt only the top k layers."),
+    inner_steps: Optional[int] = typer.Option(None, help="Inner steps K [4]."),
+    inner_optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw [adamw]."),
+    inner_lr: Optional[float] = typer.Option(None, help="Initial learned step size [1e-3]."),
+    unroll: Optional[str] = typer.Option(None, help="second-order | first-order | truncated [truncated]."),
+    unroll_start: Optional[int] = typer.Option(None, help="Truncated: first second-order step [2]."),
+    weighting: Optional[bool] = typer.Option(None, "--weighting/--no-weighting", help="Token weighting [on]."),
+    engine: Optional[str] = typer.Option(None, help="func | higher [func]."),
+    segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment for plain documents [256]."),
+    answer_format: Optional[str] = typer.Option(None, help="plain | support [plain]."),
+    lr: Optional[float] = typer.Option(None, help="Outer AdamW learning rate [1e-4]."),
+    schedule: Optional[str] = typer.Option(None, help="cosine | constant [cosine]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Warm-up steps [10]."),
+    clip: Optional[float] = typer.Option(None, help="Gradient clipping norm [1.0]."),
+    tasks_per_batch: Optional[int] = typer.Option(None, help="Tasks an outer step [8]."),
+    max_steps: Optional[int] = typer.Option(None, help="Outer steps [200]."),
+    epochs: Optional[float] = typer.Option(None, help="Stop after this many passes over train, if sooner."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [50]."),
+    eval_tasks: Optional[int] = typer.Option(None, help="Validation tasks a pass [32]."),
+    train_base: Optional[bool] = typer.Option(None, "--train-base/--no-train-base",
+                                              help="Train the base too [on for tiny, off otherwise]."),
+    baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline", help="Train the in-context baseline."),
+    seed: Optional[int] = typer.Option(None, help="Seed [0]."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps."),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16."),
+    json_output: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Meta-train PERK: LoRA init, step sizes and token weights, through the inner loop.
+
+    Example: perk meta-train --model tiny --task babi --max-steps 100
+    """
+    from perk_cli import __version__
+    from perk_cli.baselines import train_in_context
+    from perk_cli.config import RunConfig
+    from perk_cli.data.schema import read_split
+    from perk_cli.settings_io import build_settings, read_config_file
+    from perk_cli.train import Interrupted, meta_train
+
+    if resume is not None:
+        if not (resume / "last").is_dir():
+            raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
+        out_dir = resume
+    base = read_config_file(config) if config else {}
+    def section(name: str, values: dict) -> dict:
+        merged = dict(base.get(name, {}))
+        merged.update({k: v for k, v in values.items() if v is not None})
+        return merged
+    model_name = model or base.get("model", {}).get("name", "tiny")
+    flags = {
+        "perk_version": __version__,
+        "model": section("model", {"name": model_name, "device": device, "dtype": dtype}),
+        "lora": section("lora", {"rank": lora_rank, "alpha": lora_alpha, "top_layers": lora_top_layers,
+                                 "targets": lora_targets.split(",") if lora_targets else None}),
+        "inner": section("inner", {"steps": inner_steps, "optimizer": inner_optimizer, "lr_init": inner_lr,
+                                   "unroll": unroll, "unroll_start": unroll_start, "weighting": weighting,
+                                   "engine": engine}),
+        "prompt": section("prompt", {"segment_tokens": segment_tokens, "answer_format": answer_format}),
+        "train": section("train", {"lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "clip": clip,
+                                   "tasks_per_batch": tasks_per_batch, "max_steps": max_steps, "epochs": epochs,
+                                   "eval_every": eval_every, "eval_tasks": eval_tasks, "baseline": baseline,
+                                   "seed": seed,
+                                   "train_base": train_base if train_base is not None else
+                                   base.get("train", {}).get("train_base", model_name == "tiny")}),
+    }
+    task = task or base.get("task")
+    if task is None and resume is None:
+        raise PerkError("--task: missing; give a task directory from `perk prepare` or a name such as babi")
+    if out_dir is None:
+        stem = Path(model_name).stem.replace("/", "-")
+        out_dir = Path("runs") / f"{stem}-{Path(task).name.replace(':', '-')}"
+    if resume is None and (out_dir / "last").exists():
+        raise PerkError(f"--out {out_dir}: already holds a run; pass --resume {out_dir} or another --out")
+    if resume is not None:
+        previous = json.loads((resume / "config.json").read_text()) if (resume / "config.json").is_file() else {}
+        task = task or previous.get("task")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 talks and writes
+    quiet = quiet or rank != 0
+    task_dir = _task_directory(task, out_dir, model_name, flags["train"].get("seed", 0), quiet or json_output)
+    flags["task"] = str(task_dir)
+    run_config = build_settings(RunConfig, None, flags)
+    with _progress(quiet or json_output) as bar:
+        handle = bar.add_task("meta-training", total=run_config.train.max_steps)
+
+        def on_step(step: int, total: int, m: dict) -> None:
+            val = f"  val EM {m['val_em']:.2f}" if "val_em" in m else ""
+            bar.update(handle, completed=step, total=total,
+                       description=f"meta-train  loss {m['outer_loss']:.3f}  inner {m['inner_loss_last']:.3f}{val}")
+
+        try:
+            result = meta_train(run_config, task_dir, out_dir, resume=resume is not None, on_step=on_step,
+                                on_event=lambda msg: err.print(msg, markup=False))
+        except Interrupted as exc:
+            err.print(f"{exc}; continue with: perk meta-train --resume {out_dir}", markup=False)
+            raise typer.Exit(130)
+        baseline_dir = None
+        if run_config.train.baseline and rank == 0:
+            baseline_task = bar.add_task("in-context baseline", total=run_config.train.max_steps)
+            baseline_dir = train_in_context(
+                run_config, read_split(task_dir, "train"), out_dir,
+                lambda step, total, loss: bar.update(baseline_task, completed=step,
+                                                     description=f"in-context baseline  loss {loss:.3f}"))
+    if rank != 0:
+        return
+    summary = {"out": str(out_dir), "steps": result.step, "best": result.best, "last": result.last_metrics,
+               "in_context_baseline": str(baseline_dir) if baseline_dir else None}
+    if json_output:
+        out.print_json(json.dumps(summary))
+    elif not quiet:
+        out.print(f"run in {out_dir}: {result.step} steps; best validation EM {result.best['val_em']:.3f} "
+                  f"(loss {result.best['val_loss']:.3f}) at step {result.best['step']}"
+                  + (f"; in-context baseline in {baseline_dir}" if baseline_dir else "; no in-context baseline"))
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Path = typer.Option(..., help="Run or checkpoint directory from meta-train."),
+    task: Path = typer.Option(..., help="Task directory from `perk prepare`."),
+    split: Optional[str] = typer.Option(None, help="train | validation | test [test]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory [<run>/eval-<split>]."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a seeded subsample of N tasks."),
+    seed: Optional[int] = typer.Option(None, help="Subsample seed [0]."),
+    baselines: Optional[str] = typer.Option(None, help="Comma list of in-context,plain-ttt ['' for none]."),
+    plain_lr: Optional[float] = typer.Option(None, help="Plain-TTT fixed learning rate [1e-3]."),
+    max_tokens_per_step: Optional[int] = typer.Option(None, help="Tokens an accumulation group [4096]."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Decoding budget [the checkpoint's, 64]."),
+    model: Optional[str] = typer.Option(None, help="Override the checkpoint's base model path."),
+    config: Optional[Path] = typer.Option(None, help="YAML or JSON EvalSettings; flags override it."),
+    json_output: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate PERK and its baselines: EM/F1 overall, by length and by fact position.
+
+    Example: perk eval --checkpoint runs/tiny-qa1 --task data/qa1 --limit 100
+    """
+    from perk_cli.config import EvalSettings
+    from perk_cli.evaluate import evaluate
+    from perk_cli.settings_io import build_settings
+
+    flags = dict(checkpoint=str(checkpoint), task=str(task), split=split, out=str(out_dir) if out_dir else None,
+                 limit=limit, seed=seed, plain_lr=plain_lr, max_tokens_per_step=max_tokens_per_step,
+                 max_new_tokens=max_new_tokens, model=model,
+                 baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
+    settings = build_settings(EvalSettings, config, flags)
+    with _progress(quiet or json_output) as bar:
+        handle = bar.add_task("evaluating", total=None)
+        report = evaluate(settings, lambda done, total: bar.update(handle, completed=done, total=total))
+    if json_output:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=escape(f"{settings.task} [{settings.split}], {report['n_tasks']} tasks"))
+    buckets = sorted({b for m in report["methods"].values() for b in m["by_length"]},
+                     key=lambda b: (b == "unknown", int(b) if b.isdigit() else 0))
+    for column in ["method", "EM", "F1", *[f"EM@{b}" for b in buckets], "failures"]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, m in report["methods"].items():
+        table.add_row(method, f"{m['em']:.3f}", f"{m['f1']:.3f}",
+                      *[f"{m['by_length'][b]['em']:.3f}" if b in m["by_length"] else "-" for b in buckets],
+                      str(m["failures"]))
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"predictions, metrics.json and accuracy_vs_length.png in {report['out']}", markup=False)
 
 
 def main() -> None:

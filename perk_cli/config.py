@@ -163,3 +163,19 @@ class RunConfig(_Settings):
     prompt: PromptSettings = PromptSettings()
     train: TrainSettings = TrainSettings()
     task: str | None = Field(None, description="Task directory it was trained on.")
+
+
+class EvalSettings(_Settings):
+    """`perk eval`: PERK and its baselines on one split of a task directory."""
+
+    checkpoint: str
+    task: str
+    split: Literal["train", "validation", "test"] = "test"
+    out: str | None = Field(None, description="Output directory [default: <run>/eval-<split>].")
+    limit: int | None = Field(None, ge=1, description="Evaluate a seeded subsample of this many tasks.")
+    seed: int = 0
+    baselines: list[Literal["in-context", "plain-ttt"]] = ["in-context", "plain-ttt"]
+    plain_lr: float = Field(1e-3, gt=0, description="Fixed learning rate of the plain-TTT baseline.")
+    max_tokens_per_step: int = Field(4096, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    model: str | None = Field(None, description="Override the checkpoint's base model path.")

@@ -1,0 +1,115 @@
+"""The two baselines every evaluation reports beside PERK.
+
+- In-context (FT-ICR): the same base with a LoRA fine-tuned to answer with the whole context in the
+  prompt, on the same training tasks with the same step budget. Limited by the model's positions.
+- Plain test-time training: the same inner loop from a zero-B LoRA, fixed learning rate, no weighting
+  and no meta-learning.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from perk_cli.checkpoint import read_checkpoint, save_checkpoint
+from perk_cli.config import InnerLoopSettings, RunConfig
+from perk_cli.data.schema import Task
+from perk_cli.encoding import _pad, answer_target, question_prompt
+from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.inner_loop import InnerResult, run_inner_loop
+from perk_cli.engine.losses import answer_loss, functional_model_call
+from perk_cli.runtime import Runtime, build_runtime
+
+IN_CONTEXT_DIR = "in-context"
+
+
+def context_text(task: Task) -> str:
+    return "\n".join(task.context) + "\n"
+
+
+def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> TokenBatch | None:
+    """Context + question prompt (+ answer target); None when it exceeds the model's positions."""
+    tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
+    ids = tokenizer(context_text(task) + question_prompt(task.question, len(task.context), prompt),
+                    add_special_tokens=False)["input_ids"]
+    target: list[int] = []
+    if with_answer:
+        target = tokenizer(answer_target(task.answer, task.support, prompt), add_special_tokens=False)["input_ids"]
+        target = target[: prompt.max_answer_tokens] + [tokenizer.eos_token_id]
+    if len(ids) + len(target) + (0 if with_answer else prompt.max_answer_tokens) > runtime.max_positions:
+        return None
+    return _pad([(ids + target, [False] * len(ids) + [True] * len(target))], tokenizer.pad_token_id)
+
+
+def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
+                     on_step: Callable[[int, int, float], None] | None = None) -> Path:
+    """Fine-tune the in-context LoRA (and the base, when the run trains it) with PERK's step budget."""
+    from perk_cli.train import batch_indices, lr_factor
+
+    torch.manual_seed(config.train.seed)
+    runtime = build_runtime(config)
+    train = config.train
+    lora = runtime.meta.lora_init()
+    params = list(lora.values()) + (list(runtime.meta.base_parameters().values()) if train.train_base else [])
+    optimizer = torch.optim.AdamW(params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+    fitting = [t for t in tasks if in_context_batch(runtime, t) is not None]
+    if not fitting:
+        raise ValueError("no training task fits the model's positions with its context in the prompt")
+    for step in range(train.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = train.lr * lr_factor(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for index in batch_indices(step, train.tasks_per_batch, len(fitting), train.seed):
+            batch = in_context_batch(runtime, fitting[index]).to(runtime.device)
+            loss = answer_loss(functional_model_call(runtime.model, {}), batch)
+            (loss / train.tasks_per_batch).backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, train.clip)
+        optimizer.step()
+        if on_step:
+            on_step(step + 1, train.max_steps, total / train.tasks_per_batch)
+    save_checkpoint(out / IN_CONTEXT_DIR, config, runtime.state_tensors(), {"step": train.max_steps, "fits": len(fitting)})
+    return out / IN_CONTEXT_DIR
+
+
+def load_in_context(run_dir: Path) -> Runtime | None:
+    path = run_dir / IN_CONTEXT_DIR
+    if not (path / "meta.safetensors").is_file():
+        return None
+    files = read_checkpoint(path)
+    return build_runtime(files.config, files.tensors, source=str(path))
+
+
+def plain_ttt_init(runtime: Runtime, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A fresh PEFT-style LoRA: A ~ kaiming-uniform(a=sqrt(5)) from `seed`, B = 0."""
+    generator = torch.Generator().manual_seed(seed)
+    init = {}
+    for name, param in runtime.meta.lora_init().items():
+        if ".lora_B." in name:
+            init[name] = torch.zeros_like(param)
+        else:
+            bound = 1 / math.sqrt(param.shape[1])  # kaiming_uniform_(a=sqrt(5)) on a Linear weight
+            values = (torch.rand(param.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            init[name] = values.to(param.dtype).to(param.device)
+    return init
+
+
+def plain_ttt(runtime: Runtime, context: TokenBatch, init: dict[str, torch.Tensor], lr: float,
+              max_tokens_per_group: int | None = None) -> InnerResult:
+    """The checkpoint's inner loop (K, optimiser) from `init`, fixed lr, no token weighting."""
+    inner = runtime.config.inner
+    settings = InnerLoopSettings(steps=inner.steps, optimizer=inner.optimizer, lr_init=lr, lr_max=None,
+                                 learn_lr=False, betas=inner.betas, eps=inner.eps, weighting=False,
+                                 unroll="first-order")
+    step_sizes = torch.full((inner.steps, len(init)), lr, device=runtime.device)
+    return run_inner_loop(runtime.model, init, context.split(max_tokens_per_group), step_sizes, None, settings,
+                          differentiable=False)
+
+
+def shuffled(tasks: list[Task], seed: int) -> list[Task]:
+    return random.Random(seed).sample(tasks, len(tasks))
