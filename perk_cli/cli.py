@@ -221,7 +221,7 @@ def ask(
 _TASK_NAMES = {"babi": ("babi", "qa1"), "records": ("records", "recall")}
 
 
-def _task_directory(task: str, out: Path, model: str, seed: int, quiet: bool) -> Path:
+def _task_directory(task: str, out: Path, model: str, seed: int, quiet: bool, rank: int = 0) -> Path:
     """A prepared directory, or a task name ('babi', 'babi:qa2', 'records:relation') generated into out/data."""
     path = Path(task)
     if path.is_dir():
@@ -238,7 +238,14 @@ def _task_directory(task: str, out: Path, model: str, seed: int, quiet: bool) ->
     subtask = subtask or _TASK_NAMES[family][1]
     data = out / "data"
     settings = PrepareSettings(task=family, subtask=subtask, out=str(data), model=model, seed=seed)
-    if not (data / "prepare.json").is_file():
+    if rank != 0:  # under torchrun rank 0 generates; the others wait for its atomic rename
+        import time
+
+        for _ in range(6000):
+            if (data / "prepare.json").is_file():
+                break
+            time.sleep(0.1)
+    elif not (data / "prepare.json").is_file():
         run_prepare(settings)
     if not quiet:
         err.print(f"--task {task}: using generated {family}/{subtask} tasks in {data}", markup=False)
@@ -334,9 +341,9 @@ def meta_train_command(
         task = task or previous.get("task")
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0
-    task_dir = _task_directory(task, out_dir, model_name, flags["train"].get("seed", 0), quiet or json_output)
-    flags["task"] = str(task_dir)
-    run_config = build_settings(RunConfig, None, flags)
+    run_config = build_settings(RunConfig, None, flags)  # validate every setting before any work
+    task_dir = _task_directory(task, out_dir, model_name, run_config.train.seed, quiet or json_output, rank)
+    run_config = run_config.model_copy(update={"task": str(task_dir)})
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("meta-training", total=run_config.train.max_steps)
 

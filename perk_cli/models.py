@@ -58,9 +58,18 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def _quiet_transformers() -> None:
+    """perk draws its own progress bars; transformers' per-load bars and info logs would interleave."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def _from_pretrained(source: str, settings: ModelSettings, **extra):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=resolve_dtype(settings.dtype),
         attn_implementation=settings.attn_implementation, **extra,

@@ -41,7 +41,21 @@ def build_settings(model: type[S], config: Path | None, flags: dict) -> S:
         return model.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        where = f"--{field.replace('_', '-')}: " if field else ""
+        option = option_name(tuple(str(p) for p in first["loc"]))
         message = first["msg"].removeprefix("Value error, ")
-        raise PerkError(f"{where}{message}")
+        raise PerkError(f"{option}: {message}" if option else message)
+
+
+# Nested RunConfig fields whose command-line flag is not simply --<section>-<field>.
+_ALIASES = {("model", "name"): "--model", ("inner", "lr_init"): "--inner-lr", ("inner", "steps"): "--inner-steps"}
+
+
+def option_name(loc: tuple[str, ...]) -> str:
+    """The flag a validation error location corresponds to (('lora', 'rank') -> '--lora-rank')."""
+    if not loc:
+        return ""
+    if loc[:2] in _ALIASES:
+        return _ALIASES[loc[:2]]
+    if loc[0] in ("train", "prompt", "model") and len(loc) > 1:
+        loc = loc[1:]  # their flags carry no section prefix (--max-steps, --segment-tokens, --device)
+    return "--" + "-".join(p for p in loc if not p.isdigit()).replace("_", "-")

@@ -1,0 +1,215 @@
+"""meta-train and eval: learning, exact resume, DDP equality, metrics, outputs, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from perk_cli import __version__
+from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+from perk_cli.metrics import exact_match, normalize, token_f1
+from perk_cli.runtime import build_runtime
+from perk_cli.train import Interrupted, meta_train, validate
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def qa1(tmp_path_factory):
+    from perk_cli.config import PrepareSettings
+    from perk_cli.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "qa1"
+    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, train=64, validation=8, test=8, out=str(out),
+                            segment_tokens=32, seed=5))
+    return out
+
+
+def _config(**train):
+    values = dict(max_steps=6, tasks_per_batch=4, eval_every=3, eval_tasks=8, lr=3e-3, warmup_steps=1,
+                  train_base=True, seed=1)
+    values.update(train)
+    return RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
+                     inner=InnerLoopSettings(lr_init=1e-2, steps=2, unroll_start=1),
+                     prompt=PromptSettings(segment_tokens=32), train=TrainSettings(**values))
+
+
+def test_meta_training_lowers_the_validation_answer_loss(qa1, tmp_path):
+    from perk_cli.data.schema import read_split
+
+    config = _config(max_steps=20, eval_every=20)
+    torch.manual_seed(config.train.seed)
+    before = validate(build_runtime(config), read_split(qa1, "validation"))
+    result = meta_train(config, qa1, tmp_path / "run")
+    assert result.last_metrics["val_loss"] < before["val_loss"] - 1.0, (before, result.last_metrics)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, 21))
+    assert {"outer_loss", "inner_loss_first", "inner_loss_last", "eta_mean", "grad_norm"} <= set(lines[0])
+    assert "val_em" in lines[-1]
+    for name in ("best", "last"):
+        files = sorted(p.name for p in (tmp_path / "run" / name).iterdir())
+        assert {"config.json", "meta.safetensors", "trainer_state.json"} <= set(files)
+    assert (tmp_path / "run" / "last" / "optimizer.safetensors").is_file()
+
+
+def test_checkpoint_holds_no_hub_base_weights(qa1, tmp_path):
+    from tests.conftest import micro_gpt2
+    from perk_cli.tiny import build_tiny_tokenizer
+
+    local = tmp_path / "local-model"
+    micro = micro_gpt2(dtype=torch.float32)
+    micro.config.vocab_size = 64
+    micro.save_pretrained(local)
+    build_tiny_tokenizer().save_pretrained(local)
+    config = _config(max_steps=1, eval_every=1, train_base=False).model_copy(
+        update={"model": RunConfig.model_fields["model"].default.model_copy(update={"name": str(local)})})
+    # the tiny tokenizer has a larger vocabulary than this micro model: restrict tasks to ids < 64? no:
+    # only the checkpoint contents matter here, so train on nothing larger than one step.
+    micro.resize_token_embeddings(2048)
+    micro.save_pretrained(local)
+    meta_train(config, qa1, tmp_path / "run")
+    tensors = load_file(str(tmp_path / "run" / "last" / "meta.safetensors"))
+    assert tensors and all(k.startswith(("lora_init.", "step_sizes.", "weighter.")) for k in tensors)
+
+
+def _strip(lines):
+    return [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(qa1, tmp_path):
+    config = _config(max_steps=6, eval_every=2)
+    meta_train(config, qa1, tmp_path / "straight")
+
+    def interrupt(step, total, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as info:
+        meta_train(config, qa1, tmp_path / "broken", on_step=interrupt)
+    assert info.value.step == 3
+    state = json.loads((tmp_path / "broken" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    meta_train(config, qa1, tmp_path / "broken", resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "meta.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "last" / "meta.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _strip((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()) == \
+           _strip((tmp_path / "broken" / "metrics.jsonl").read_text().splitlines())
+
+
+def _cli_train(args, out, env=None, nproc=None):
+    base = [sys.executable, "-m", "perk_cli.cli"] if nproc is None else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517",
+         "-m", "perk_cli.cli"]
+    cmd = base + ["meta-train", *args, "--out", str(out), "--quiet", "--no-baseline"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_total_batch(qa1, tmp_path):
+    args = ["--task", str(qa1), "--max-steps", "3", "--tasks-per-batch", "4", "--eval-every", "3",
+            "--eval-tasks", "2", "--lora-rank", "4", "--inner-steps", "2", "--unroll-start", "1", "--lr", "3e-3"]
+    _cli_train(args, tmp_path / "single")
+    _cli_train(args, tmp_path / "ddp", nproc=2)
+    a = load_file(str(tmp_path / "single" / "last" / "meta.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "last" / "meta.safetensors"))
+    assert a.keys() == b.keys()
+    moved = 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        moved += 1
+    assert moved > 10
+    single = [json.loads(l) for l in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    ddp = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [round(l["outer_loss"], 4) for l in single] == [round(l["outer_loss"], 4) for l in ddp]
+
+
+@pytest.mark.parametrize("prediction, gold, em, f1", [
+    ("The kitchen.", "kitchen", 1.0, 1.0),
+    ("the garden", "kitchen", 0.0, 0.0),
+    ("Computer Science", "computer  science!", 1.0, 1.0),
+    ("kitchen kitchen", "kitchen", 0.0, 2 * (1 / 2) * 1 / (1 / 2 + 1)),  # counts: precision 1/2, recall 1
+    ("x b c", "b c d", 0.0, 2 / 3),
+    ("a b c", "b c d", 0.0, 0.8),  # the article "a" is dropped: precision 1, recall 2/3
+    ("", "kitchen", 0.0, 0.0),
+])
+def test_metrics_against_hand_computed_values(prediction, gold, em, f1):
+    assert exact_match(prediction, gold) == em
+    assert token_f1(prediction, gold) == pytest.approx(f1)
+    assert normalize("  An  Apple, the PIE! ") == "apple pie"
+
+
+def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["meta-train", "--task", str(qa1), "--out", str(run), "--max-steps", "2",
+                              "--tasks-per-batch", "2", "--eval-every", "2", "--eval-tasks", "2", "--lora-rank", "4",
+                              "--inner-steps", "2", "--unroll-start", "1", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["steps"] == 2 and summary["in_context_baseline"].endswith("in-context")
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--limit", "3",
+                              "--max-new-tokens", "4", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    for method in ("perk", "plain-ttt", "in-context"):
+        assert method in out
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["accuracy_vs_length.png", "metrics.json",
+                                                                  "predictions.jsonl"]
+    rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {r["method"] for r in rows} == {"perk", "plain-ttt", "in-context"}
+    assert {"id", "question", "gold", "prediction", "correct", "method"} <= set(rows[0])
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_tasks"] == 3 and set(metrics["methods"]) == {"perk", "plain-ttt", "in-context"}
+    assert (tmp_path / "ev" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    # a context beyond the model's positions is an in-context failure, reported, not skipped
+    from perk_cli.config import PrepareSettings
+    from perk_cli.prepare import prepare
+
+    long_dir = tmp_path / "long"
+    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, length=1400, train=0, validation=0, test=2,
+                            out=str(long_dir)))
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(long_dir), "--max-new-tokens", "3",
+                              "--out", str(tmp_path / "ev-long"), "--json"], capsys)
+    assert code == 0, err
+    icr = json.loads(out)["methods"]["in-context"]
+    assert icr["n"] == 2 and icr["failures"] == 2 and icr["em"] == 0.0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["meta-train", "--task", "nosuchtask"], "unknown task"),
+    (["meta-train", "--task", "babi", "--inner-steps", "-1"], "--inner-steps: "),
+    (["meta-train", "--task", "babi", "--lora-rank", "0"], "--lora-rank: "),
+    (["meta-train", "--task", "babi", "--max-steps", "0"], "--max-steps: "),
+])
+def test_meta_train_bad_input(tmp_path, capsys, args, expected):
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing generated or written before validation
+
+
+def test_eval_bad_input(qa1, tmp_path, capsys):
+    run = tmp_path / "run"
+    meta_train(_config(max_steps=1, eval_every=1, baseline=False), qa1, run)
+    no_split = tmp_path / "nosplit"
+    shutil.copytree(qa1, no_split)
+    (no_split / "test.jsonl").unlink()
+    code, _, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(no_split)], capsys)
+    assert code == 2 and "split 'test' not found" in err
+    from tests.conftest import micro_gpt2
+    from perk_cli.tiny import build_tiny_tokenizer
+
+    other = tmp_path / "other"
+    micro_gpt2(dtype=torch.float32).save_pretrained(other)
+    build_tiny_tokenizer().save_pretrained(other)
+    capsys.readouterr()
+    code, _, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--model", str(other)], capsys)
+    assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "nope"), "--task", str(qa1)], capsys)
+    assert code == 2 and "no such directory" in err
