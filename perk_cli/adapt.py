@@ -59,7 +59,7 @@ def load_adapter(checkpoint: Path | None = None, model: str | None = None, runs:
     else:
         note = ""
     if checkpoint is not None:
-        files = read_checkpoint(checkpoint)
+        files = read_checkpoint(Path(checkpoint))
         config = files.config
         if model is not None:
             config = config.model_copy(update={"model": config.model.model_copy(update={"name": model})})
