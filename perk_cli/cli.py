@@ -428,6 +428,61 @@ def eval_command(
     out.print(f"predictions, metrics.json and accuracy_vs_length.png in {report['out']}", markup=False)
 
 
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where data, run and evaluations go."),
+    minutes: float = typer.Option(4.0, min=0.01, help="Meta-training time budget when training here."),
+    retrain: bool = typer.Option(False, help="Train from scratch even if a bundled checkpoint exists."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Use this checkpoint instead of training."),
+    test_tasks: int = typer.Option(40, min=1, help="Held-out tasks at each length."),
+    seed: int = typer.Option(0, help="Seed."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
+) -> None:
+    """The whole pipeline, offline, in under 10 minutes on a CPU: prepare, meta-train, eval, adapt, ask.
+
+    Example: perk demo
+    """
+    import dataclasses
+
+    from perk_cli.demo import run_demo
+
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "data").is_dir():
+        raise PerkError(f"--out {out_dir}: not empty and not a previous demo; choose another directory")
+    if out_dir.exists() and (out_dir / "run").exists() and checkpoint is None:
+        import shutil
+
+        shutil.rmtree(out_dir / "run")  # a previous demo's run: the demo always starts fresh
+    say = (lambda message: None) if (quiet or json_output) else (lambda message: err.print(message, markup=False))
+    with _progress(quiet or json_output) as bar:
+        handle = bar.add_task("meta-training", total=None)
+        result = run_demo(out_dir, minutes, retrain, checkpoint, test_tasks, seed, say,
+                          lambda step, total, m: bar.update(handle, completed=step, description=(
+                              f"meta-training  step {step}  loss {m['outer_loss']:.3f}")))
+    if json_output:
+        out.print_json(json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                                   for k, v in dataclasses.asdict(result).items()}))
+        return
+    table = Table(title=f"qa1 exact match, {test_tasks} held-out tasks a length")
+    table.add_column("method")
+    for length in result.lengths:
+        label = "training length" if length == result.lengths[0] else f"{length // result.lengths[0]}x"
+        table.add_column(f"{length} tokens ({label})", justify="right")
+    names = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training"}
+    for method in ("perk", "in-context", "plain-ttt"):
+        if method in result.em:
+            table.add_row(names[method], *[f"{result.em[method].get(n, float('nan')):.3f}" for n in result.lengths])
+    table.add_row("chance (1 of 9 places)", *[f"{result.chance:.3f}" for _ in result.lengths])
+    out.print(table)
+    source = "trained here (tiny preset)" if result.trained_here else str(result.checkpoint)
+    out.print(f"checkpoint: {source}", markup=False)
+    out.print(f"sample document ({len(result.document)} chars): {result.document[:160]}...", markup=False)
+    out.print(f"question: {result.question}   gold: {result.gold}   PERK's answer from the memory: "
+              f"{result.answer!r}", markup=False)
+    out.print(f"files: {out_dir} (data/, run/, eval-*/predictions.jsonl and metrics.json, sample-memory.safetensors)"
+              f"; {result.seconds / 60:.1f} minutes", markup=False)
+
+
 def main() -> None:
     try:
         app()

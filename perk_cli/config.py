@@ -146,6 +146,7 @@ class TrainSettings(_Settings):
     spike_factor: float | None = Field(
         20.0, gt=1, description="Skip a step whose gradient norm exceeds this x the running median."
     )
+    max_minutes: float | None = Field(None, gt=0, description="Stop (validate and save) after this wall time.")
     eval_every: int = Field(50, ge=1, description="Validate every N steps.")
     eval_tasks: int = Field(32, ge=1, description="Validation tasks a validation pass.")
     train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")

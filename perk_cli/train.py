@@ -161,6 +161,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     if train.epochs is not None:
         max_steps = min(max_steps, math.ceil(train.epochs * len(train_tasks) / train.tasks_per_batch))
     metrics: dict = {}
+    started_run = time.monotonic()
     try:
         while step < max_steps:
             started = time.perf_counter()
@@ -188,6 +189,10 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                 optimizer.step()
                 history.append(norm)
             step += 1
+            if train.max_minutes is not None:
+                late = time.monotonic() - started_run > 60 * train.max_minutes
+                if distributed.all_reduce_sum([float(late)])[0] > 0:  # every rank stops at the same step
+                    max_steps = step  # out of time: this step is the last (validated and saved below)
             n = len(indices)
             metrics = {"step": step, "outer_loss": totals[0] / n, "inner_loss_first": totals[1] / n,
                        "inner_loss_last": totals[2] / n, "grad_norm": norm, "skipped": spike,

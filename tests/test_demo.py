@@ -1,0 +1,35 @@
+"""`perk demo` end to end, shortened: every stage runs and the table is honest (chance printed)."""
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_demo_runs_every_stage_and_reports_chance(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["demo", "--out", str(out), "--minutes", "0.05", "--test-tasks", "2", "--json"],
+                                capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["trained_here"] is True and result["lengths"] == [128, 512]
+    assert set(result["em"]) == {"perk", "in-context", "plain-ttt"}
+    assert abs(result["chance"] - 1 / 9) < 1e-9
+    assert result["question"].startswith("Where is ") and result["gold"]
+    for name in ("eval-128/metrics.json", "eval-512/predictions.jsonl", "sample-memory.safetensors",
+                 "run/best/meta.safetensors", "run/in-context/meta.safetensors"):
+        assert (out / name).is_file(), name
+    # a second demo into the same directory starts fresh; a foreign directory is refused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "mine"), "--minutes", "0.05"], capsys)
+    assert code == 2 and "not empty" in err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_demo_with_a_given_checkpoint_skips_training(tmp_path, capsys):
+    out = tmp_path / "first"
+    assert run_cli(["demo", "--out", str(out), "--minutes", "0.05", "--test-tasks", "1", "-q"], capsys)[0] == 0
+    code, stdout, err = run_cli(["demo", "--out", str(tmp_path / "second"), "--checkpoint", str(out / "run"),
+                                 "--test-tasks", "1"], capsys)
+    assert code == 0, err
+    assert "using checkpoint" in err and "meta-training the tiny preset" not in err
+    assert "PERK" in stdout and "chance" in stdout
