@@ -51,9 +51,9 @@ def run_config(model: str, unroll: str, minutes: float | None, max_steps: int, d
         perk_version=__version__, task=str(data),
         model=ModelSettings(name=model),
         lora=LoraSettings(rank=16, alpha=32, top_layers=4 if model != "tiny" else None),
-        inner=InnerLoopSettings(steps=4, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll, unroll_start=2),
+        inner=InnerLoopSettings(steps=2, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll, unroll_start=1),
         prompt=PromptSettings(segment_tokens=128, max_answer_tokens=16),
-        train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=4, lr=1e-4 if model != "tiny"
+        train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=4, lr=5e-4 if model != "tiny"
                             else 1e-3, warmup_steps=10, schedule="constant", eval_every=25, eval_tasks=16,
                             train_base=model == "tiny", baseline=True, seed=0),
     )
