@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import warnings
@@ -83,15 +85,9 @@ def _load_gguf(path: Path, settings: ModelSettings):
         import gguf  # noqa: F401
     except ImportError:
         raise PerkError(f"--model {path}: loading .gguf files needs the gguf package: pip install 'perk[gguf]'")
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF converter draws a bare tqdm bar
-    try:
+    # transformers' GGUF converter draws a bare tqdm bar on stderr; perk shows its own progress.
+    with contextlib.redirect_stderr(io.StringIO()):
         return _from_pretrained(str(path.parent), settings, gguf_file=path.name)
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
 
 
 # Short names for models shipped inside pip packages (no Hub access needed).
