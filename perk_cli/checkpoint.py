@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from perk_cli.atomic import staged_directory
 from perk_cli.config import RunConfig
 from perk_cli.errors import PerkError
 
@@ -37,26 +35,13 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_checkpoint(directory: Path, config: RunConfig, tensors: dict[str, torch.Tensor],
                     trainer_state: dict | None = None, optimizer: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint directory atomically (staging directory, then rename over the old one)."""
-    directory = directory.resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         (staging / CONFIG).write_text(config.model_dump_json(indent=2) + "\n")
         save_file(_contiguous(tensors), str(staging / META), metadata={"format": "perk-checkpoint/1"})
         if optimizer is not None:
             save_file(_contiguous(optimizer), str(staging / OPTIMIZER))
         if trainer_state is not None:
             (staging / STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def resolve_checkpoint(path: Path) -> Path:

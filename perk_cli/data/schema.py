@@ -7,13 +7,11 @@ A split file holds one `Task` a line. A prepared directory holds `train.jsonl`, 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from perk_cli.atomic import staged_directory
 from perk_cli.errors import PerkError
 
 SPLITS = ("train", "validation", "test")
@@ -136,20 +134,9 @@ def write_prepared(out: Path, splits: dict[str, list[Task]], info: dict) -> None
     if out.exists() and any(out.iterdir()) and not (out / "prepare.json").is_file():
         raise PerkError(f"--out {out}: directory is not empty and was not made by `perk prepare`; "
                         "choose a new directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         for split, tasks in splits.items():
             with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for task in tasks:
                     f.write(task.model_dump_json(exclude_none=True) + "\n")
         (staging / "prepare.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out.exists():
-            backup = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(backup)
-            staging.rename(out)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
