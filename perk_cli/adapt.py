@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from perk_cli import __version__
 from perk_cli.checkpoint import DEFAULT_RUNS, latest_checkpoint, read_checkpoint
 from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
+from perk_cli.data.schema import read_tasks, read_text
 from perk_cli.data.segment import segment_text
 from perk_cli.encoding import encode_context
 from perk_cli.engine.inner_loop import GroupCallback
@@ -35,6 +37,26 @@ class Origin:
     note: str = ""
 
 
+def read_document(document: str) -> tuple[str | None, list[str] | None]:
+    """(text, None) for a text file or '-' (stdin); (None, segments) for a task record file."""
+    if document == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PerkError("stdin: not valid UTF-8; re-encode the document as UTF-8")
+        if not text.strip() or "\x00" in text:
+            raise PerkError("stdin: empty or binary input; pipe a UTF-8 text document")
+        return text, None
+    path = Path(document)
+    if path.suffix in (".jsonl", ".json"):
+        tasks = read_tasks(path)
+        if not tasks:
+            raise PerkError(f"{path}: no task records")
+        return None, tasks[0].context
+    return read_text(path), None
+
+
 def plain_ttt_config(model: str, steps: int = 4, lr: float = 1e-3, optimizer: str = "adamw",
                      lora: LoraSettings | None = None, device: str = "auto") -> RunConfig:
     """Plain test-time training: zero-B LoRA, a fixed learning rate, no weighting, no meta-learning."""
@@ -48,7 +70,7 @@ def plain_ttt_config(model: str, steps: int = 4, lr: float = 1e-3, optimizer: st
 
 
 def load_adapter(checkpoint: Path | None = None, model: str | None = None, runs: Path = DEFAULT_RUNS,
-                 plain_steps: int = 4, plain_lr: float = 1e-3) -> tuple[Runtime, Origin]:
+                 plain_steps: int = 4, plain_lr: float = 1e-3, device: str | None = None) -> tuple[Runtime, Origin]:
     """The adapter for a checkpoint, the latest one under `runs`, or plain TTT on `model`."""
     if checkpoint is None and model is None:
         checkpoint = latest_checkpoint(runs)
@@ -61,11 +83,12 @@ def load_adapter(checkpoint: Path | None = None, model: str | None = None, runs:
     if checkpoint is not None:
         files = read_checkpoint(Path(checkpoint))
         config = files.config
-        if model is not None:
-            config = config.model_copy(update={"model": config.model.model_copy(update={"name": model})})
+        overrides = {k: v for k, v in (("name", model), ("device", device)) if v is not None}
+        if overrides:
+            config = config.model_copy(update={"model": config.model.model_copy(update=overrides)})
         runtime = build_runtime(config, files.tensors, source=str(files.path))
         return runtime, Origin("checkpoint", str(files.path), files.fingerprint, note)
-    config = plain_ttt_config(model, steps=plain_steps, lr=plain_lr)
+    config = plain_ttt_config(model, steps=plain_steps, lr=plain_lr, device=device or "auto")
     return build_runtime(config), Origin("plain-ttt", "", f"plain-ttt-lr{plain_lr}-k{plain_steps}")
 
 

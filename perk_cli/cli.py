@@ -102,28 +102,6 @@ def prepare(
         out.print(table)
 
 
-def _read_document(document: str) -> tuple[str | None, list[str] | None]:
-    """(text, None) for a text file or '-' (stdin); (None, segments) for a task record file."""
-    from perk_cli.data.schema import read_tasks, read_text
-
-    if document == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PerkError("stdin: not valid UTF-8; re-encode the document as UTF-8")
-        if not text.strip() or "\x00" in text:
-            raise PerkError("stdin: empty or binary input; pipe a UTF-8 text document")
-        return text, None
-    path = Path(document)
-    if path.suffix in (".jsonl", ".json"):
-        tasks = read_tasks(path)
-        if not tasks:
-            raise PerkError(f"{path}: no task records")
-        return None, tasks[0].context
-    return read_text(path), None
-
-
 @app.command()
 def adapt(
     document: str = typer.Argument(..., help="Text file, '-' for stdin, or a task file (.jsonl: its first record)."),
@@ -137,6 +115,7 @@ def adapt(
     steps: int = typer.Option(4, min=1, help="Plain TTT only: inner steps."),
     lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT only: fixed learning rate."),
     peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps [the checkpoint's, auto]."),
     json_output: bool = typer.Option(False, "--json", help="Print the memory's metadata as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -144,13 +123,15 @@ def adapt(
 
     Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1
     """
-    from perk_cli.adapt import adapt_segments, adapt_text, load_adapter
+    from perk_cli.adapt import adapt_segments, adapt_text, load_adapter, read_document
     from perk_cli.memory import export_peft
 
     if output.exists() and output.is_dir():
         raise PerkError(f"--out {output}: is a directory; give a file name like mem.safetensors")
-    text, segments = _read_document(document)
-    runtime, origin = load_adapter(checkpoint, model, plain_steps=steps, plain_lr=lr)
+    text, segments = read_document(document)
+    if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
+        raise PerkError(f"--device {device}: expected auto, cpu, cuda or mps")
+    runtime, origin = load_adapter(checkpoint, model, plain_steps=steps, plain_lr=lr, device=device)
     if origin.note and not quiet:
         err.print(origin.note, markup=False)
     with _progress(quiet or json_output) as bar:
@@ -218,40 +199,6 @@ def ask(
         answer(question)
 
 
-_TASK_NAMES = {"babi": ("babi", "qa1"), "records": ("records", "recall")}
-
-
-def _task_directory(task: str, out: Path, model: str, seed: int, quiet: bool, rank: int = 0) -> Path:
-    """A prepared directory, or a task name ('babi', 'babi:qa2', 'records:relation') generated into out/data."""
-    path = Path(task)
-    if path.is_dir():
-        return path
-    family, _, subtask = task.partition(":")
-    if family not in _TASK_NAMES or (path.suffix or "/" in task):
-        if path.exists() or "/" in task or path.suffix:
-            raise PerkError(f"--task {task}: not a task directory (prepare one with `perk prepare`)")
-        raise PerkError(f"--task {task}: unknown task; give a directory from `perk prepare` or one of "
-                        "babi, babi:qa2, babi:qa3, records, records:relation, records:aggregate")
-    from perk_cli.config import PrepareSettings
-    from perk_cli.prepare import prepare as run_prepare
-
-    subtask = subtask or _TASK_NAMES[family][1]
-    data = out / "data"
-    settings = PrepareSettings(task=family, subtask=subtask, out=str(data), model=model, seed=seed)
-    if rank != 0:  # under torchrun rank 0 generates; the others wait for its atomic rename
-        import time
-
-        for _ in range(6000):
-            if (data / "prepare.json").is_file():
-                break
-            time.sleep(0.1)
-    elif not (data / "prepare.json").is_file():
-        run_prepare(settings)
-    if not quiet:
-        err.print(f"--task {task}: using generated {family}/{subtask} tasks in {data}", markup=False)
-    return data
-
-
 @app.command("meta-train")
 def meta_train_command(
     model: Optional[str] = typer.Option(None, help="Hub id, local directory, .gguf file, or 'tiny' [default: tiny]."),
@@ -299,6 +246,7 @@ def meta_train_command(
     from perk_cli.baselines import train_in_context
     from perk_cli.config import RunConfig
     from perk_cli.data.schema import read_split
+    from perk_cli.prepare import task_directory
     from perk_cli.settings_io import build_settings, read_config_file
     from perk_cli.train import Interrupted, meta_train
 
@@ -342,7 +290,9 @@ def meta_train_command(
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0
     run_config = build_settings(RunConfig, None, flags)  # validate every setting before any work
-    task_dir = _task_directory(task, out_dir, model_name, run_config.train.seed, quiet or json_output, rank)
+    task_dir = task_directory(task, out_dir, model_name, run_config.train.seed, rank)
+    if Path(task_dir) != Path(task) and not (quiet or json_output):
+        err.print(f"--task {task}: using generated tasks in {task_dir}", markup=False)
     run_config = run_config.model_copy(update={"task": str(task_dir)})
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("meta-training", total=run_config.train.max_steps)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from pathlib import Path
 from typing import Callable
+
+from pydantic import ValidationError
 
 from perk_cli import __version__
 from perk_cli.config import PrepareSettings
@@ -161,3 +164,33 @@ def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict
                                                "max": max(lengths)}
     write_prepared(Path(settings.out), splits, summary)
     return summary
+
+
+_TASK_NAMES = {"babi": ("babi", "qa1"), "records": ("records", "recall")}
+
+
+def task_directory(task: str, out: Path, model: str, seed: int, rank: int = 0) -> Path:
+    """A prepared directory, or a task name ('babi', 'babi:qa2', 'records:relation') generated into out/data."""
+    path = Path(task)
+    if path.is_dir():
+        return path
+    family, _, subtask = task.partition(":")
+    if family not in _TASK_NAMES or (path.suffix or "/" in task):
+        if path.exists() or "/" in task or path.suffix:
+            raise PerkError(f"--task {task}: not a task directory (prepare one with `perk prepare`)")
+        raise PerkError(f"--task {task}: unknown task; give a directory from `perk prepare` or one of "
+                        "babi, babi:qa2, babi:qa3, records, records:relation, records:aggregate")
+    subtask = subtask or _TASK_NAMES[family][1]
+    data = out / "data"
+    try:
+        settings = PrepareSettings(task=family, subtask=subtask, out=str(data), model=model, seed=seed)
+    except ValidationError as exc:
+        raise PerkError(f"--task {task}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    if rank != 0:  # under torchrun rank 0 generates; the others wait for its atomic rename
+        for _ in range(6000):
+            if (data / "prepare.json").is_file():
+                break
+            time.sleep(0.1)
+    elif not (data / "prepare.json").is_file():
+        prepare(settings)
+    return data

@@ -176,7 +176,8 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                 rng = random.Random(f"{train.seed}/ids/{step}/{k}")
                 task = encode_task(runtime.tokenizer, train_tasks[index], config.prompt, rng,
                                    max_len=runtime.max_positions).to(runtime.device)
-                loss, result = runtime.meta.meta_loss(task)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
+                    loss, result = runtime.meta.meta_loss(task)
                 (loss / train.tasks_per_batch).backward()
                 totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0], totals[2] + result.losses[-1]]
             distributed.all_reduce_grads(params)

@@ -227,3 +227,24 @@ def test_task_record_input_and_stdin_questions(memory_file, tmp_path, capsys, mo
                               "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["segments"] == "2"
+
+
+def test_interactive_ask_keeps_answering_until_eof(memory_file, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is Mary?\n\nWhere is John?\n"))
+    code, out, err = run_cli(["ask", str(memory_file), "--interactive", "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    assert out.count('"question"') == 2 and "Where is John?" in out
+
+
+def test_adapt_device_option(memory_file, tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "m.safetensors"), "--model", "tiny",
+                            "--device", "tpu"], capsys)
+    assert code == 2 and "--device tpu" in err
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "m.safetensors"), "--model", "tiny",
+                            "--device", "cpu", "-q"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "m.safetensors").is_file()

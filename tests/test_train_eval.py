@@ -184,6 +184,7 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (["meta-train", "--task", "nosuchtask"], "unknown task"),
+    (["meta-train", "--task", "babi:qa9"], "--task babi:qa9: --subtask must be one of"),
     (["meta-train", "--task", "babi", "--inner-steps", "-1"], "--inner-steps: "),
     (["meta-train", "--task", "babi", "--lora-rank", "0"], "--lora-rank: "),
     (["meta-train", "--task", "babi", "--max-steps", "0"], "--max-steps: "),
@@ -213,3 +214,15 @@ def test_eval_bad_input(qa1, tmp_path, capsys):
     assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "nope"), "--task", str(qa1)], capsys)
     assert code == 2 and "no such directory" in err
+
+
+def test_meta_train_config_file_and_flag_override(qa1, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("lora:\n  rank: 2\n  alpha: 4\ninner:\n  steps: 2\n  unroll_start: 1\n"
+                      "train:\n  max_steps: 1\n  tasks_per_batch: 1\n  eval_every: 1\n  eval_tasks: 1\n")
+    code, _, err = run_cli(["meta-train", "--config", str(config), "--task", str(qa1), "--lora-rank", "3",
+                            "--out", str(tmp_path / "r"), "--no-baseline", "-q"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r" / "best" / "config.json").read_text())
+    assert saved["lora"]["rank"] == 3 and saved["lora"]["alpha"] == 4 and saved["inner"]["steps"] == 2
+    assert saved["train"]["train_base"] is True  # the tiny preset's default
