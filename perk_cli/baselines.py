@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +17,7 @@ import torch
 from perk_cli.checkpoint import read_checkpoint, save_checkpoint
 from perk_cli.config import InnerLoopSettings, RunConfig
 from perk_cli.data.schema import Task
-from perk_cli.encoding import _pad, answer_target, question_prompt
+from perk_cli.encoding import answer_target, pad_rows, question_prompt
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.inner_loop import InnerResult, run_inner_loop
 from perk_cli.engine.losses import answer_loss, functional_model_call
@@ -42,7 +41,7 @@ def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> 
         target = target[: prompt.max_answer_tokens] + [tokenizer.eos_token_id]
     if len(ids) + len(target) + (0 if with_answer else prompt.max_answer_tokens) > runtime.max_positions:
         return None
-    return _pad([(ids + target, [False] * len(ids) + [True] * len(target))], tokenizer.pad_token_id)
+    return pad_rows([(ids + target, [False] * len(ids) + [True] * len(target))], tokenizer.pad_token_id)
 
 
 def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
@@ -109,7 +108,3 @@ def plain_ttt(runtime: Runtime, context: TokenBatch, init: dict[str, torch.Tenso
     step_sizes = torch.full((inner.steps, len(init)), lr, device=runtime.device)
     return run_inner_loop(runtime.model, init, context.split(max_tokens_per_group), step_sizes, None, settings,
                           differentiable=False)
-
-
-def shuffled(tasks: list[Task], seed: int) -> list[Task]:
-    return random.Random(seed).sample(tasks, len(tasks))

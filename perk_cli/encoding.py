@@ -17,7 +17,7 @@ from perk_cli.config import PromptSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
 
 
-def _pad(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
+def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -27,14 +27,6 @@ def _pad(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
         attention[r, : len(row_ids)] = 1
         targets[r, : len(row_ids)] = torch.tensor(row_targets)
     return TokenBatch(ids, attention, targets)
-
-
-def max_positions(tokenizer, model_config=None) -> int:
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(model_config, key, None) if model_config is not None else None
-        if value:
-            return int(value)
-    return 1_000_000
 
 
 def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc_ids: list[int] | None = None,
@@ -51,7 +43,7 @@ def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc
         if max_len is not None and len(ids) > max_len:
             ids, mask = ids[:max_len], mask[:max_len]
         rows.append((ids, mask))
-    return _pad(rows, tokenizer.pad_token_id)
+    return pad_rows(rows, tokenizer.pad_token_id)
 
 
 def question_prompt(question: str, n_segments: int, settings: PromptSettings) -> str:
@@ -72,7 +64,7 @@ def encode_question(tokenizer, question: str, n_segments: int, settings: PromptS
     if answer is not None:
         target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
         target = target[: settings.max_answer_tokens] + [tokenizer.eos_token_id]
-    return _pad([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id)
+    return pad_rows([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id)
 
 
 def encode_task(tokenizer, task, settings: PromptSettings, rng: random.Random | None = None,

@@ -65,15 +65,11 @@ def test_checkpoint_holds_no_hub_base_weights(qa1, tmp_path):
 
     local = tmp_path / "local-model"
     micro = micro_gpt2(dtype=torch.float32)
-    micro.config.vocab_size = 64
+    micro.resize_token_embeddings(2048)  # room for the tiny tokenizer's ids
     micro.save_pretrained(local)
     build_tiny_tokenizer().save_pretrained(local)
     config = _config(max_steps=1, eval_every=1, train_base=False).model_copy(
         update={"model": RunConfig.model_fields["model"].default.model_copy(update={"name": str(local)})})
-    # the tiny tokenizer has a larger vocabulary than this micro model: restrict tasks to ids < 64? no:
-    # only the checkpoint contents matter here, so train on nothing larger than one step.
-    micro.resize_token_embeddings(2048)
-    micro.save_pretrained(local)
     meta_train(config, qa1, tmp_path / "run")
     tensors = load_file(str(tmp_path / "run" / "last" / "meta.safetensors"))
     assert tensors and all(k.startswith(("lora_init.", "step_sizes.", "weighter.")) for k in tensors)
@@ -226,3 +222,22 @@ def test_meta_train_config_file_and_flag_override(qa1, tmp_path, capsys):
     saved = json.loads((tmp_path / "r" / "best" / "config.json").read_text())
     assert saved["lora"]["rank"] == 3 and saved["lora"]["alpha"] == 4 and saved["inner"]["steps"] == 2
     assert saved["train"]["train_base"] is True  # the tiny preset's default
+
+
+def test_eval_baselines_option_and_epochs_limit(qa1, tmp_path, capsys):
+    run = tmp_path / "run"
+    # 64 training tasks, 8 a step: half an epoch is 4 steps, fewer than --max-steps
+    code, out, err = run_cli(["meta-train", "--task", str(qa1), "--out", str(run), "--max-steps", "50",
+                              "--epochs", "0.5", "--tasks-per-batch", "8", "--eval-every", "50", "--eval-tasks", "1",
+                              "--lora-rank", "2", "--inner-steps", "1", "--unroll", "first-order", "--no-baseline",
+                              "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 4
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--limit", "2",
+                              "--max-new-tokens", "2", "--baselines", "plain-ttt", "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["methods"]) == {"perk", "plain-ttt"}
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--limit", "2",
+                              "--max-new-tokens", "2", "--baselines", "", "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["methods"]) == {"perk"}
