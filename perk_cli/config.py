@@ -57,6 +57,10 @@ class InnerLoopSettings(_Settings):
     engine: Literal["func", "higher"] = Field(
         "func", description="func: torch.func.functional_call; higher: the official code's library."
     )
+    cache_prefix: bool = Field(
+        True, description="Run the frozen layers below the lowest LoRA layer once per context group, not "
+        "once per inner step (func engine; exact; costs tokens x hidden size of memory)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "InnerLoopSettings":
@@ -138,6 +142,11 @@ class TrainSettings(_Settings):
     epochs: float | None = Field(None, gt=0, description="Stop after this many passes over train (if sooner).")
     tasks_per_batch: int = Field(8, ge=1, description="Tasks an outer step (gradients accumulated).")
     lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")
+    step_size_lr: float | None = Field(
+        None, gt=0, description="Outer learning rate of the learned step sizes (None: lr). They are kept as "
+        "softplus(raw), which is about exp(raw) for small steps, so this moves eta by about a factor e per "
+        "1/step_size_lr outer steps.",
+    )
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(10, ge=0)

@@ -72,7 +72,8 @@ def batch_indices(step: int, batch: int, n_tasks: int, seed: int) -> list[int]:
 
 def outer_optimizer(runtime: Runtime) -> torch.optim.AdamW:
     train = runtime.config.train
-    return torch.optim.AdamW(runtime.meta.parameter_groups(train.weight_decay), lr=train.lr, betas=train.betas)
+    groups = runtime.meta.parameter_groups(train.weight_decay, train.step_size_lr)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

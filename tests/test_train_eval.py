@@ -241,3 +241,20 @@ def test_eval_baselines_option_and_epochs_limit(qa1, tmp_path, capsys):
                               "--max-new-tokens", "2", "--baselines", "", "--json"], capsys)
     assert code == 0, err
     assert set(json.loads(out)["methods"]) == {"perk"}
+
+
+def test_step_sizes_move_at_their_own_learning_rate(qa1, tmp_path):
+    from safetensors.torch import load_file as load
+
+    config = _config(max_steps=1, eval_every=1, lr=1e-7, step_size_lr=0.05, warmup_steps=0, train_base=False,
+                     schedule="constant", baseline=False, clip=1e6)
+    torch.manual_seed(config.train.seed)
+    before = build_runtime(config).meta.trainable_state_dict()
+    meta_train(config, qa1, tmp_path / "run")
+    after = load(tmp_path / "run" / "last" / "meta.safetensors")
+    # AdamW's first step moves every entry with a gradient by lr (m/sqrt(v) = sign(g), bias-corrected).
+    moved = (after["step_sizes.raw"] - before["step_sizes.raw"]).abs()
+    # (At inner step 0 B is still zero, so the A tensors' step-0 sizes get no gradient and stay put.)
+    assert torch.allclose(moved[moved > 0], torch.tensor(0.05), rtol=1e-3) and bool((moved[1] > 0).all())
+    lora_moves = max((after[k] - before[k]).abs().max() for k in before if k.startswith("lora_init."))
+    assert lora_moves <= 1.01e-7

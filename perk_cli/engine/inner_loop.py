@@ -18,6 +18,7 @@ from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.losses import functional_model_call, inner_loss
 from perk_cli.engine.optim import FunctionalOptimizer
+from perk_cli.engine.prefix import FrozenPrefix
 from perk_cli.engine.weighting import TokenWeighter
 
 # on_group(step, group_index, n_groups, loss) is called after every group's backward pass.
@@ -53,8 +54,12 @@ def run_inner_loop(
     *,
     differentiable: bool,
     on_group: GroupCallback | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> InnerResult:
-    """Run K = step_sizes.shape[0] inner steps; gradients of all groups are summed before each update."""
+    """Run K = step_sizes.shape[0] inner steps; gradients of all groups are summed before each update.
+
+    With `prefix`, the frozen blocks below the lowest LoRA layer run once per group, not once per step.
+    """
     names = list(params0)
     params = list(params0.values())
     differentiable = differentiable and torch.is_grad_enabled()  # under no_grad: same values, no graph
@@ -65,6 +70,7 @@ def run_inner_loop(
     state = optimizer.init_state(params)
     normaliser = sum(g.n_targets for g in groups)
     losses: list[float] = []
+    cached = [prefix.hidden(model, g) for g in groups] if prefix is not None else [None] * len(groups)
     for step in range(step_sizes.shape[0]):
         second_order = differentiable and keeps_graph(settings, step)
         grads: list[torch.Tensor] | None = None
@@ -74,8 +80,10 @@ def run_inner_loop(
             # reaches phi_0, and nothing of it outlives the group.
             leaves = params if second_order else [p.detach().requires_grad_() for p in params]
             with torch.enable_grad():
-                loss = inner_loss(functional_model_call(model, dict(zip(names, leaves))), group,
-                                  weighter, normaliser)
+                call = functional_model_call(model, dict(zip(names, leaves)))
+                if cached[index] is not None:
+                    call = _with_prefix(call, prefix, cached[index])
+                loss = inner_loss(call, group, weighter, normaliser)
                 group_grads = torch.autograd.grad(loss, leaves, create_graph=second_order)
             grads = list(group_grads) if grads is None else [a + b for a, b in zip(grads, group_grads)]
             step_loss += float(loss.detach())
@@ -85,3 +93,11 @@ def run_inner_loop(
         with torch.set_grad_enabled(differentiable):
             params, state = optimizer.step(params, grads, step_sizes[step], state)
     return InnerResult(dict(zip(names, params)), losses)
+
+
+def _with_prefix(call, prefix: FrozenPrefix, hidden: torch.Tensor):
+    def cached_call(**kwargs):
+        with prefix.reuse(hidden):
+            return call(**kwargs)
+
+    return cached_call

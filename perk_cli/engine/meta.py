@@ -14,6 +14,7 @@ from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
 from perk_cli.engine.inner_loop import GroupCallback, InnerResult, run_inner_loop
 from perk_cli.engine.losses import answer_loss, functional_model_call
+from perk_cli.engine.prefix import FrozenPrefix, find_frozen_prefix
 from perk_cli.engine.step_sizes import LearnedStepSizes
 from perk_cli.engine.weighting import TokenWeighter
 from perk_cli.models import lora_parameters
@@ -47,17 +48,30 @@ class MetaLearner(nn.Module):
     def base_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if n not in self.lora_names}
 
-    def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay on matrices; none on biases, norms, embeddings' 1-D tensors or eta."""
-        decay, no_decay = [], []
+    def parameter_groups(self, weight_decay: float, step_size_lr: float | None = None) -> list[dict]:
+        """AdamW groups: decay on matrices; none on biases, norms, 1-D tensors or eta.
+
+        With `step_size_lr`, the step sizes get a group of their own with that learning rate.
+        """
+        decay, no_decay, steps = [], [], []
         named = list(self.lora_init().items()) + list(self.named_parameters())
         if self.train_base:
             named += list(self.base_parameters().items())
         for name, param in named:
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or name.startswith("step_sizes") else decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if name.startswith("step_sizes") and step_size_lr is not None:
+                steps.append(param)
+            else:
+                (no_decay if param.ndim < 2 or name.startswith("step_sizes") else decay).append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if steps:
+            groups.append({"params": steps, "weight_decay": 0.0, "lr": step_size_lr})
+        return groups
+
+    def frozen_prefix(self) -> FrozenPrefix | None:
+        """The frozen blocks the inner loop may run once per group (None: caching off or impossible)."""
+        return find_frozen_prefix(self.model, self.lora_names) if self.settings.cache_prefix else None
 
     def inner_loop(self, context: TokenBatch, *, differentiable: bool,
                    on_group: GroupCallback | None = None) -> InnerResult:
@@ -68,7 +82,8 @@ class MetaLearner(nn.Module):
             return run_inner_loop_higher(self.model, self.lora_names, groups, self.step_sizes(),
                                          self.weighter, self.settings)
         return run_inner_loop(self.model, self.lora_init(), groups, self.step_sizes(), self.weighter,
-                              self.settings, differentiable=differentiable, on_group=on_group)
+                              self.settings, differentiable=differentiable, on_group=on_group,
+                              prefix=self.frozen_prefix())
 
     def meta_loss(self, task: MetaTask) -> tuple[torch.Tensor, InnerResult]:
         """Outer loss CE(answer | question; theta, phi_K), differentiable into Omega."""
@@ -87,7 +102,7 @@ class MetaLearner(nn.Module):
         groups = context.split(max_tokens_per_group or self.settings.max_tokens_per_group)
         result = run_inner_loop(self.model, self.lora_init(), groups,
                                 self.step_sizes(), self.weighter, self.settings,
-                                differentiable=False, on_group=on_group)
+                                differentiable=False, on_group=on_group, prefix=self.frozen_prefix())
         return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
 
     def trainable_state_dict(self, include_base: bool = False) -> dict[str, torch.Tensor]:
