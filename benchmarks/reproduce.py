@@ -62,6 +62,30 @@ def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max
     )
 
 
+def document_majority(directory: Path) -> dict:
+    """Recall's id-blind reference: answer with the asked attribute's most common value in the document.
+
+    A model that learnt which values occur but not which student holds them scores about this.
+    """
+    import collections
+    import re
+
+    from perk_cli.data.records import ATTRIBUTES
+    from perk_cli.data.schema import read_split
+    from perk_cli.metrics import exact_match
+
+    tasks = read_split(directory, "test")
+    correct = 0.0
+    for task in tasks:
+        attribute = re.match(r"What is the (\w+) of", task.question).group(1)
+        label = ATTRIBUTES[attribute]
+        values = [m.group(1).strip() for segment in task.context
+                  if (m := re.search(rf"{label}: ([^,]+)", segment))]
+        guess = collections.Counter(values).most_common(1)[0][0] if values else ""
+        correct += exact_match(guess, task.answer)
+    return {"em": correct / len(tasks), "f1": None, "n": len(tasks), "failures": 0}
+
+
 def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     """Meta-train (or resume) into `out`; returns the steps done."""
     from perk_cli.train import meta_train
@@ -133,6 +157,11 @@ def main() -> None:
             log(f"eval {key}: " + ", ".join(f"{k} {v['em']:.2f}" for k, v in results[key].items()))
     table = {"PERK (truncated)": ("perk-truncated", "perk"), "PERK first-order": ("perk-first-order", "perk"),
              "plain TTT": ("perk-truncated", "plain-ttt"), "in-context": ("perk-truncated", "in-context")}
+    if args.family == "recall":
+        for m, directory in dirs.items():
+            results[f"reference/x{m}"] = {"document-majority": document_majority(directory)}
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        table["document majority (ignores the id)"] = ("reference", "document-majority")
     header = "| method | " + " | ".join(f"{m}x" for m in MULTIPLIERS) + " |"
     lines = [header, "|---|" + "---|" * len(MULTIPLIERS)]
     for name, (run, method) in table.items():
@@ -150,7 +179,8 @@ def _plot(results: dict, table: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (run, method) in table.items():
-        ax.plot(MULTIPLIERS, [results[f"{run}/x{m}"][method]["em"] for m in MULTIPLIERS], marker="o", label=name)
+        ax.plot(MULTIPLIERS, [results[f"{run}/x{m}"][method]["em"] for m in MULTIPLIERS], marker="o", label=name,
+                linestyle="--" if run == "reference" else "-", color="grey" if run == "reference" else None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(MULTIPLIERS, [f"{m}x" for m in MULTIPLIERS])
     ax.set_xlabel("context length (multiple of training length)")
