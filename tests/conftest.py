@@ -44,6 +44,25 @@ def randomise_lora_b(peft_model, scale: float = 0.05, seed: int = 1) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * scale)
 
 
+def seeded_meta(peft_model, settings: dict, **overrides):
+    """A MetaLearner with seeded init and a non-zero weighter output (so token weights matter)."""
+    from perk_cli.config import InnerLoopSettings
+    from perk_cli.engine.meta import MetaLearner
+
+    torch.manual_seed(7)
+    meta = MetaLearner(peft_model, InnerLoopSettings(**{**settings, **overrides}))
+    with torch.no_grad():
+        meta.weighter.net[2].weight.normal_(0, 0.5)
+    return meta
+
+
+def meta_grads(meta, task):
+    """(meta-loss, inner result, gradients w.r.t. LoRA init, raw step sizes and weighter)."""
+    loss, result = meta.meta_loss(task)
+    targets = [*meta.lora_init().values(), meta.step_sizes.raw, *meta.weighter.parameters()]
+    return float(loss.detach()), result, torch.autograd.grad(loss, targets, allow_unused=True)
+
+
 def random_batch(rows: int, width: int, seed: int, pad_first: int = 0, prefix: int = 2) -> TokenBatch:
     """Random ids; row 0 right-padded by `pad_first`; the first `prefix` tokens of a row are not targets."""
     gen = torch.Generator().manual_seed(seed)

@@ -224,6 +224,22 @@ def test_meta_train_config_file_and_flag_override(qa1, tmp_path, capsys):
     assert saved["train"]["train_base"] is True  # the tiny preset's default
 
 
+def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tmp_path, capsys):
+    args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+            "--no-baseline", "-q"]
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "a"), "--step-size-lr", "0.05", "--no-cache-prefix"],
+                           capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
+    assert saved["train"]["step_size_lr"] == 0.05 and saved["inner"]["cache_prefix"] is False
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
+    assert saved["train"]["step_size_lr"] is None and saved["inner"]["cache_prefix"] is True
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)
+    assert code == 2 and "--step-size-lr" in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_baselines_option_and_epochs_limit(qa1, tmp_path, capsys):
     run = tmp_path / "run"
     # 64 training tasks, 8 a step: half an epoch is 4 steps, fewer than --max-steps

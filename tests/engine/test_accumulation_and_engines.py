@@ -3,26 +3,16 @@
 import pytest
 import torch
 
-from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import MetaTask
-from perk_cli.engine.meta import MetaLearner
-from tests.conftest import random_batch
+from tests.conftest import meta_grads, random_batch, seeded_meta
 
 
 def _meta(peft_model, **overrides):
-    settings = dict(steps=3, optimizer="adamw", lr_init=0.05, unroll="second-order")
-    settings.update(overrides)
-    torch.manual_seed(7)
-    meta = MetaLearner(peft_model, InnerLoopSettings(**settings))
-    with torch.no_grad():
-        meta.weighter.net[2].weight.normal_(0, 0.5)
-    return meta
+    return seeded_meta(peft_model, dict(steps=3, optimizer="adamw", lr_init=0.05, unroll="second-order"),
+                       **overrides)
 
 
-def _grads(meta, task):
-    loss, result = meta.meta_loss(task)
-    targets = [*meta.lora_init().values(), meta.step_sizes.raw, *meta.weighter.parameters()]
-    return float(loss.detach()), result, torch.autograd.grad(loss, targets, allow_unused=True)
+_grads = meta_grads
 
 
 def test_groups_split_rows_within_the_token_budget():

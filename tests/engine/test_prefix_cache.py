@@ -7,8 +7,8 @@ from perk_cli.config import InnerLoopSettings, LoraSettings
 from perk_cli.engine.batches import MetaTask
 from perk_cli.engine.meta import MetaLearner
 from perk_cli.engine.prefix import find_frozen_prefix
-from perk_cli.models import attach_lora
-from tests.conftest import micro_gpt2, micro_llama, random_batch, randomise_lora_b
+from perk_cli.models import attach_lora, lora_parameters
+from tests.conftest import meta_grads, micro_gpt2, micro_llama, random_batch, randomise_lora_b, seeded_meta
 
 
 def _peft(kind: str, top_layers: int | None):
@@ -19,14 +19,9 @@ def _peft(kind: str, top_layers: int | None):
 
 
 def _meta(peft_model, cache: bool, **overrides):
-    settings = dict(steps=3, optimizer="adamw", lr_init=0.02, lr_max=None, unroll="second-order",
-                    max_tokens_per_group=20, cache_prefix=cache)
-    settings.update(overrides)
-    torch.manual_seed(7)
-    meta = MetaLearner(peft_model, InnerLoopSettings(**settings))
-    with torch.no_grad():
-        meta.weighter.net[2].weight.normal_(0, 0.5)
-    return meta
+    return seeded_meta(peft_model, dict(steps=3, optimizer="adamw", lr_init=0.02, lr_max=None,
+                                        unroll="second-order", max_tokens_per_group=20, cache_prefix=cache),
+                       **overrides)
 
 
 def _task():
@@ -34,7 +29,7 @@ def _task():
 
 
 def _blocks(peft_model):
-    return find_frozen_prefix(peft_model, list(MetaLearner(peft_model, InnerLoopSettings()).lora_names)).blocks
+    return find_frozen_prefix(peft_model, list(lora_parameters(peft_model))).blocks
 
 
 @pytest.mark.parametrize("kind,top_layers,first", [("gpt2", 1, 2), ("llama", 2, 1)])
@@ -52,13 +47,9 @@ def test_cached_meta_gradient_equals_uncached(kind, top_layers, unroll):
     task = _task()
     grads = {}
     for cache in (False, True):
-        meta = _meta(peft_model, cache, unroll=unroll, unroll_start=1)
-        loss, result = meta.meta_loss(task)
-        params = [*meta.lora_init().values(), meta.step_sizes.raw, *meta.weighter.parameters()]
-        grads[cache] = (float(loss.detach()), result.losses,
-                        torch.autograd.grad(loss, params, allow_unused=True))
+        grads[cache] = meta_grads(_meta(peft_model, cache, unroll=unroll, unroll_start=1), task)
     assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-12)
-    assert grads[True][1] == pytest.approx(grads[False][1], rel=1e-12)
+    assert grads[True][1].losses == pytest.approx(grads[False][1].losses, rel=1e-12)
     for cached, plain in zip(grads[True][2], grads[False][2]):
         if plain is None:
             assert cached is None
