@@ -142,8 +142,9 @@ def main() -> None:
         shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
                         dirs_exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    results["recipe"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    results["recipe"]["outer_steps"] = steps
+    # What truncated PERK was trained with, from its own config (a rerun's flags may differ from it).
+    trained = json.loads((out / "perk-truncated" / "config.json").read_text())
+    results["recipe"] = {"outer_steps": steps, **{k: trained[k] for k in ("model", "lora", "inner", "train")}}
     for m, directory in dirs.items():
         for run, methods in (("perk-truncated", ["in-context", "plain-ttt"]), ("perk-first-order", [])):
             key = f"{run}/x{m}"

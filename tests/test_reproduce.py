@@ -22,7 +22,7 @@ def test_reproduce_runs_every_stage_and_resumes(tmp_path):
     first = _run(out)
     results = json.loads((out / "results.json").read_text())
     steps = results["recipe"]["outer_steps"]
-    assert steps >= 1 and results["recipe"]["step_size_lr"] == 1e-2
+    assert steps >= 1 and results["recipe"]["train"]["step_size_lr"] == 1e-2
     for m in (1, 2, 4, 8):
         assert set(results[f"perk-truncated/x{m}"]) == {"perk", "in-context", "plain-ttt"}
         assert set(results[f"perk-first-order/x{m}"]) == {"perk"}
