@@ -45,12 +45,28 @@ class InnerLoopSettings(_Settings):
         1.0, gt=0, description="Cap on a learned step size (guards meta-training); None = no cap."
     )
     learn_lr: bool = Field(True, description="Meta-learn the step sizes (False: fixed lr_init).")
+    step_size_space: Literal["log", "softplus"] = Field(
+        "log", description="Step sizes are learned as log(eta) (moves eta by a factor a step, whatever its size); "
+        "softplus is the former parameterisation, kept for ablations."
+    )
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     unroll: Literal["second-order", "first-order", "truncated"] = "truncated"
-    unroll_start: int = Field(2, ge=0, description="Truncated: steps before this are first-order.")
+    unroll_start: int = Field(
+        1, ge=0, description="Truncated: steps before this are first-order. 1 keeps step 0 (where B = 0 and "
+        "A has no gradient) out of the second-order graph."
+    )
+    b_init_std: float = Field(
+        1e-3, gt=0, description="When step 0 is unrolled (second-order, or unroll_start 0) an exactly-zero LoRA B "
+        "starts from N(0, b_init_std) instead: at B = 0 Adam's update has slope lr/eps in the gradient."
+    )
     weighting: bool = Field(True, description="Learn a per-token weight for the inner loss.")
+    weighting_mode: Literal["coefficients", "legacy"] = Field(
+        "coefficients", description="coefficients: the inner step descends sum_j w_j grad CE_j with w_j read "
+        "from token j's own state and normalised to mean 1; legacy: the former rule (the weighted loss "
+        "differentiated as a whole, w_j from the state before token j, unnormalised), kept for ablations."
+    )
     max_tokens_per_group: int | None = Field(
         None, ge=1, description="Split segments into accumulation groups of at most this many tokens."
     )
@@ -72,6 +88,9 @@ class InnerLoopSettings(_Settings):
             raise ValueError(f"lr_init ({self.lr_init}) exceeds lr_max ({self.lr_max})")
         if self.engine == "higher" and self.unroll != "second-order":
             raise ValueError("engine 'higher' supports only unroll 'second-order'")
+        if self.engine == "higher" and self.weighting and self.weighting_mode != "legacy":
+            raise ValueError("engine 'higher' differentiates the weighted loss as a whole (the official code's "
+                             "rule): use weighting off or weighting_mode 'legacy'")
         if self.engine == "higher" and self.optimizer == "adamw" and self.weight_decay:
             raise ValueError("engine 'higher' has no AdamW; use optimizer 'adam' or weight_decay 0")
         return self
@@ -143,9 +162,8 @@ class TrainSettings(_Settings):
     tasks_per_batch: int = Field(8, ge=1, description="Tasks an outer step (gradients accumulated).")
     lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")
     step_size_lr: float | None = Field(
-        None, gt=0, description="Outer learning rate of the learned step sizes (None: lr). They are kept as "
-        "softplus(raw), which is about exp(raw) for small steps, so this moves eta by about a factor e per "
-        "1/step_size_lr outer steps.",
+        1e-2, gt=0, description="Outer learning rate of the learned step sizes (None: lr). In log space this "
+        "moves eta by up to a factor exp(step_size_lr) a step: 1e-2 lets it grow 10x in about 230 steps.",
     )
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)

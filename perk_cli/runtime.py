@@ -38,7 +38,7 @@ def build_runtime(config: RunConfig, tensors: dict[str, torch.Tensor] | None = N
     meta = MetaLearner(peft_model, config.inner, train_base=config.train.train_base)
     if tensors is not None:
         try:
-            meta.load_trainable_state_dict({k: v.to(meta.step_sizes.raw.device) for k, v in tensors.items()})
+            meta.load_trainable_state_dict({k: v.to(meta.step_sizes.parameter.device) for k, v in tensors.items()})
         except (KeyError, RuntimeError) as exc:
             raise PerkError(f"{source or 'checkpoint'}: does not fit model {config.model.name!r} with its LoRA "
                             f"settings ({str(exc).splitlines()[0]})")

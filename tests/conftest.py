@@ -59,7 +59,7 @@ def seeded_meta(peft_model, settings: dict, **overrides):
 def meta_grads(meta, task):
     """(meta-loss, inner result, gradients w.r.t. LoRA init, raw step sizes and weighter)."""
     loss, result = meta.meta_loss(task)
-    targets = [*meta.lora_init().values(), meta.step_sizes.raw, *meta.weighter.parameters()]
+    targets = [*meta.lora_init().values(), meta.step_sizes.parameter, *meta.weighter.parameters()]
     return float(loss.detach()), result, torch.autograd.grad(loss, targets, allow_unused=True)
 
 

@@ -33,20 +33,35 @@ def token_nll(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
     return nll * batch.target_mask[:, 1:]
 
 
-def inner_loss(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | None,
-               normaliser: int) -> torch.Tensor:
-    """sum over target tokens of w(token) * CE(token) / normaliser (the task's real target count).
+def weighted_token_nll(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | None,
+                       legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, T-1] NLL of token j+1, [B, T-1] its weight), both zero where token j+1 is not a target.
 
-    The weight of token j+1 comes from the last hidden state at position j (the one predicting it).
-    That state depends on the LoRA too and is not detached, so the inner loss is one differentiable
-    function of phi and its meta-gradient is exact (checked against finite differences).
+    Without a weighter every target weighs 1. With one, the weight of token j+1 is read from the last
+    hidden state at position j+1, the state that has read that token (`legacy`: from position j, the
+    state that predicts it and has not seen it). The weights keep their graph (to the weighter and,
+    through the hidden state, to phi); the inner loop decides what to differentiate.
     """
     out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                output_hidden_states=weighter is not None)
     nll = token_nll(out.logits, batch)
-    if weighter is not None:
-        nll = nll * weighter(out.hidden_states[-1][:, :-1]).to(nll.dtype)
-    return nll.sum() / max(normaliser, 1)
+    mask = batch.target_mask[:, 1:].to(nll.dtype)
+    if weighter is None:
+        return nll, mask
+    hidden = out.hidden_states[-1]
+    return nll, weighter(hidden[:, :-1] if legacy else hidden[:, 1:]).to(nll.dtype) * mask
+
+
+def inner_loss(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | None,
+               normaliser: int) -> torch.Tensor:
+    """The legacy inner loss, sum_j w_j * CE_j / normaliser, as one function to differentiate whole.
+
+    Its gradient holds a term CE_j * grad w_j that lowers the weights instead of the loss; the default
+    inner loop (`weighting_mode="coefficients"`) does not use it. Kept for the `higher` engine (the
+    official code's rule) and for ablations.
+    """
+    nll, weights = weighted_token_nll(call, batch, weighter, legacy=True)
+    return (nll * weights).sum() / max(normaliser, 1)
 
 
 def answer_loss(call: ModelCall, batch: TokenBatch) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
-from perk_cli.engine.inner_loop import GroupCallback, InnerResult, run_inner_loop
+from perk_cli.engine.inner_loop import GroupCallback, InnerResult, keeps_graph, run_inner_loop
 from perk_cli.engine.losses import answer_loss, functional_model_call
 from perk_cli.engine.prefix import FrozenPrefix, find_frozen_prefix
 from perk_cli.engine.step_sizes import LearnedStepSizes
@@ -32,7 +32,8 @@ class MetaLearner(nn.Module):
             raise ValueError("the model has no LoRA tensors; wrap it with perk_cli.models.attach_lora")
         reference = next(iter(lora_parameters(peft_model).values()))
         self.step_sizes = LearnedStepSizes(
-            settings.steps, len(self.lora_names), settings.lr_init, settings.lr_max, settings.learn_lr
+            settings.steps, len(self.lora_names), settings.lr_init, settings.lr_max, settings.learn_lr,
+            settings.step_size_space,
         ).to(reference.device, reference.dtype)
         self.weighter = (
             TokenWeighter(peft_model.config.hidden_size).to(reference.device, reference.dtype)
@@ -41,6 +42,20 @@ class MetaLearner(nn.Module):
         for name, param in peft_model.named_parameters():
             if name not in self.lora_names:
                 param.requires_grad_(train_base)
+        if keeps_graph(settings, 0):
+            self._leave_zero_b()
+
+    def _leave_zero_b(self) -> None:
+        """Step 0 is unrolled: move an exactly-zero B (PEFT's init) to N(0, b_init_std).
+
+        At B = 0 the gradient of A is exactly 0, and Adam's g / (|g| + eps) has slope lr/eps there, so
+        the second-order meta-gradient through step 0 explodes (measured: 700x the truncated one).
+        """
+        lora_b = [p for n, p in self.lora_init().items() if ".lora_B." in n]
+        if lora_b and all(not p.any() for p in lora_b):
+            with torch.no_grad():
+                for param in lora_b:
+                    param.normal_(0.0, self.settings.b_init_std)
 
     def lora_init(self) -> dict[str, nn.Parameter]:
         return lora_parameters(self.model)
@@ -106,7 +121,7 @@ class MetaLearner(nn.Module):
         return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
 
     def trainable_state_dict(self, include_base: bool = False) -> dict[str, torch.Tensor]:
-        """Omega as flat tensors: 'lora_init.<name>', 'step_sizes.raw', 'weighter.*', and 'base.*' when
+        """Omega as flat tensors: 'lora_init.<name>', 'step_sizes.log_eta', 'weighter.*', and 'base.*' when
         the base is trained (or `include_base`: a base that exists nowhere else, like tiny's)."""
         state = {f"lora_init.{n}": p.detach() for n, p in self.lora_init().items()}
         state.update({k: v.detach() for k, v in self.state_dict().items()})
