@@ -58,7 +58,7 @@ def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max
         prompt=PromptSettings(segment_tokens=128, max_answer_tokens=16),
         train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=args.tasks_per_batch,
                             lr=args.lr, step_size_lr=args.step_size_lr, warmup_steps=10, schedule="constant",
-                            eval_every=25, eval_tasks=16, train_base=tiny, baseline=True, seed=0),
+                            eval_every=25, eval_tasks=16, train_base=tiny, baseline=unroll == "truncated", seed=0),
     )
 
 
@@ -125,8 +125,6 @@ def main() -> None:
         log_file.write(message + "\n")
         log_file.flush()
 
-    from perk_cli.baselines import train_in_context
-    from perk_cli.data.schema import read_split
     from perk_cli.evaluate import evaluate
 
     dirs = prepare_sets(args.family, args.model, out, args.test_tasks, args.train_tasks)
@@ -136,11 +134,9 @@ def main() -> None:
     log(f"truncated PERK: {steps} steps")
     train_stage(run_config(args, "first-order", None, steps, train_dir), train_dir, out / "perk-first-order",
                 log)
-    icr_config = run_config(args, "truncated", None, steps, train_dir)
-    if not (out / "perk-truncated" / "in-context" / "meta.safetensors").is_file():
-        train_in_context(icr_config, read_split(train_dir, "train"), out / "perk-truncated")
-        shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
-                        dirs_exist_ok=True)
+    # truncated PERK's run trained the in-context baseline on its steps (TrainSettings.baseline)
+    shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
+                    dirs_exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     # What truncated PERK was trained with, from its own config (a rerun's flags may differ from it).
     trained = json.loads((out / "perk-truncated" / "config.json").read_text())

@@ -44,10 +44,36 @@ def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> 
     return pad_rows([(ids + target, [False] * len(ids) + [True] * len(target))], tokenizer.pad_token_id)
 
 
+@torch.no_grad()
+def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dict:
+    """Answer loss and EM (greedy, the same decoding as PERK) of the in-context LoRA on the tasks whose
+    context fits the model's positions."""
+    from perk_cli.decode import generate_text
+    from perk_cli.encoding import cut_output, extract_answer
+    from perk_cli.metrics import exact_match
+
+    losses, hits = [], []
+    for task in tasks:
+        scored, prompt_only = in_context_batch(runtime, task), in_context_batch(runtime, task, with_answer=False)
+        if scored is None or prompt_only is None:
+            continue
+        losses.append(float(answer_loss(functional_model_call(runtime.model, {}), scored.to(runtime.device))))
+        raw = generate_text(runtime.model, runtime.tokenizer, prompt_only.input_ids, budget)
+        hits.append(exact_match(extract_answer(cut_output(raw, runtime.config.prompt), runtime.config.prompt),
+                                task.answer))
+    if not hits:
+        return {"val_loss": math.inf, "val_em": 0.0}
+    return {"val_loss": sum(losses) / len(losses), "val_em": sum(hits) / len(hits)}
+
+
 def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
-                     on_step: Callable[[int, int, float], None] | None = None) -> Path:
-    """Fine-tune the in-context LoRA (and the base, when the run trains it) with PERK's step budget."""
-    from perk_cli.train import batch_indices, lr_factor
+                     on_step: Callable[[int, int, float], None] | None = None,
+                     val_tasks: list[Task] | None = None, steps: int | None = None) -> Path:
+    """Fine-tune the in-context LoRA (and the base, when the run trains it) for `steps` outer steps (the
+    steps PERK took; default max_steps) on PERK's learning-rate schedule, validating every `eval_every`
+    steps and at the end; the weights with the best validation EM (then loss) are saved, as PERK's
+    best/ is kept."""
+    from perk_cli.train import batch_indices, decode_budget, lr_factor
 
     torch.manual_seed(config.train.seed)
     runtime = build_runtime(config)
@@ -58,7 +84,12 @@ def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
     fitting = [t for t in tasks if in_context_batch(runtime, t) is not None]
     if not fitting:
         raise ValueError("no training task fits the model's positions with its context in the prompt")
-    for step in range(train.max_steps):
+    val_tasks = (val_tasks or [])[: train.eval_tasks]
+    budget = decode_budget(runtime.tokenizer, val_tasks, config.prompt) if val_tasks else 0
+    steps = train.max_steps if steps is None else steps
+    best: dict = {"val_em": -1.0, "val_loss": math.inf, "step": 0}
+    best_state: dict[str, torch.Tensor] | None = None
+    for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = train.lr * lr_factor(step, config)
         optimizer.zero_grad(set_to_none=True)
@@ -70,9 +101,17 @@ def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, train.clip)
         optimizer.step()
+        done = step + 1
+        if val_tasks and (done % train.eval_every == 0 or done == steps):
+            metrics = validate_in_context(runtime, val_tasks, budget)
+            if (metrics["val_em"], -metrics["val_loss"]) > (best["val_em"], -best["val_loss"]):
+                best = {**metrics, "step": done}
+                best_state = {k: v.detach().clone() for k, v in runtime.state_tensors().items()}
         if on_step:
-            on_step(step + 1, train.max_steps, total / train.tasks_per_batch)
-    save_checkpoint(out / IN_CONTEXT_DIR, config, runtime.state_tensors(), {"step": train.max_steps, "fits": len(fitting)})
+            on_step(done, steps, total / train.tasks_per_batch)
+    state = best_state if best_state is not None else runtime.state_tensors()
+    save_checkpoint(out / IN_CONTEXT_DIR, config, state,
+                    {"step": steps, "fits": len(fitting), "best": best if val_tasks else None})
     return out / IN_CONTEXT_DIR
 
 
@@ -108,3 +147,28 @@ def plain_ttt(runtime: Runtime, context: TokenBatch, init: dict[str, torch.Tenso
     step_sizes = torch.full((inner.steps, len(init)), lr, device=runtime.device)
     return run_inner_loop(runtime.model, init, context.split(max_tokens_per_group), step_sizes, None, settings,
                           differentiable=False)
+
+
+@torch.no_grad()
+def tune_plain_ttt(runtime: Runtime, init: dict[str, torch.Tensor], tasks: list[Task], grid: list[float],
+                   budget: int, max_tokens_per_group: int | None = None) -> dict:
+    """Plain TTT's learning rate chosen on validation tasks: best EM (greedy, as every method is decoded),
+    ties broken by the lower answer loss. Returns the grid, each point's EM and loss, and the pick."""
+    from perk_cli.decode import answer_question
+    from perk_cli.encoding import encode_task
+    from perk_cli.metrics import exact_match
+
+    tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
+    encoded = [encode_task(tokenizer, t, prompt, max_len=runtime.max_positions).to(runtime.device) for t in tasks]
+    points = []
+    for lr in grid:
+        losses, hits = [], []
+        for task, pair in zip(tasks, encoded):
+            adapted = plain_ttt(runtime, pair.context, init, lr, max_tokens_per_group).params
+            losses.append(float(answer_loss(functional_model_call(runtime.model, adapted), pair.question)))
+            answer, _ = answer_question(runtime.model, tokenizer, task.question, len(task.context), prompt,
+                                        lora=adapted, max_new_tokens=budget)
+            hits.append(exact_match(answer, task.answer))
+        points.append({"lr": lr, "val_em": sum(hits) / len(hits), "val_loss": sum(losses) / len(losses)})
+    best = max(points, key=lambda p: (p["val_em"], -p["val_loss"]))
+    return {"grid": list(grid), "points": points, "pick": best["lr"], "tasks": len(tasks)}

@@ -216,13 +216,13 @@ def meta_train_command(
     inner_optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw [adamw]."),
     inner_lr: Optional[float] = typer.Option(None, help="Initial learned step size [1e-3]."),
     unroll: Optional[str] = typer.Option(None, help="second-order | first-order | truncated [truncated]."),
-    unroll_start: Optional[int] = typer.Option(None, help="Truncated: first second-order step [2]."),
+    unroll_start: Optional[int] = typer.Option(None, help="Truncated: first second-order step [1]."),
     weighting: Optional[bool] = typer.Option(None, "--weighting/--no-weighting", help="Token weighting [on]."),
     engine: Optional[str] = typer.Option(None, help="func | higher [func]."),
     segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment for plain documents [256]."),
     answer_format: Optional[str] = typer.Option(None, help="plain | support [plain]."),
     lr: Optional[float] = typer.Option(None, help="Outer AdamW learning rate [1e-4]."),
-    step_size_lr: Optional[float] = typer.Option(None, help="Outer learning rate of the step sizes [= --lr]."),
+    step_size_lr: Optional[float] = typer.Option(None, help="Outer learning rate of the log step sizes [1e-2]."),
     cache_prefix: Optional[bool] = typer.Option(None, "--cache-prefix/--no-cache-prefix",
                                                 help="Run the frozen layers below the LoRA once per group [on]."),
     schedule: Optional[str] = typer.Option(None, help="cosine | constant [cosine]."),
@@ -247,9 +247,7 @@ def meta_train_command(
     Example: perk meta-train --model tiny --task babi --max-steps 100
     """
     from perk_cli import __version__
-    from perk_cli.baselines import train_in_context
     from perk_cli.config import RunConfig
-    from perk_cli.data.schema import read_split
     from perk_cli.prepare import task_directory
     from perk_cli.settings_io import build_settings, read_config_file
     from perk_cli.train import Interrupted, meta_train
@@ -306,19 +304,19 @@ def meta_train_command(
             bar.update(handle, completed=step, total=total,
                        description=f"meta-train  loss {m['outer_loss']:.3f}  inner {m['inner_loss_last']:.3f}{val}")
 
+        baseline_bar = bar.add_task("in-context baseline", total=None, visible=False)
+
+        def on_baseline(step: int, total: int, loss: float) -> None:
+            bar.update(baseline_bar, completed=step, total=total, visible=True,
+                       description=f"in-context baseline  loss {loss:.3f}")
+
         try:
             result = meta_train(run_config, task_dir, out_dir, resume=resume is not None, on_step=on_step,
-                                on_event=lambda msg: err.print(msg, markup=False))
+                                on_event=lambda msg: err.print(msg, markup=False), on_baseline_step=on_baseline)
         except Interrupted as exc:
             err.print(f"{exc}; continue with: perk meta-train --resume {out_dir}", markup=False)
             raise typer.Exit(130)
-        baseline_dir = None
-        if run_config.train.baseline and rank == 0:
-            baseline_task = bar.add_task("in-context baseline", total=run_config.train.max_steps)
-            baseline_dir = train_in_context(
-                run_config, read_split(task_dir, "train"), out_dir,
-                lambda step, total, loss: bar.update(baseline_task, completed=step,
-                                                     description=f"in-context baseline  loss {loss:.3f}"))
+        baseline_dir = result.baseline
     if rank != 0:
         return
     summary = {"out": str(out_dir), "steps": result.step, "best": result.best, "last": result.last_metrics,
@@ -340,7 +338,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="Evaluate a seeded subsample of N tasks."),
     seed: Optional[int] = typer.Option(None, help="Subsample seed [0]."),
     baselines: Optional[str] = typer.Option(None, help="Comma list of in-context,plain-ttt ['' for none]."),
-    plain_lr: Optional[float] = typer.Option(None, help="Plain-TTT fixed learning rate [1e-3]."),
+    plain_lr: Optional[float] = typer.Option(None, help="Plain-TTT learning rate [tuned on the validation split]."),
     max_tokens_per_step: Optional[int] = typer.Option(None, help="Tokens an accumulation group [4096]."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Decoding budget [the checkpoint's, 64]."),
     model: Optional[str] = typer.Option(None, help="Override the checkpoint's base model path."),

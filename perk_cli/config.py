@@ -203,7 +203,13 @@ class EvalSettings(_Settings):
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded subsample of this many tasks.")
     seed: int = 0
     baselines: list[Literal["in-context", "plain-ttt"]] = ["in-context", "plain-ttt"]
-    plain_lr: float = Field(1e-3, gt=0, description="Fixed learning rate of the plain-TTT baseline.")
+    plain_lr: float | None = Field(
+        None, gt=0, description="Plain-TTT's learning rate; None = the best of plain_lr_grid on the validation split."
+    )
+    plain_lr_grid: list[float] = Field(
+        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="Learning rates plain TTT is tuned over."
+    )
+    plain_lr_tasks: int = Field(16, ge=1, description="Validation tasks that tune plain TTT's learning rate.")
     max_tokens_per_step: int = Field(4096, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)
     model: str | None = Field(None, description="Override the checkpoint's base model path.")

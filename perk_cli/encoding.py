@@ -29,17 +29,42 @@ def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatc
     return TokenBatch(ids, attention, targets)
 
 
+def _prefixed_rows(tokenizer, prefixes: list[str], segments: list[str]) -> list[tuple[list[int], int]]:
+    """(ids of prefix + segment encoded as one string, how many leading tokens belong to the prefix alone).
+
+    Encoding the two apart would end the prefix in a lone space token and take the leading space off
+    the segment's first word (`' ', 'Event'` where the text reads `' Event'`). A token is the prefix's
+    when it holds no character of the segment (by offsets; without offsets, by the longest run of
+    leading ids the joint encoding shares with the prefix's own).
+    """
+    texts = [prefix + segment for prefix, segment in zip(prefixes, segments)]
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        rows = []
+        for prefix, ids, offsets in zip(prefixes, encoded["input_ids"], encoded["offset_mapping"]):
+            rows.append((ids, sum(1 for _, end in offsets if end <= len(prefix))))
+        return rows
+    joint = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    alone = tokenizer(prefixes, add_special_tokens=False)["input_ids"]
+    rows = []
+    for ids, prefix_ids in zip(joint, alone):
+        shared = 0
+        while shared < min(len(ids), len(prefix_ids)) and ids[shared] == prefix_ids[shared]:
+            shared += 1
+        rows.append((ids, shared))
+    return rows
+
+
 def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc_ids: list[int] | None = None,
                    max_len: int | None = None) -> TokenBatch:
     """One row a segment: masked prefix, segment tokens (targets), eos (target)."""
     doc_ids = list(range(len(segments))) if doc_ids is None else doc_ids
     eos = tokenizer.eos_token_id
-    bodies = tokenizer(segments, add_special_tokens=False)["input_ids"]
-    prefixes = tokenizer([settings.segment_prefix.format(i=i) for i in doc_ids], add_special_tokens=False)["input_ids"]
+    prefixes = [settings.segment_prefix.format(i=i) for i in doc_ids]
     rows = []
-    for prefix, body in zip(prefixes, bodies):
-        ids = prefix + body + [eos]
-        mask = [False] * len(prefix) + [True] * (len(body) + 1)
+    for ids, n_prefix in _prefixed_rows(tokenizer, prefixes, segments):
+        ids = ids + [eos]
+        mask = [False] * n_prefix + [True] * (len(ids) - n_prefix)
         if max_len is not None and len(ids) > max_len:
             ids, mask = ids[:max_len], mask[:max_len]
         rows.append((ids, mask))
@@ -79,6 +104,13 @@ def encode_task(tokenizer, task, settings: PromptSettings, rng: random.Random | 
 
 
 _OUTPUT = re.compile(r"<output>(.*?)(?:</output>|$)", re.S)
+
+
+def cut_output(raw: str, settings: PromptSettings) -> str:
+    """Decoded text up to the support format's closing tag (unchanged for the plain format)."""
+    if settings.answer_format == "support" and "</output>" in raw:
+        return raw[: raw.index("</output>") + len("</output>")]
+    return raw
 
 
 def extract_answer(text: str, settings: PromptSettings) -> str:

@@ -16,12 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from perk_cli.baselines import in_context_batch, load_in_context, plain_ttt, plain_ttt_init
+from perk_cli.baselines import in_context_batch, load_in_context, plain_ttt, plain_ttt_init, tune_plain_ttt
 from perk_cli.checkpoint import read_checkpoint, resolve_checkpoint
 from perk_cli.config import EvalSettings
 from perk_cli.data.schema import Task, read_split
 from perk_cli.decode import answer_question, generate_text
-from perk_cli.encoding import encode_context, extract_answer
+from perk_cli.encoding import cut_output, encode_context, extract_answer
+from perk_cli.errors import PerkError
 from perk_cli.metrics import exact_match, token_f1
 from perk_cli.runtime import build_runtime
 
@@ -78,6 +79,23 @@ def plot(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _tune_plain_lr(runtime, init, settings: EvalSettings, budget: int, notes: list[str]) -> tuple[float, dict | None]:
+    """Plain TTT's lr from the grid, on the task directory's validation split (never the evaluated split)."""
+    try:
+        val_tasks = read_split(Path(settings.task), "validation")
+    except PerkError:
+        val_tasks = []
+    if settings.split == "validation" or not val_tasks:
+        fallback = 1e-3 if 1e-3 in settings.plain_lr_grid else settings.plain_lr_grid[len(settings.plain_lr_grid) // 2]
+        notes.append(f"plain TTT: no separate validation split to tune on; untuned learning rate {fallback:g}")
+        return fallback, None
+    tuning = tune_plain_ttt(runtime, init, val_tasks[: settings.plain_lr_tasks], settings.plain_lr_grid, budget,
+                            settings.max_tokens_per_step)
+    notes.append(f"plain TTT: learning rate {tuning['pick']:g}, the best of {tuning['grid']} on "
+                 f"{tuning['tasks']} validation tasks")
+    return tuning["pick"], tuning
+
+
 def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dict:
     checkpoint = resolve_checkpoint(Path(settings.checkpoint))
     run_dir = checkpoint.parent if checkpoint.name in ("best", "last") else checkpoint
@@ -96,6 +114,9 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
     init = plain_ttt_init(runtime, settings.seed) if "plain-ttt" in settings.baselines else None
     tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
     budget = settings.max_new_tokens or prompt.max_answer_tokens
+    plain_lr, plain_tuning = settings.plain_lr, None
+    if init is not None and plain_lr is None:
+        plain_lr, plain_tuning = _tune_plain_lr(runtime, init, settings, budget, notes)
     rows = []
     for i, task in enumerate(tasks):
         meta = task.meta
@@ -114,7 +135,7 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
         record("perk", *answer_question(runtime.model, tokenizer, task.question, len(task.context), prompt,
                                         lora=adapted, max_new_tokens=budget))
         if init is not None:
-            plain = plain_ttt(runtime, context, init, settings.plain_lr, settings.max_tokens_per_step).params
+            plain = plain_ttt(runtime, context, init, plain_lr, settings.max_tokens_per_step).params
             record("plain-ttt", *answer_question(runtime.model, tokenizer, task.question, len(task.context),
                                                  prompt, lora=plain, max_new_tokens=budget))
         if in_context is not None:
@@ -122,9 +143,8 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
             if batch is None:
                 record("in-context", "", "", note=f"context exceeds the model's {in_context.max_positions} positions")
             else:
-                raw = generate_text(in_context.model, in_context.tokenizer, batch.input_ids, budget)
-                if prompt.answer_format == "support" and "</output>" in raw:
-                    raw = raw[: raw.index("</output>") + len("</output>")]
+                raw = cut_output(generate_text(in_context.model, in_context.tokenizer, batch.input_ids, budget),
+                                 prompt)
                 record("in-context", extract_answer(raw, prompt), raw)
         if on_task:
             on_task(i + 1, len(tasks))
@@ -136,6 +156,7 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
     metrics = summarise(rows)
     report = {"checkpoint": str(checkpoint), "fingerprint": files.fingerprint, "task": settings.task,
               "split": settings.split, "n_tasks": len(tasks), "methods": metrics, "notes": notes,
+              "plain_ttt": {"lr": plain_lr, "tuning": plain_tuning} if init is not None else None,
               "settings": settings.model_dump(mode="json")}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(metrics, out / "accuracy_vs_length.png")

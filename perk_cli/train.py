@@ -25,7 +25,7 @@ from perk_cli.checkpoint import read_checkpoint, save_checkpoint
 from perk_cli.config import RunConfig
 from perk_cli.data.schema import Task, read_split
 from perk_cli.decode import answer_question
-from perk_cli.encoding import encode_task
+from perk_cli.encoding import answer_target, encode_task
 from perk_cli.errors import PerkError
 from perk_cli.metrics import exact_match
 from perk_cli.runtime import Runtime, build_runtime
@@ -47,6 +47,7 @@ class TrainResult:
     step: int
     best: dict
     last_metrics: dict
+    baseline: Path | None = None  # the in-context baseline, when TrainSettings.baseline
 
 
 def lr_factor(step: int, config: RunConfig) -> float:
@@ -95,11 +96,19 @@ def trainable(runtime: Runtime) -> list[torch.nn.Parameter]:
     return [p for group in runtime.meta.parameter_groups(0.0) for p in group["params"]]
 
 
+def decode_budget(tokenizer, tasks: list[Task], prompt) -> int:
+    """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
+    support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
+    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt), add_special_tokens=False)["input_ids"])
+                  for t in tasks)
+    return min(longest, prompt.max_answer_tokens) + 4
+
+
 @torch.no_grad()
 def validate(runtime: Runtime, tasks: list[Task]) -> dict:
     """Post-adaptation answer loss and exact match (greedy decoding) on the given tasks."""
     tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
-    budget = max(len(tokenizer(f" {t.answer}")["input_ids"]) for t in tasks) + 4
+    budget = decode_budget(tokenizer, tasks, prompt)
     losses, hits = [], []
     for task in tasks:
         encoded = encode_task(tokenizer, task, prompt, max_len=runtime.max_positions).to(runtime.device)
@@ -117,7 +126,11 @@ def _step_sizes(runtime: Runtime) -> dict:
 
 
 def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = False,
-               on_step: StepCallback | None = None, on_event: Callable[[str], None] | None = None) -> TrainResult:
+               on_step: StepCallback | None = None, on_event: Callable[[str], None] | None = None,
+               on_baseline_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+    """Meta-train into `out`; then, with `config.train.baseline`, the in-context baseline on the same
+    number of outer steps as PERK took (time or epoch limits included) and the same best-by-validation
+    selection, into `out/in-context`."""
     rank, world = distributed.init()
     say = on_event if (on_event and rank == 0) else (lambda message: None)
     train_tasks = read_split(task_dir, "train")
@@ -221,4 +234,10 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         raise Interrupted(step, out / "last")
     finally:
         distributed.barrier()
-    return TrainResult(out, step, best, metrics)
+    baseline = None
+    if train.baseline and rank == 0:
+        from perk_cli.baselines import train_in_context
+
+        say(f"in-context baseline: {step} outer steps, as PERK took")
+        baseline = train_in_context(config, train_tasks, out, on_baseline_step, val_tasks, steps=step)
+    return TrainResult(out, step, best, metrics, baseline)

@@ -235,7 +235,7 @@ def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tm
     code, _, err = run_cli(args + ["--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
-    assert saved["train"]["step_size_lr"] is None and saved["inner"]["cache_prefix"] is True
+    assert saved["train"]["step_size_lr"] == 1e-2 and saved["inner"]["cache_prefix"] is True
     code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)
     assert code == 2 and "--step-size-lr" in err and len(err.strip().splitlines()) == 1
 
@@ -269,7 +269,7 @@ def test_step_sizes_move_at_their_own_learning_rate(qa1, tmp_path):
     meta_train(config, qa1, tmp_path / "run")
     after = load(tmp_path / "run" / "last" / "meta.safetensors")
     # AdamW's first step moves every entry with a gradient by lr (m/sqrt(v) = sign(g), bias-corrected).
-    moved = (after["step_sizes.raw"] - before["step_sizes.raw"]).abs()
+    moved = (after["step_sizes.log_eta"] - before["step_sizes.log_eta"]).abs()  # eta moves by a factor e^0.05
     # (At inner step 0 B is still zero, so the A tensors' step-0 sizes get no gradient and stay put.)
     assert torch.allclose(moved[moved > 0], torch.tensor(0.05), rtol=1e-3) and bool((moved[1] > 0).all())
     lora_moves = max((after[k] - before[k]).abs().max() for k in before if k.startswith("lora_init."))

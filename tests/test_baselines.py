@@ -1,0 +1,100 @@
+"""Fair baselines: validation decodes what the target needs, the in-context baseline gets PERK's steps
+and best-by-validation selection, plain TTT's learning rate is tuned on validation."""
+
+import json
+
+import pytest
+import torch
+
+from perk_cli import __version__
+from perk_cli.config import EvalSettings, InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+from perk_cli.data.schema import read_split
+from perk_cli.encoding import answer_target
+from perk_cli.runtime import build_runtime
+
+
+@pytest.fixture(scope="module")
+def qa1(tmp_path_factory):
+    from perk_cli.config import PrepareSettings
+    from perk_cli.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "qa1"
+    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, train=32, validation=6, test=4, out=str(out),
+                            segment_tokens=32, seed=9))
+    return out
+
+
+def _config(answer_format="plain", **train):
+    values = dict(max_steps=4, tasks_per_batch=2, eval_every=2, eval_tasks=3, lr=3e-3, warmup_steps=1,
+                  train_base=False, baseline=False, seed=2)
+    values.update(train)
+    return RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4), inner=InnerLoopSettings(steps=1),
+                     prompt=PromptSettings(segment_tokens=32, answer_format=answer_format), train=TrainSettings(**values))
+
+
+def test_validation_decodes_as_many_tokens_as_the_support_target_needs(qa1, monkeypatch):
+    import perk_cli.train as train
+
+    runtime = build_runtime(_config("support"))
+    tasks = read_split(qa1, "validation")[:3]
+    budgets = []
+    real = train.answer_question
+    monkeypatch.setattr(train, "answer_question",
+                        lambda *a, **k: budgets.append(k["max_new_tokens"]) or real(*a, **k))
+    train.validate(runtime, tasks)
+    needed = max(len(runtime.tokenizer(answer_target(t.answer, t.support, runtime.config.prompt),
+                                       add_special_tokens=False)["input_ids"]) for t in tasks)
+    plain = max(len(runtime.tokenizer(f" {t.answer}")["input_ids"]) for t in tasks)
+    assert needed > plain + 4  # the former budget could not hold the support target
+    assert budgets and all(b >= needed for b in budgets)
+
+
+def test_the_in_context_baseline_trains_the_steps_perk_took_and_keeps_its_best(qa1, tmp_path, monkeypatch):
+    import perk_cli.baselines as baselines
+    from perk_cli.checkpoint import read_checkpoint
+    from perk_cli.train import meta_train
+
+    scripted = iter([0.25, 0.75, 0.5])  # validation EM after steps 1, 2, 3: step 2 is the best
+    snapshots = {}
+
+    def fake_validate(runtime, tasks, budget):
+        em = next(scripted)
+        snapshots[em] = {k: v.clone() for k, v in runtime.state_tensors().items()}
+        return {"val_loss": 1.0, "val_em": em}
+
+    monkeypatch.setattr(baselines, "validate_in_context", fake_validate)
+    # 32 tasks, 4 a step: 3/8 of an epoch is 3 steps, far fewer than max_steps
+    config = _config(max_steps=40, epochs=0.375, tasks_per_batch=4, eval_every=1, baseline=True)
+    result = meta_train(config.model_copy(update={"task": str(qa1)}), qa1, tmp_path / "run")
+    assert result.step == 3 and result.baseline == tmp_path / "run" / "in-context"
+    files = read_checkpoint(result.baseline)
+    assert files.trainer_state["step"] == 3 and files.trainer_state["best"]["step"] == 2
+    for key, value in snapshots[0.75].items():
+        torch.testing.assert_close(files.tensors[key], value)
+    assert any(not torch.equal(files.tensors[k], v) for k, v in snapshots[0.5].items())
+
+
+def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path):
+    from perk_cli.checkpoint import save_checkpoint
+    from perk_cli.evaluate import evaluate
+
+    config = _config()
+    runtime = build_runtime(config)
+    save_checkpoint(tmp_path / "ckpt", config, runtime.state_tensors())
+    grid = [1e-4, 3e-2]
+    settings = EvalSettings(checkpoint=str(tmp_path / "ckpt"), task=str(qa1), limit=2, baselines=["plain-ttt"],
+                            plain_lr_grid=grid, plain_lr_tasks=2, max_new_tokens=3, out=str(tmp_path / "eval"))
+    report = evaluate(settings)
+    tuning = report["plain_ttt"]["tuning"]
+    assert tuning["grid"] == grid and tuning["tasks"] == 2 and len(tuning["points"]) == 2
+    best = max(tuning["points"], key=lambda p: (p["val_em"], -p["val_loss"]))
+    assert report["plain_ttt"]["lr"] == tuning["pick"] == best["lr"]
+    assert tuning["points"][0]["val_loss"] != tuning["points"][1]["val_loss"]  # the grid points really differ
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["plain_ttt"]["tuning"]["pick"] == tuning["pick"]
+    assert any("plain TTT: learning rate" in note for note in report["notes"])
+    fixed = evaluate(settings.model_copy(update={"plain_lr": 5e-3}))
+    assert fixed["plain_ttt"] == {"lr": 5e-3, "tuning": None}
+    on_validation = evaluate(settings.model_copy(update={"split": "validation"}))
+    assert on_validation["plain_ttt"]["tuning"] is None  # never tuned on the split it is scored on
+    assert any("untuned" in note for note in on_validation["notes"])
