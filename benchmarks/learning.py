@@ -2,16 +2,18 @@
 
     python benchmarks/reading_base.py --out runs/reading-base          # the base (stage 1), once
     python benchmarks/learning.py --model runs/reading-base/model --steps 60 --out runs/learning
+    python benchmarks/learning.py --model tiny --steps 200 --eval-every 25 --tasks-per-batch 8 --lr 2e-3 --out runs/learning-tiny
 
 Meta-trains the same configuration (qa1, 4 facts in 128 tokens; LoRA r=16 on the top 4 layers; K=2
-AdamW; 4 tasks a step; the base frozen) with the same seeds and data, changing one rule at a time:
+AdamW; 4 tasks a step; the base frozen, except for `tiny`, whose base exists nowhere else and is
+trained in the outer loop with LoRA on every layer, as `perk meta-train --model tiny` does) with the same seeds and data, changing one rule at a time:
 
   before            the former rules: step sizes as softplus(raw) at the outer lr, the weighted loss
                     differentiated whole (w from the state before its token, unnormalised)
   + log step sizes  step sizes in log space with their own outer lr (1e-2)
   + coefficients    token weights as normalised coefficients read from their own token (= the defaults)
-  2nd-order, B=0    second-order unrolling through step 0 from PEFT's zero B (the former start)
-  2nd-order, B~N    the same from B ~ N(0, 1e-3) (the new start)
+  2nd-order from B=0      second-order unrolling through step 0 from PEFT's zero B (the former start)
+  2nd-order from small B  the same from B ~ N(0, 1e-3) (the new start)
 
 and prints validation answer loss and EM (16 held-out tasks) every --eval-every steps side by side,
 with the learned step sizes and the logged inner loss. Each variant resumes where it stopped.
@@ -33,8 +35,8 @@ VARIANTS = {
     "before": (dict(step_size_space="softplus", weighting_mode="legacy"), dict(step_size_lr=None)),
     "+ log step sizes": (dict(weighting_mode="legacy"), {}),
     "+ coefficients": ({}, {}),
-    "2nd-order, B=0": (dict(unroll="second-order"), {}),
-    "2nd-order, B~N": (dict(unroll="second-order"), {}),
+    "2nd-order from B=0": (dict(unroll="second-order"), {}),
+    "2nd-order from small B": (dict(unroll="second-order"), {}),
 }
 
 
@@ -42,12 +44,12 @@ def config_for(variant: str, args: argparse.Namespace, data: Path) -> RunConfig:
     inner, train = VARIANTS[variant]
     return RunConfig(
         perk_version=__version__, task=str(data), model=ModelSettings(name=args.model),
-        lora=LoraSettings(rank=16, alpha=32, top_layers=args.top_layers),
+        lora=LoraSettings(rank=16, alpha=32, top_layers=None if args.model == "tiny" else args.top_layers),
         inner=InnerLoopSettings(steps=2, optimizer="adamw", lr_init=3e-3, lr_max=0.1, **inner),
         prompt=PromptSettings(segment_tokens=64, max_answer_tokens=16),
         train=TrainSettings(max_steps=args.steps, tasks_per_batch=args.tasks_per_batch, lr=args.lr, warmup_steps=5,
                             schedule="constant", eval_every=args.eval_every, eval_tasks=16, baseline=False,
-                            seed=0, **train),
+                            train_base=args.model == "tiny", seed=0, **train),
     )
 
 
@@ -67,7 +69,8 @@ def zero_b_start(enabled: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="A base that reads (benchmarks/reading_base.py).")
+    parser.add_argument("--model", required=True, help="A base that reads (benchmarks/reading_base.py), or "
+                        "'tiny' (the built-in preset, its base trained in the outer loop as meta-train does).")
     parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -85,9 +88,9 @@ def main() -> None:
                                 train=1000, validation=16, test=0, seed=301, out=str(data)))
     results = {}
     for variant in args.variants.split(","):
-        run = args.out / variant.replace(" ", "_").replace("+", "plus").replace(",", "").replace("~", "")
+        run = args.out / variant.replace(" ", "_").replace("+", "plus").replace("=", "")
         if not (run / "done.json").is_file():
-            with zero_b_start(variant == "2nd-order, B=0"):
+            with zero_b_start(variant == "2nd-order from B=0"):
                 meta_train(config_for(variant, args, data), data, run, resume=(run / "last").is_dir(),
                            on_step=lambda s, t, m, v=variant: print(
                                f"{v} step {s}/{t}: outer {m['outer_loss']:.3f} inner {m['inner_loss_first']:.3f}->"

@@ -64,6 +64,19 @@ def latest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
     return max(found, key=lambda p: (p / META).stat().st_mtime) if found else None
 
 
+def upgrade_config(data: dict) -> dict:
+    """A config saved before a rule changed keeps the rule it was trained with.
+
+    Saved configs hold every field, so one without `inner.weighting_mode` predates coefficient
+    weighting: its weighter was trained under the former rule, and it is run under that rule.
+    (Its softplus step sizes load into log space as the same values; see engine/step_sizes.py.)
+    """
+    inner = data.get("inner")
+    if isinstance(inner, dict) and "weighting_mode" not in inner:
+        data = {**data, "inner": {**inner, "weighting_mode": "legacy"}}
+    return data
+
+
 @dataclass
 class CheckpointFiles:
     path: Path
@@ -80,7 +93,7 @@ def read_checkpoint(path: Path) -> CheckpointFiles:
         if not (path / name).is_file():
             raise PerkError(f"{path / name}: missing; the checkpoint is incomplete")
     try:
-        config = RunConfig.model_validate_json((path / CONFIG).read_text())
+        config = RunConfig.model_validate(upgrade_config(json.loads((path / CONFIG).read_text())))
     except Exception as exc:
         raise PerkError(f"{path / CONFIG}: not a perk checkpoint config ({str(exc).splitlines()[0]})")
     try:

@@ -20,6 +20,10 @@ class ModelSettings(_Settings):
     attn_implementation: Literal["eager", "sdpa"] = Field(
         "eager", description="eager supports double backward; SDPA does not on CPU."
     )
+    cache_dir: str | None = Field(
+        None, description="Where a .gguf base is kept once converted to safetensors [$XDG_CACHE_HOME/perk or "
+        "~/.cache/perk]."
+    )
 
 
 class LoraSettings(_Settings):

@@ -81,13 +81,22 @@ def _from_pretrained(source: str, settings: ModelSettings, **extra):
 
 
 def _load_gguf(path: Path, settings: ModelSettings):
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise PerkError(f"--model {path}: loading .gguf files needs the gguf package: pip install 'perk[gguf]'")
-    # transformers' GGUF converter draws a bare tqdm bar on stderr; perk shows its own progress.
-    with contextlib.redirect_stderr(io.StringIO()):
-        return _from_pretrained(str(path.parent), settings, gguf_file=path.name)
+    """A .gguf base, converted once into a safetensors directory in the cache (perk_cli.gguf_cache)."""
+    from perk_cli.gguf_cache import load_cached
+
+    def convert():
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            raise PerkError(f"--model {path}: loading .gguf files needs the gguf package: pip install 'perk[gguf]'")
+        # transformers' GGUF converter draws a bare tqdm bar on stderr; perk shows its own progress.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return _from_pretrained(str(path.parent), settings.model_copy(update={"dtype": "float32"}),
+                                    gguf_file=path.name)
+
+    model, tokenizer, _ = load_cached(path, Path(settings.cache_dir).expanduser() if settings.cache_dir else None,
+                                      convert, lambda entry: _from_pretrained(entry, settings))
+    return model.to(resolve_dtype(settings.dtype)), tokenizer
 
 
 # Short names for models shipped inside pip packages (no Hub access needed).
