@@ -1,0 +1,53 @@
+"""Trivial references for qa1 task sets: what an answer that ignores the question's logic scores.
+
+    python benchmarks/heuristics.py runs/learning-tiny/data --split validation
+
+- chance: 1 / the number of distinct places in the story (averaged over tasks);
+- most common answer of the training split;
+- first mention: the first place the asked person went to;
+- last place: the place of the story's last event, whoever moved there.
+The right answer is the asked person's last place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+EVENT = re.compile(r"Event (\d+): (\w+) \w+ to the (\w+)\.")
+
+
+def events(task: dict) -> list[tuple[int, str, str]]:
+    return sorted((int(i), who, where) for segment in task["context"] for i, who, where in EVENT.findall(segment))
+
+
+def references(directory: Path, split: str) -> dict:
+    tasks = [json.loads(line) for line in (directory / f"{split}.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (directory / "train.jsonl").read_text().splitlines()]
+    common = collections.Counter(t["answer"] for t in train).most_common(1)[0][0]
+    scores = collections.defaultdict(float)
+    for task in tasks:
+        story = events(task)
+        person = task["question"].removeprefix("Where is ").rstrip("?")
+        places = {where for _, _, where in story}
+        mine = [where for _, who, where in story if who == person]
+        scores["chance"] += 1 / max(len(places), 1)
+        scores["most common training answer"] += common == task["answer"]
+        scores["first mention of the person"] += bool(mine) and mine[0] == task["answer"]
+        scores["last place in the story"] += bool(story) and story[-1][2] == task["answer"]
+    return {name: round(value / len(tasks), 3) for name, value in scores.items()} | {"tasks": len(tasks)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+    print(json.dumps(references(args.directory, args.split), indent=2))
+
+
+if __name__ == "__main__":
+    main()
