@@ -100,7 +100,6 @@ class InnerLoopSettings(_Settings):
         return self
 
 
-TASK_SOURCES = ("babilong", "student-records", "longgorilla", "jsonl", "babi", "records")
 SUBTASKS = {"babi": ("qa1", "qa2", "qa3"), "records": ("recall", "relation", "aggregate")}
 
 

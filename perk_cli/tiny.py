@@ -7,7 +7,6 @@ vocabulary, so it encodes task text compactly; being byte-level, it also encodes
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 from perk_cli.data import vocab
 
@@ -71,7 +70,3 @@ def build_tiny_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None
     )
-
-
-def save_tiny_tokenizer(directory: Path) -> None:
-    build_tiny_tokenizer().save_pretrained(str(directory))

@@ -11,17 +11,12 @@ from perk_cli.config import EvalSettings, InnerLoopSettings, LoraSettings, Promp
 from perk_cli.data.schema import read_split
 from perk_cli.encoding import answer_target
 from perk_cli.runtime import build_runtime
+from tests.conftest import prepared_qa1
 
 
 @pytest.fixture(scope="module")
 def qa1(tmp_path_factory):
-    from perk_cli.config import PrepareSettings
-    from perk_cli.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data") / "qa1"
-    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, train=32, validation=6, test=4, out=str(out),
-                            segment_tokens=32, seed=9))
-    return out
+    return prepared_qa1(tmp_path_factory, train=32, validation=6, test=4, seed=9)
 
 
 def _config(answer_format="plain", **train):

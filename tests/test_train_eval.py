@@ -16,20 +16,14 @@ from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, Run
 from perk_cli.metrics import exact_match, normalize, token_f1
 from perk_cli.runtime import build_runtime
 from perk_cli.train import Interrupted, meta_train, validate
-from tests.conftest import run_cli
+from tests.conftest import prepared_qa1, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def qa1(tmp_path_factory):
-    from perk_cli.config import PrepareSettings
-    from perk_cli.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data") / "qa1"
-    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, train=64, validation=8, test=8, out=str(out),
-                            segment_tokens=32, seed=5))
-    return out
+    return prepared_qa1(tmp_path_factory, train=64, validation=8, test=8, seed=5)
 
 
 def _config(**train):

@@ -17,7 +17,6 @@ from perk_cli.data import vocab
 from perk_cli.data.filler import Filler
 
 DEFAULT_FACTS = {"qa1": 6, "qa2": 10, "qa3": 12}
-POSITIONS = ("uniform", "early", "middle", "late")
 _REGION = {"uniform": (0.0, 1.0), "early": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "late": (2 / 3, 1.0)}
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from perk_cli.data import vocab
 
-SUBTASKS = ("recall", "relation", "aggregate")
 ATTRIBUTES = {"name": "Name", "year": "Year", "school": "School", "major": "Major", "grade": "Grade"}
 
 

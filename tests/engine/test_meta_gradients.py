@@ -6,7 +6,7 @@ import torch
 
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.inner_loop import optimizer_for
-from perk_cli.engine.losses import functional_model_call, inner_loss
+from perk_cli.engine.losses import functional_model_call
 from perk_cli.engine.meta import MetaLearner
 
 
