@@ -69,6 +69,20 @@ def save_base(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
+def in_context_runtime(model, tokenizer) -> SimpleNamespace:
+    """What validate_in_context needs of a runtime, for a bare base (no LoRA, the default prompt)."""
+    return SimpleNamespace(model=model, tokenizer=tokenizer, config=SimpleNamespace(prompt=PromptSettings()),
+                           device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
+
+
+def evaluate_saved(directory: Path, tasks_dir: Path) -> None:
+    model, tokenizer = load_base(ModelSettings(name=str(directory), dtype="float32"))
+    tasks = read_split(tasks_dir, "test")
+    result = validate_in_context(in_context_runtime(model, tokenizer), tasks, budget=8)
+    print(json.dumps({"base": str(directory), "tasks": str(tasks_dir), "n": len(tasks),
+                      "in_context_em": result["val_em"], "answer_loss": result["val_loss"]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -81,14 +95,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
+    parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
+                        "directory's test split (no training).")
     args = parser.parse_args()
+    if args.evaluate:
+        evaluate_saved(args.out / "model", args.evaluate)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model)
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
-    prompt = PromptSettings()
-    runtime = SimpleNamespace(model=model, tokenizer=tokenizer, config=SimpleNamespace(prompt=prompt),
-                              device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
+    runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
     model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
