@@ -218,6 +218,9 @@ def meta_train_command(
     unroll: Optional[str] = typer.Option(None, help="second-order | first-order | truncated [truncated]."),
     unroll_start: Optional[int] = typer.Option(None, help="Truncated: first second-order step [1]."),
     weighting: Optional[bool] = typer.Option(None, "--weighting/--no-weighting", help="Token weighting [on]."),
+    weighting_mode: Optional[str] = typer.Option(None, help="coefficients | legacy (the former rule, for "
+                                                 "ablations) [coefficients]."),
+    step_size_space: Optional[str] = typer.Option(None, help="log | softplus (the former one, for ablations) [log]."),
     engine: Optional[str] = typer.Option(None, help="func | higher [func]."),
     segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment for plain documents [256]."),
     answer_format: Optional[str] = typer.Option(None, help="plain | support [plain]."),
@@ -269,6 +272,7 @@ def meta_train_command(
                                  "targets": lora_targets.split(",") if lora_targets else None}),
         "inner": section("inner", {"steps": inner_steps, "optimizer": inner_optimizer, "lr_init": inner_lr,
                                    "unroll": unroll, "unroll_start": unroll_start, "weighting": weighting,
+                                   "weighting_mode": weighting_mode, "step_size_space": step_size_space,
                                    "engine": engine, "cache_prefix": cache_prefix}),
         "prompt": section("prompt", {"segment_tokens": segment_tokens, "answer_format": answer_format}),
         "train": section("train", {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule,

@@ -47,7 +47,8 @@ def build_settings(model: type[S], config: Path | None, flags: dict) -> S:
 
 
 # Nested RunConfig fields whose command-line flag is not simply --<section>-<field>.
-_ALIASES = {("model", "name"): "--model", ("inner", "lr_init"): "--inner-lr", ("inner", "steps"): "--inner-steps"}
+_ALIASES = {("model", "name"): "--model", ("inner", "lr_init"): "--inner-lr", ("inner", "steps"): "--inner-steps",
+            ("inner", "optimizer"): "--inner-optimizer"}
 
 
 def option_name(loc: tuple[str, ...]) -> str:
@@ -56,6 +57,6 @@ def option_name(loc: tuple[str, ...]) -> str:
         return ""
     if loc[:2] in _ALIASES:
         return _ALIASES[loc[:2]]
-    if loc[0] in ("train", "prompt", "model") and len(loc) > 1:
-        loc = loc[1:]  # their flags carry no section prefix (--max-steps, --segment-tokens, --device)
+    if loc[0] in ("train", "prompt", "model", "inner") and len(loc) > 1:
+        loc = loc[1:]  # their flags carry no section prefix (--max-steps, --segment-tokens, --unroll)
     return "--" + "-".join(p for p in loc if not p.isdigit()).replace("_", "-")

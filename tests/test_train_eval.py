@@ -232,6 +232,14 @@ def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tm
     assert saved["train"]["step_size_lr"] == 1e-2 and saved["inner"]["cache_prefix"] is True
     code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)
     assert code == 2 and "--step-size-lr" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "d"), "--weighting-mode", "legacy",
+                                   "--step-size-space", "softplus"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "d" / "last" / "config.json").read_text())
+    assert saved["inner"]["weighting_mode"] == "legacy" and saved["inner"]["step_size_space"] == "softplus"
+    assert saved["train"]["step_size_lr"] == 1e-2
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "e"), "--weighting-mode", "heavy"], capsys)
+    assert code == 2 and "--weighting-mode" in err and len(err.strip().splitlines()) == 1
 
 
 def test_eval_baselines_option_and_epochs_limit(qa1, tmp_path, capsys):
