@@ -153,8 +153,8 @@ def adapt(
         out.print_json(json.dumps({"memory": str(output), **memory.metadata}))
     elif not quiet:
         out.print(f"wrote {output}: {memory.metadata['segments']} segments, {memory.metadata['context_tokens']} "
-                  f"tokens, last inner loss {memory.metadata['final_inner_loss']} (token-weighted: its scale "
-                  "is the weighter's, not a cross-entropy)"
+                  f"tokens, inner loss {memory.metadata['final_inner_loss']} before the last inner step "
+                  "(the document's cross-entropy, token-weighted)"
                   + (f"; PEFT adapter in {peft}" if peft else ""))
 
 
