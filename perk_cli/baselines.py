@@ -45,22 +45,32 @@ def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> 
 
 
 @torch.no_grad()
+def answer_in_context(runtime: Runtime, task: Task, budget: int) -> tuple[str, str] | None:
+    """(answer, raw) decoded greedily with the whole context in the prompt, as every method is decoded;
+    None when the context does not fit the model's positions."""
+    from perk_cli.decode import generate_text
+    from perk_cli.encoding import cut_output, extract_answer
+
+    batch = in_context_batch(runtime, task, with_answer=False)
+    if batch is None:
+        return None
+    raw = cut_output(generate_text(runtime.model, runtime.tokenizer, batch.input_ids, budget), runtime.config.prompt)
+    return extract_answer(raw, runtime.config.prompt), raw
+
+
+@torch.no_grad()
 def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dict:
     """Answer loss and EM (greedy, the same decoding as PERK) of the in-context LoRA on the tasks whose
     context fits the model's positions."""
-    from perk_cli.decode import generate_text
-    from perk_cli.encoding import cut_output, extract_answer
     from perk_cli.metrics import exact_match
 
     losses, hits = [], []
     for task in tasks:
-        scored, prompt_only = in_context_batch(runtime, task), in_context_batch(runtime, task, with_answer=False)
-        if scored is None or prompt_only is None:
+        scored, answered = in_context_batch(runtime, task), answer_in_context(runtime, task, budget)
+        if scored is None or answered is None:
             continue
         losses.append(float(answer_loss(functional_model_call(runtime.model, {}), scored.to(runtime.device))))
-        raw = generate_text(runtime.model, runtime.tokenizer, prompt_only.input_ids, budget)
-        hits.append(exact_match(extract_answer(cut_output(raw, runtime.config.prompt), runtime.config.prompt),
-                                task.answer))
+        hits.append(exact_match(answered[0], task.answer))
     if not hits:
         return {"val_loss": math.inf, "val_em": 0.0}
     return {"val_loss": sum(losses) / len(losses), "val_em": sum(hits) / len(hits)}
@@ -73,7 +83,8 @@ def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
     steps PERK took; default max_steps) on PERK's learning-rate schedule, validating every `eval_every`
     steps and at the end; the weights with the best validation EM (then loss) are saved, as PERK's
     best/ is kept."""
-    from perk_cli.train import batch_indices, decode_budget, lr_factor
+    from perk_cli.encoding import decode_budget
+    from perk_cli.train import batch_indices, lr_factor
 
     torch.manual_seed(config.train.seed)
     runtime = build_runtime(config)

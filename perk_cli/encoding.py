@@ -81,6 +81,14 @@ def answer_target(answer: str, support: list[str] | None, settings: PromptSettin
     return f" {answer}"
 
 
+def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
+    """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
+    support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
+    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt), add_special_tokens=False)["input_ids"])
+                  for t in tasks)
+    return min(longest, prompt.max_answer_tokens) + 4
+
+
 def encode_question(tokenizer, question: str, n_segments: int, settings: PromptSettings,
                     answer: str | None = None, support: list[str] | None = None) -> TokenBatch:
     """The prompt, plus the target tokens (answer + eos) when an answer is given."""

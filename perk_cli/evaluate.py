@@ -16,12 +16,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from perk_cli.baselines import in_context_batch, load_in_context, plain_ttt, plain_ttt_init, tune_plain_ttt
+from perk_cli.baselines import answer_in_context, load_in_context, plain_ttt, plain_ttt_init, tune_plain_ttt
 from perk_cli.checkpoint import read_checkpoint, resolve_checkpoint
 from perk_cli.config import EvalSettings
 from perk_cli.data.schema import Task, read_split
-from perk_cli.decode import answer_question, generate_text
-from perk_cli.encoding import cut_output, encode_context, extract_answer
+from perk_cli.decode import answer_question
+from perk_cli.encoding import encode_context
 from perk_cli.errors import PerkError
 from perk_cli.metrics import exact_match, token_f1
 from perk_cli.runtime import build_runtime
@@ -139,13 +139,11 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
             record("plain-ttt", *answer_question(runtime.model, tokenizer, task.question, len(task.context),
                                                  prompt, lora=plain, max_new_tokens=budget))
         if in_context is not None:
-            batch = in_context_batch(in_context, task, with_answer=False)
-            if batch is None:
+            answered = answer_in_context(in_context, task, budget)
+            if answered is None:
                 record("in-context", "", "", note=f"context exceeds the model's {in_context.max_positions} positions")
             else:
-                raw = cut_output(generate_text(in_context.model, in_context.tokenizer, batch.input_ids, budget),
-                                 prompt)
-                record("in-context", extract_answer(raw, prompt), raw)
+                record("in-context", *answered)
         if on_task:
             on_task(i + 1, len(tasks))
     out = Path(settings.out) if settings.out else run_dir / f"eval-{settings.split}"

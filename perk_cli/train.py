@@ -25,7 +25,7 @@ from perk_cli.checkpoint import read_checkpoint, save_checkpoint
 from perk_cli.config import RunConfig
 from perk_cli.data.schema import Task, read_split
 from perk_cli.decode import answer_question
-from perk_cli.encoding import answer_target, encode_task
+from perk_cli.encoding import decode_budget, encode_task
 from perk_cli.errors import PerkError
 from perk_cli.metrics import exact_match
 from perk_cli.runtime import Runtime, build_runtime
@@ -94,14 +94,6 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 def trainable(runtime: Runtime) -> list[torch.nn.Parameter]:
     return [p for group in runtime.meta.parameter_groups(0.0) for p in group["params"]]
-
-
-def decode_budget(tokenizer, tasks: list[Task], prompt) -> int:
-    """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
-    support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
-    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt), add_special_tokens=False)["input_ids"])
-                  for t in tasks)
-    return min(longest, prompt.max_answer_tokens) + 4
 
 
 @torch.no_grad()

@@ -84,3 +84,24 @@ def test_a_failed_conversion_leaves_no_entry(gguf, tmp_path):
     with pytest.raises(RuntimeError):
         gguf_cache.load_cached(gguf, tmp_path, broken, _load)
     assert not (tmp_path / "gguf").exists() or not any((tmp_path / "gguf").iterdir())
+
+
+def test_load_base_reads_a_gguf_through_the_cache_in_cache_dir(gguf, tmp_path, monkeypatch):
+    import perk_cli.models as models
+
+    convert = Converter()
+    real = models._from_pretrained
+
+    def from_pretrained(source, settings, **extra):
+        if "gguf_file" in extra:  # the GGUF load itself, faked; the cache entry loads for real
+            assert extra["gguf_file"] == gguf.name and settings.dtype == "float32"
+            return convert()
+        return real(source, settings, **extra)
+
+    monkeypatch.setattr(models, "_from_pretrained", from_pretrained)
+    settings = ModelSettings(name=str(gguf), cache_dir=str(tmp_path / "mine"))
+    first, _ = models.load_base(settings)
+    second, _ = models.load_base(settings)
+    assert convert.calls == 1 and (gguf_cache.entry_for(gguf, tmp_path / "mine") / gguf_cache.MARKER).is_file()
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    assert not any(p.requires_grad for p in second.parameters())

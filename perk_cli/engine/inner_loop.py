@@ -22,7 +22,7 @@ import torch
 
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import TokenBatch
-from perk_cli.engine.losses import functional_model_call, weighted_token_nll
+from perk_cli.engine.losses import functional_model_call, inner_loss, weighted_token_nll
 from perk_cli.engine.optim import FunctionalOptimizer
 from perk_cli.engine.prefix import FrozenPrefix
 from perk_cli.engine.weighting import TokenWeighter
@@ -90,12 +90,12 @@ def run_inner_loop(
                 call = functional_model_call(model, dict(zip(names, leaves)))
                 if cached[index] is not None:
                     call = _with_prefix(call, prefix, cached[index])
-                nll, weights = weighted_token_nll(call, group, weighter, legacy)
                 if legacy:
-                    loss = (nll * weights).sum() / max(n_targets, 1)
+                    loss = inner_loss(call, group, weighter, n_targets)
                     group_grads = torch.autograd.grad(loss, leaves, create_graph=second_order)
                     weighted_nll, total_weight = weighted_nll + float(loss.detach()), 1.0
                 else:
+                    nll, weights = weighted_token_nll(call, group, weighter)
                     if not second_order:
                         weights = weights.detach()
                     group_grads = torch.autograd.grad(nll, leaves, grad_outputs=weights, create_graph=second_order)

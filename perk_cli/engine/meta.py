@@ -49,7 +49,8 @@ class MetaLearner(nn.Module):
         """Step 0 is unrolled: move an exactly-zero B (PEFT's init) to N(0, b_init_std).
 
         At B = 0 the gradient of A is exactly 0, and Adam's g / (|g| + eps) has slope lr/eps there, so
-        the second-order meta-gradient through step 0 explodes (measured: 700x the truncated one).
+        the second-order meta-gradient through step 0 explodes (measured: 700x the truncated one on SmolLM2,
+        9,500x on a micro GPT-2; 2x from N(0, 1e-3)).
         """
         lora_b = [p for n, p in self.lora_init().items() if ".lora_B." in n]
         if lora_b and all(not p.any() for p in lora_b):

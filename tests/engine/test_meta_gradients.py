@@ -152,6 +152,10 @@ def test_zero_b_is_kept_when_step_zero_is_first_order():
         if not zero:
             spread = float(torch.cat([p.detach().flatten() for p in lora_b]).std())
             assert 0.5e-3 < spread < 2e-3  # N(0, b_init_std = 1e-3)
+    peft = attach_lora(micro_gpt2(), LoraSettings(rank=2, alpha=4.0))
+    meta = MetaLearner(peft, InnerLoopSettings(steps=2, unroll="second-order", b_init_std=1e-2))
+    spread = float(torch.cat([p.detach().flatten() for n, p in meta.lora_init().items() if ".lora_B." in n]).std())
+    assert 0.5e-2 < spread < 2e-2
 
 
 def test_base_receives_no_gradient_and_is_not_copied(micro_peft, micro_task):
