@@ -34,7 +34,8 @@ def run_one(method: str, context_tokens: int, steps: int, repeats: int) -> dict:
 
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings
     from perk_cli.engine import MetaLearner, MetaTask, TokenBatch
-    from perk_cli.models import attach_lora, load_base
+    from perk_cli.models.base import load_base
+    from perk_cli.models.lora import attach_lora
 
     torch.manual_seed(0)
     model, tokenizer = load_base(ModelSettings(name="tiny"))

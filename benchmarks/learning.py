@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 
 from perk_cli import __version__
-from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
-                             RunConfig, TrainSettings)
+from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig,
+                             TrainSettings)
 
 VARIANTS = {
     "before": (dict(step_size_space="softplus", weighting_mode="legacy"), dict(step_size_lr=None)),
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--top-layers", type=int, default=4)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma list of variants to run.")
     args = parser.parse_args()
-    from perk_cli.prepare import prepare
-    from perk_cli.train import meta_train
+    from perk_cli.data.prepare import prepare
+    from perk_cli.training.meta_train import meta_train
 
     data = args.out / "data"
     if not (data / "prepare.json").is_file():

@@ -25,12 +25,12 @@ from types import SimpleNamespace
 
 import torch
 
-from perk_cli.baselines import in_context_batch, validate_in_context
 from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings
+from perk_cli.data.prepare import prepare
 from perk_cli.data.schema import read_split
 from perk_cli.engine.losses import answer_loss
-from perk_cli.models import load_base
-from perk_cli.prepare import prepare
+from perk_cli.models.base import load_base
+from perk_cli.training.in_context import in_context_batch, validate_in_context
 
 TRAIN_LENGTHS = (None, 128)  # None: a clean story (no filler)
 TEST_LENGTHS = (128, 256)

@@ -30,7 +30,7 @@ MULTIPLIERS = (1, 2, 4, 8)
 
 
 def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000) -> dict[int, Path]:
-    from perk_cli.prepare import prepare
+    from perk_cli.data.prepare import prepare
 
     task, subtask, size = FAMILIES[family]
     dirs = {}
@@ -72,7 +72,7 @@ def document_majority(directory: Path) -> dict:
 
     from perk_cli.data.records import ATTRIBUTES
     from perk_cli.data.schema import read_split
-    from perk_cli.metrics import exact_match
+    from perk_cli.evaluation.scores import exact_match
 
     tasks = read_split(directory, "test")
     correct = 0.0
@@ -88,7 +88,7 @@ def document_majority(directory: Path) -> dict:
 
 def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     """Meta-train (or resume) into `out`; returns the steps done."""
-    from perk_cli.train import meta_train
+    from perk_cli.training.meta_train import meta_train
 
     done = out / "done.json"
     if done.is_file():
@@ -125,7 +125,7 @@ def main() -> None:
         log_file.write(message + "\n")
         log_file.flush()
 
-    from perk_cli.evaluate import evaluate
+    from perk_cli.evaluation.evaluate import evaluate
 
     dirs = prepare_sets(args.family, args.model, out, args.test_tasks, args.train_tasks)
     train_dir = dirs[1]

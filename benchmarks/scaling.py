@@ -26,14 +26,14 @@ WORDS = "Mary went to the kitchen and then John went to the garden with the red 
 _PROBE = r"""
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
-from perk_cli.adapt import adapt_text, load_adapter
-from perk_cli.baselines import in_context_batch
+from perk_cli.memory import adapt_text, adapting_runtime
+from perk_cli.training.in_context import in_context_batch
 from perk_cli.data.schema import Task
 from perk_cli.data.segment import segment_text
-from perk_cli.encoding import encode_context
+from perk_cli.prompts import encode_context
 kind, tokens = sys.argv[1], int(sys.argv[2])
 words = sys.argv[3].split()
-runtime, origin = load_adapter(model="tiny")
+runtime, origin = adapting_runtime(model="tiny")
 tok = runtime.tokenizer
 text = " ".join(words[i % len(words)] for i in range(int(tokens * 1.0)))
 ids = tok(text)["input_ids"][:tokens]
@@ -43,9 +43,9 @@ def rss():
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 warm = " ".join(words * 20)
 if kind == "adapt":
-    adapt_text(runtime, origin, warm, max_tokens_per_step=1024)
+    adapt_text(runtime, origin, warm, max_tokens_per_group=1024)
     before = rss(); start = time.perf_counter()
-    memory = adapt_text(runtime, origin, text, max_tokens_per_step=1024)
+    memory = adapt_text(runtime, origin, text, max_tokens_per_group=1024)
     seconds = time.perf_counter() - start
     extra = {"context_tokens": int(memory.metadata["context_tokens"])}
 elif kind == "peft":

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "benchmarks" / "results" / "recall-smollm2-r3" / "checkpoint"
 DOCUMENT = ROOT / "benchmarks" / "results" / "recall-smollm2-r3" / "held-out-record.jsonl"
-GGUF_LOAD = ("from perk_cli.models import resolve_model_name, _from_pretrained; from perk_cli.config import "
+GGUF_LOAD = ("from perk_cli.models.base import resolve_model_name, _from_pretrained; from perk_cli.config import "
              "ModelSettings; from pathlib import Path; p = Path(resolve_model_name('smollm2')); "
              "_from_pretrained(str(p.parent), ModelSettings(name=str(p)), gguf_file=p.name)")
 IMPORTS = "import perk_cli.cli, torch, transformers, peft"

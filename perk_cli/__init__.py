@@ -17,8 +17,8 @@ _EXPORTS = {
     "ModelSettings": "perk_cli.config",
     "PerkError": "perk_cli.errors",
     "MetaLearner": "perk_cli.engine.meta",
-    "load_base": "perk_cli.models",
-    "attach_lora": "perk_cli.models",
+    "load_base": "perk_cli.models.base",
+    "attach_lora": "perk_cli.models.lora",
 }
 
 __all__ = ["__version__", *_EXPORTS]

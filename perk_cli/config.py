@@ -15,8 +15,10 @@ class ModelSettings(_Settings):
     """Which base model to load and where to run it."""
 
     name: str = Field("tiny", description="Hub id, local directory, .gguf file, or 'tiny'.")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float64"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto | cpu | cuda | mps.")
+    dtype: Literal["auto", "float32", "bfloat16", "float64"] = Field(
+        "auto", description="auto (float32) | float32 | bfloat16 | float64: the base model's weights."
+    )
     attn_implementation: Literal["eager", "sdpa"] = Field(
         "eager", description="eager supports double backward; SDPA does not on CPU."
     )
@@ -50,13 +52,16 @@ class InnerLoopSettings(_Settings):
     )
     learn_lr: bool = Field(True, description="Meta-learn the step sizes (False: fixed lr_init).")
     step_size_space: Literal["log", "softplus"] = Field(
-        "log", description="Step sizes are learned as log(eta) (moves eta by a factor a step, whatever its size); "
+        "log", description="Step sizes are learned as log(eta) (an outer step moves eta by a factor, whatever its size); "
         "softplus is the former parameterisation, kept for ablations."
     )
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    unroll: Literal["second-order", "first-order", "truncated"] = "truncated"
+    weight_decay: float = Field(0.0, ge=0, description="Inner optimiser's weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Inner Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Inner Adam epsilon.")
+    unroll: Literal["second-order", "first-order", "truncated"] = Field(
+        "truncated", description="How the meta-gradient flows through the inner steps: second-order | first-order | "
+        "truncated."
+    )
     unroll_start: int = Field(
         1, ge=0, description="Truncated: steps before this are first-order. 1 keeps step 0 (where B = 0 and "
         "A has no gradient) out of the second-order graph."
@@ -100,32 +105,43 @@ class InnerLoopSettings(_Settings):
         return self
 
 
+# Where tasks come from: files (or the Hub) in a published format, or a generator and its subtasks
+# (the first subtask is a task name's default: `--task babi` means babi:qa1).
+READERS = ("babilong", "student-records", "longgorilla", "jsonl")
 SUBTASKS = {"babi": ("qa1", "qa2", "qa3"), "records": ("recall", "relation", "aggregate")}
+TASKS = READERS + tuple(SUBTASKS)
+# What `--task` accepts as a name: babi, babi:qa2, ..., records, records:relation, ...
+TASK_NAMES = tuple(f"{family}:{sub}" if i else family for family, subs in SUBTASKS.items() for i, sub in enumerate(subs))
 
 
 class PrepareSettings(_Settings):
     """How `perk prepare` builds a task directory (saved in its prepare.json)."""
 
-    task: Literal["babilong", "student-records", "longgorilla", "jsonl", "babi", "records"]
+    task: Literal[TASKS] = Field(
+        description=f"Read {' | '.join(READERS)} files, or generate {' | '.join(SUBTASKS)} tasks."
+    )
     out: str = Field(description="Output directory for train/validation/test.jsonl and prepare.json.")
     input: str | None = Field(None, description="File or directory of records (reader tasks).")
     hub: str | None = Field(None, description="Hugging Face dataset id, e.g. RMT-team/babilong.")
-    hub_config: str | None = None
-    hub_split: str | None = None
-    split: Literal["train", "validation", "test"] = Field("test", description="Split for a single input file.")
-    subtask: str | None = Field(None, description="babi: qa1|qa2|qa3; records: recall|relation|aggregate.")
+    hub_config: str | None = Field(None, description="Hub dataset config, e.g. 1k.")
+    hub_split: str | None = Field(None, description="Hub dataset split, e.g. qa1.")
+    split: Literal["train", "validation", "test"] = Field("test", description="Split a single input file goes to.")
+    subtask: str | None = Field(None, description="; ".join(f"{k}: {' | '.join(v)}" for k, v in SUBTASKS.items())
+                                + " (default: the first).")
     model: str = Field("tiny", description="Tokenizer used to count tokens and cut plain text.")
-    segment_tokens: int = Field(256, ge=1)
-    facts: int | None = Field(None, ge=1, description="babi: facts a story (default qa1 6, qa2 10, qa3 12).")
+    segment_tokens: int = Field(256, ge=1, description="Max tokens per segment when cutting text.")
+    facts: int | None = Field(None, ge=1, description="babi: facts per story (default qa1 6, qa2 10, qa3 12).")
     length: int | None = Field(None, ge=1, description="Target context length in tokens.")
     distractors: int = Field(0, ge=0, description="babi: filler sentences when --length is not given.")
     filler: str | None = Field(None, description="babi: text file or directory of .txt haystack filler.")
-    position: Literal["uniform", "early", "middle", "late"] = "uniform"
-    records: int | None = Field(None, ge=1, description="records: students a database (default 20).")
-    train: int = Field(200, ge=0)
-    validation: int = Field(50, ge=0)
-    test: int = Field(100, ge=0)
-    seed: int = 0
+    position: Literal["uniform", "early", "middle", "late"] = Field(
+        "uniform", description="babi: where the facts sit: uniform | early | middle | late."
+    )
+    records: int | None = Field(None, ge=1, description="records: students per database (default 20).")
+    train: int = Field(200, ge=0, description="Generated training tasks.")
+    validation: int = Field(50, ge=0, description="Generated validation tasks.")
+    test: int = Field(100, ge=0, description="Generated test tasks.")
+    seed: int = Field(0, description="Seed; the same seed gives byte-identical files.")
 
     @model_validator(mode="after")
     def _check(self) -> "PrepareSettings":
@@ -148,9 +164,10 @@ class PrepareSettings(_Settings):
 class PromptSettings(_Settings):
     """How tasks become token sequences (saved in the checkpoint so adapt/ask/eval reuse it)."""
 
-    segment_tokens: int = Field(256, ge=8, description="Max tokens a segment when cutting a plain document.")
+    segment_tokens: int = Field(256, ge=8, description="Max tokens per segment when cutting a plain document.")
     segment_prefix: str = Field("doc_{i}: ", description="Masked-out prefix of each segment; {i} = its id.")
-    question_template: str = "You have memorized {n} documents.\n{question}\nAnswer:"
+    question_template: str = Field("You have memorized {n} documents.\n{question}\nAnswer:",
+                                   description="The question prompt; {n} = the number of segments.")
     answer_format: Literal["plain", "support"] = Field(
         "plain", description="plain: ' {answer}'; support: '<support>facts</support>\\n<output>answer</output>'."
     )
@@ -162,26 +179,26 @@ class TrainSettings(_Settings):
 
     max_steps: int = Field(200, ge=1, description="Outer (meta) steps.")
     epochs: float | None = Field(None, gt=0, description="Stop after this many passes over train (if sooner).")
-    tasks_per_batch: int = Field(8, ge=1, description="Tasks an outer step (gradients accumulated).")
+    tasks_per_batch: int = Field(8, ge=1, description="Tasks per outer step (gradients accumulated).")
     lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")
     step_size_lr: float | None = Field(
         1e-2, gt=0, description="Outer learning rate of the learned step sizes (None: lr). In log space this "
         "moves eta by up to a factor exp(step_size_lr) a step: 1e-2 lets it grow 10x in about 230 steps.",
     )
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = Field(0.01, ge=0, description="Outer AdamW weight decay (matrices only).")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Outer AdamW betas.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine (to 10%) | constant, after warm-up.")
     clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     spike_factor: float | None = Field(
         20.0, gt=1, description="Skip a step whose gradient norm exceeds this x the running median."
     )
     max_minutes: float | None = Field(None, gt=0, description="Stop (validate and save) after this wall time.")
     eval_every: int = Field(50, ge=1, description="Validate every N steps.")
-    eval_tasks: int = Field(32, ge=1, description="Validation tasks a validation pass.")
+    eval_tasks: int = Field(32, ge=1, description="Validation tasks per validation pass.")
     train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")
     baseline: bool = Field(True, description="Also train the in-context baseline LoRA into the run.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the initialisation and the data order.")
 
 
 class RunConfig(_Settings):
@@ -199,20 +216,22 @@ class RunConfig(_Settings):
 class EvalSettings(_Settings):
     """`perk eval`: PERK and its baselines on one split of a task directory."""
 
-    checkpoint: str
-    task: str
-    split: Literal["train", "validation", "test"] = "test"
-    out: str | None = Field(None, description="Output directory [default: <run>/eval-<split>].")
+    checkpoint: str = Field(description="Run or checkpoint directory from meta-train.")
+    task: str = Field(description="Task directory from `perk prepare`.")
+    split: Literal["train", "validation", "test"] = Field("test", description="train | validation | test.")
+    out: str | None = Field(None, description="Output directory.")
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded subsample of this many tasks.")
-    seed: int = 0
-    baselines: list[Literal["in-context", "plain-ttt"]] = ["in-context", "plain-ttt"]
+    seed: int = Field(0, description="Seed of the subsample and of plain TTT's initialisation.")
+    baselines: list[Literal["in-context", "plain-ttt"]] = Field(
+        ["in-context", "plain-ttt"], description="Baselines beside PERK: comma list of in-context, plain-ttt ('' for none)."
+    )
     plain_lr: float | None = Field(
-        None, gt=0, description="Plain-TTT's learning rate; None = the best of plain_lr_grid on the validation split."
+        None, gt=0, description="Plain TTT's learning rate; None = the best of plain_lr_grid on the validation split."
     )
     plain_lr_grid: list[float] = Field(
         [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="Learning rates plain TTT is tuned over."
     )
     plain_lr_tasks: int = Field(16, ge=1, description="Validation tasks that tune plain TTT's learning rate.")
-    max_tokens_per_step: int = Field(4096, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_tokens_per_group: int = Field(4096, ge=1, description="Tokens per accumulation group: bounds peak memory.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Decoding budget (default: the checkpoint's answer cap).")
     model: str | None = Field(None, description="Override the checkpoint's base model path.")

@@ -2,25 +2,26 @@
 
     perk demo
 
-Generates qa1 tasks, meta-trains the tiny preset for a few minutes (there is no bundled checkpoint
-yet), evaluates PERK against the in-context and plain test-time-training baselines at the training
+Generates qa1 tasks, meta-trains the tiny preset for a few minutes (or uses --checkpoint; no
+checkpoint ships with the package yet), evaluates PERK against the in-context and plain test-time-training baselines at the training
 length and at 4x it, adapts one document and answers a question about it, and prints everything
 beside chance, however good or bad it is.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from perk_cli import __version__
-from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings,
-                             RunConfig, TrainSettings)
+from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig,
+                             TrainSettings)
 from perk_cli.data import vocab
+from perk_cli.errors import PerkError
 
-BUNDLED = Path(__file__).parent / "assets" / "demo_checkpoint"
 TRAIN_LENGTH = 128
 Say = Callable[[str], None]
 
@@ -41,7 +42,7 @@ class DemoResult:
 
 
 def _data(out: Path, length: int, train: int, test: int, seed: int) -> Path:
-    from perk_cli.prepare import prepare
+    from perk_cli.data.prepare import prepare
 
     directory = out / "data" / f"qa1-{length}"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
@@ -60,27 +61,27 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
     )
 
 
-def run_demo(out: Path, minutes: float = 4.0, retrain: bool = False, checkpoint: Path | None = None,
-             test_tasks: int = 40, seed: int = 0, say: Say = print,
-             on_step: Callable[[int, int, dict], None] | None = None) -> DemoResult:
-    from perk_cli.adapt import adapt_segments, load_adapter
+def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, test_tasks: int = 40, seed: int = 0,
+             say: Say = print, on_step: Callable[[int, int, dict], None] | None = None) -> DemoResult:
+    """Run the demo into `out` (a new directory or a previous demo's: its run/ is trained afresh)."""
     from perk_cli.data.schema import read_split
-    from perk_cli.evaluate import evaluate
-    from perk_cli.reader import Reader
-    from perk_cli.train import meta_train
+    from perk_cli.evaluation.evaluate import evaluate
+    from perk_cli.memory import Reader, adapt_segments, adapting_runtime
+    from perk_cli.training.meta_train import meta_train
 
+    if out.exists() and any(out.iterdir()) and not (out / "data").is_dir():
+        raise PerkError(f"--out {out}: not empty and not a previous demo; choose another directory")
     started = time.monotonic()
     lengths = [TRAIN_LENGTH, 4 * TRAIN_LENGTH]
-    if checkpoint is None and BUNDLED.is_dir() and not retrain:
-        checkpoint = BUNDLED
     trained_here = checkpoint is None
+    if trained_here and (out / "run").exists():
+        shutil.rmtree(out / "run")  # a previous demo's run: the demo trains afresh
     say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens (4x) in {out}/data")
     train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed)
     long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1)
     if trained_here:
-        reason = "--retrain" if retrain else "no bundled checkpoint"
-        say(f"{reason}: meta-training the tiny preset for {minutes:g} minutes, then its in-context baseline "
-            "on the same step budget")
+        say(f"meta-training the tiny preset for {minutes:g} minutes, then its in-context baseline on the same "
+            "step budget")
         run = out / "run"
         result = meta_train(demo_config(minutes, seed).model_copy(update={"task": str(train_dir)}), train_dir, run,
                             on_step=on_step)  # and the in-context baseline on the steps it took
@@ -96,7 +97,7 @@ def run_demo(out: Path, minutes: float = 4.0, retrain: bool = False, checkpoint:
         for method, metrics in report["methods"].items():
             demo.em.setdefault(method, {})[length] = metrics["em"]
     task = read_split(long_dir, "test")[0]
-    runtime, origin = load_adapter(checkpoint=checkpoint)
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
     memory = adapt_segments(runtime, origin, task.context)
     memory.save(out / "sample-memory.safetensors")
     demo.document = " ".join(task.context)

@@ -1,14 +1,21 @@
-"""A memory: the adapted LoRA tensors of one document, in one safetensors file with string metadata.
+"""Memories: write a document into one (adapt), answer questions from one (ask), and the file it lives in.
 
-Loading needs no code execution (no pickle). `export_peft` writes adapter_config.json +
-adapter_model.safetensors that `peft.PeftModel.from_pretrained(base, DIR)` loads in any program.
+    from perk_cli.memory import Reader, adapt_text, adapting_runtime
+    runtime, origin = adapting_runtime(checkpoint=Path("runs/qa1"))
+    adapt_text(runtime, origin, open("doc.txt").read()).save("mem.safetensors")
+    answer, raw = Reader(Memory.load("mem.safetensors")).ask("Where is Mary?")
+
+A memory is the adapted LoRA tensors of one document in one safetensors file with string metadata
+(no pickle: loading runs no code). `export_peft` writes a standard PEFT adapter directory. Plain
+test-time training (no meta-learning: PEFT's initialisation, a fixed learning rate, no token
+weights) is defined here once, for `perk adapt --model` and for the evaluation baseline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +23,25 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from perk_cli import __version__
+from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, PromptSettings, RunConfig
+from perk_cli.data.schema import Task, read_tasks
+from perk_cli.data.segment import segment_text
+from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.inner_loop import GroupCallback, InnerResult, run_inner_loop
+from perk_cli.engine.lora import copy_into, lora_values
 from perk_cli.errors import PerkError
+from perk_cli.files import read_text, staged_file
+from perk_cli.models.base import load_base
+from perk_cli.models.lora import attach_lora, peft_init
+from perk_cli.prompts import answer_question, encode_context, encode_task
+from perk_cli.training.checkpoint import DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime
 
 FORMAT = "perk-memory/1"
 REQUIRED = ("format", "base_model", "lora", "prompt", "segments", "steps", "perk_version")
 
+
+# --- the memory file ---------------------------------------------------------------------------
 
 @dataclass
 class Memory:
@@ -30,19 +51,11 @@ class Memory:
 
     def save(self, path: Path) -> None:
         """Atomic write: a temporary file in the same directory, then os.replace."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"lora.{k}": v for k, v in self.lora.items()}
         tensors.update({f"base.{k}": v for k, v in self.base.items()})
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={k: str(v) for k, v in self.metadata.items()})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with staged_file(Path(path)) as tmp:
+            save_file(tensors, str(tmp), metadata={k: str(v) for k, v in self.metadata.items()})
 
     @classmethod
     def load(cls, path: Path) -> "Memory":
@@ -82,22 +95,180 @@ def plain_base_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def export_peft(peft_model, memory: Memory, directory: Path) -> None:
-    """Write the memory as a standard PEFT adapter directory (config + safetensors weights).
+    """Write the memory as a standard PEFT adapter directory (config + safetensors weights) that
+    `peft.PeftModel.from_pretrained(base, DIR)` loads in any program.
 
     A memory that carries its base (the tiny preset) also gets `base_model.safetensors` there, in plain
     transformers names, since that base exists nowhere else.
     """
-    params = dict(peft_model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in memory.lora}
-    try:
-        with torch.no_grad():
-            for name, value in memory.lora.items():
-                params[name].copy_(value)
+    with lora_values(peft_model, memory.lora):
         peft_model.save_pretrained(str(directory), safe_serialization=True)
-        if memory.base:
-            base = {k: v.detach().to("cpu").contiguous() for k, v in plain_base_names(memory.base).items()}
-            save_file(base, str(Path(directory) / "base_model.safetensors"))
-    finally:
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+    if memory.base:
+        base = {k: v.detach().to("cpu").contiguous() for k, v in plain_base_names(memory.base).items()}
+        save_file(base, str(Path(directory) / "base_model.safetensors"))
+
+
+# --- plain test-time training --------------------------------------------------------------------
+
+def plain_inner_settings(steps: int, lr: float, optimizer: str = "adamw", betas: tuple[float, float] = (0.9, 0.95),
+                         eps: float = 1e-8) -> InnerLoopSettings:
+    """Plain test-time training: a fixed learning rate, no token weights, nothing meta-learned."""
+    return InnerLoopSettings(steps=steps, optimizer=optimizer, lr_init=lr, lr_max=None, learn_lr=False, betas=betas,
+                             eps=eps, weighting=False, unroll="first-order")
+
+
+def plain_ttt(runtime: Runtime, context: TokenBatch, init: dict[str, torch.Tensor], lr: float,
+              max_tokens_per_group: int | None = None) -> InnerResult:
+    """Plain TTT with the runtime's inner loop (K, optimiser) from `init` (`peft_init`), at learning rate `lr`."""
+    inner = runtime.config.inner
+    settings = plain_inner_settings(inner.steps, lr, inner.optimizer, inner.betas, inner.eps)
+    step_sizes = torch.full((inner.steps, len(init)), lr, device=runtime.device)
+    return run_inner_loop(runtime.model, init, context.split(max_tokens_per_group), step_sizes, None, settings,
+                          differentiable=False)
+
+
+# --- adapt: a document into a memory -----------------------------------------------------------
+
+@dataclass
+class Origin:
+    """Where the adapter's meta-parameters came from (recorded in every memory)."""
+
+    kind: str  # "checkpoint" or "plain-ttt"
+    path: str
+    fingerprint: str
+    note: str = ""
+
+
+def read_document(document: str) -> tuple[str | None, list[str] | None]:
+    """(text, None) for a text file or '-' (stdin); (None, segments) for a task record file."""
+    if document == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PerkError("stdin: not valid UTF-8; re-encode the document as UTF-8")
+        if not text.strip() or "\x00" in text:
+            raise PerkError("stdin: empty or binary input; pipe a UTF-8 text document")
+        return text, None
+    path = Path(document)
+    if path.suffix in (".jsonl", ".json"):
+        tasks = read_tasks(path)
+        if not tasks:
+            raise PerkError(f"{path}: no task records")
+        return None, tasks[0].context
+    return read_text(path), None
+
+
+def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, runs: Path = DEFAULT_RUNS,
+                     plain_steps: int = 4, plain_lr: float = 1e-3, device: str | None = None) -> tuple[Runtime, Origin]:
+    """The runtime that writes memories: a checkpoint's, the latest one under `runs`, or plain TTT on
+    `model` (PEFT's initialisation from seed 0, so the same document gives the same memory)."""
+    if checkpoint is None and model is None:
+        checkpoint = latest_checkpoint(runs)
+        if checkpoint is None:
+            raise PerkError(f"no checkpoint under {runs}/: pass --checkpoint DIR, or --model NAME for plain "
+                            "test-time training (no meta-learning)")
+        note = f"using the most recent checkpoint {checkpoint}"
+    else:
+        note = ""
+    if checkpoint is not None:
+        runtime, files = load_runtime(Path(checkpoint), model, device)
+        return runtime, Origin("checkpoint", str(files.path), files.fingerprint, note)
+    config = RunConfig(perk_version=__version__, model=ModelSettings(name=model, device=device or "auto"),
+                       lora=LoraSettings(), inner=plain_inner_settings(plain_steps, plain_lr))
+    runtime = build_runtime(config)
+    copy_into(runtime.model, peft_init(runtime.model, seed=0))
+    return runtime, Origin("plain-ttt", "", f"plain-ttt-lr{plain_lr}-k{plain_steps}")
+
+
+def adapt_text(runtime: Runtime, origin: Origin, text: str, segment_tokens: int | None = None,
+               max_tokens_per_group: int = 4096, on_group: GroupCallback | None = None) -> Memory:
+    """Adapt on a whole document (any length: segments are processed in groups of bounded size)."""
+    prompt = runtime.config.prompt
+    if segment_tokens is not None:
+        prompt = prompt.model_copy(update={"segment_tokens": segment_tokens})
+    segments = segment_text(text, runtime.tokenizer, prompt.segment_tokens)
+    if not segments:
+        raise PerkError("the document has no text to adapt on")
+    return adapt_segments(runtime, origin, segments, prompt, text, max_tokens_per_group, on_group)
+
+
+def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt: PromptSettings | None = None,
+                   text: str | None = None, max_tokens_per_group: int = 4096,
+                   on_group: GroupCallback | None = None) -> Memory:
+    prompt = prompt or runtime.config.prompt
+    context = encode_context(runtime.tokenizer, segments, prompt, max_len=runtime.max_positions)
+    result = runtime.meta.adapt(context.to(runtime.device), on_group=on_group, max_tokens_per_group=max_tokens_per_group)
+    document = text if text is not None else "\n".join(segments)
+    state = runtime.state_tensors()
+    base = {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
+    metadata = {
+        "format": FORMAT,
+        "perk_version": __version__,
+        "base_model": runtime.config.model.name,
+        "tokenizer": runtime.config.model.name,
+        "lora": runtime.config.lora.model_dump_json(),
+        "prompt": prompt.model_dump_json(),
+        "origin": origin.kind,
+        "checkpoint": origin.path,
+        "checkpoint_fingerprint": origin.fingerprint,
+        "document_sha256": hashlib.sha256(document.encode("utf-8")).hexdigest(),
+        "segments": str(len(segments)),
+        "context_tokens": str(context.n_tokens),
+        "steps": str(runtime.config.inner.steps),
+        "inner_losses": json.dumps([round(x, 6) for x in result.losses]),
+        "final_inner_loss": f"{result.losses[-1]:.6f}",
+    }
+    return Memory(result.params, metadata, base)
+
+
+@torch.no_grad()
+def perk_answer(runtime: Runtime, task: Task, budget: int, max_tokens_per_group: int | None = None,
+                lora: dict[str, torch.Tensor] | None = None) -> tuple[str, str, float]:
+    """(answer, raw, answer loss) of a task from a fresh memory of its context: PERK's, or the one
+    `lora` holds already (plain TTT's). What validation and `perk eval` score."""
+    encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt, max_len=runtime.max_positions)
+    encoded = encoded.to(runtime.device)
+    if lora is None:
+        lora = runtime.meta.adapt(encoded.context, max_tokens_per_group=max_tokens_per_group).params
+    loss = float(runtime.meta.answer_loss(lora, encoded.question))
+    answer, raw = answer_question(runtime.model, runtime.tokenizer, task.question, len(task.context),
+                                  runtime.config.prompt, lora=lora, max_new_tokens=budget)
+    return answer, raw, loss
+
+
+# --- ask: answers from a memory ------------------------------------------------------------------
+
+class Reader:
+    """A memory's base model with the memory's LoRA in place, answering questions greedily."""
+
+    def __init__(self, memory: Memory, model: str | None = None, device: str = "auto", source: str = "memory"):
+        self.memory = memory
+        self.prompt = PromptSettings(**memory.prompt_settings)
+        base, self.tokenizer = load_base(ModelSettings(name=model or memory.metadata["base_model"], device=device))
+        self.model = attach_lora(base, LoraSettings(**memory.lora_settings))
+        params = dict(self.model.named_parameters())
+        values = {**memory.lora, **memory.base}
+        for name, value in values.items():
+            if name not in params or params[name].shape != value.shape:
+                got = tuple(params[name].shape) if name in params else "absent"
+                raise PerkError(f"{source}: made for a different base model or LoRA shape ({name}: memory "
+                                f"{tuple(value.shape)}, model {got}); pass --model for the base it was made with")
+        missing = [n for n in params if ".lora_" in n and n not in memory.lora]
+        if missing:
+            raise PerkError(f"{source}: made for a different LoRA layout (no tensor for {missing[0]})")
+        copy_into(self.model, values)
+        self.n_segments = int(memory.metadata["segments"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def ask(self, question: str, max_new_tokens: int | None = None) -> tuple[str, str]:
+        """(answer, raw generated text)."""
+        return answer_question(self.model, self.tokenizer, question, self.n_segments, self.prompt,
+                               max_new_tokens=max_new_tokens)
+
+
+def load_reader(path: Path, model: str | None = None, device: str = "auto") -> Reader:
+    return Reader(Memory.load(path), model=model, device=device, source=str(path))

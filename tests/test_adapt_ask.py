@@ -11,12 +11,9 @@ import pytest
 import torch
 
 from perk_cli import __version__
-from perk_cli.adapt import adapt_text, load_adapter
-from perk_cli.checkpoint import save_checkpoint
 from perk_cli.config import LoraSettings, PromptSettings, RunConfig
-from perk_cli.memory import Memory
-from perk_cli.reader import Reader, load_reader
-from perk_cli.runtime import build_runtime
+from perk_cli.memory import Memory, Reader, adapt_text, adapting_runtime, load_reader
+from perk_cli.training.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
 
 DOC = " ".join(f"Event {i}: {name} went to the {place}." for i, (name, place) in
@@ -38,7 +35,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_round_trip_answers_equal_before_and_after_saving(checkpoint, tmp_path):
-    runtime, origin = load_adapter(checkpoint=checkpoint)
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
     memory = adapt_text(runtime, origin, DOC)
     questions = ["Where is Mary?", "Where is Sandra?"]
     before = [Reader(memory).ask(q, max_new_tokens=6) for q in questions]
@@ -51,7 +48,7 @@ def test_round_trip_answers_equal_before_and_after_saving(checkpoint, tmp_path):
 
 
 def test_metadata_fields_are_present_and_correct(checkpoint, tmp_path):
-    runtime, origin = load_adapter(checkpoint=checkpoint)
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
     memory = adapt_text(runtime, origin, DOC)
     meta = memory.metadata
     assert meta["format"] == "perk-memory/1" and meta["perk_version"] == __version__
@@ -74,14 +71,11 @@ def test_peft_export_loads_with_stock_peft_and_gives_the_same_logits(checkpoint,
     assert code == 0, err
     from peft import PeftModel
 
-    from perk_cli.config import ModelSettings
-    from perk_cli.models import load_base
-
     reader = load_reader(tmp_path / "m.safetensors")
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from perk_cli.tiny import tiny_model_config
+    from perk_cli.models.tiny import tiny_model_config
 
     # A plain transformers program: the tiny base from its config plus the exported base weights.
     tokenizer = reader.tokenizer
@@ -106,18 +100,18 @@ def config_rank(directory: Path) -> int:
 
 _PEAK = """
 import resource, sys, torch
-from perk_cli.adapt import adapt_text, load_adapter
+from perk_cli.memory import adapt_text, adapting_runtime
 torch.set_num_threads(1)
-runtime, origin = load_adapter(model="tiny")
+runtime, origin = adapting_runtime(model="tiny")
 words = "Mary went to the kitchen and then John went to the garden . ".split()
 tokens = int(sys.argv[1])
 text = " ".join(words[i % len(words)] for i in range(tokens))
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-adapt_text(runtime, origin, " ".join(words * 10), max_tokens_per_step=1024)  # warm up allocator and kernels
+adapt_text(runtime, origin, " ".join(words * 10), max_tokens_per_group=1024)  # warm up allocator and kernels
 before = rss()
-memory = adapt_text(runtime, origin, text, max_tokens_per_step=1024)
+memory = adapt_text(runtime, origin, text, max_tokens_per_group=1024)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(before, peak, memory.metadata["context_tokens"])
 """
@@ -154,7 +148,7 @@ def test_bad_documents(tmp_path, capsys, content, expected):
 
 @pytest.fixture(scope="module")
 def memory_file(checkpoint, tmp_path_factory):
-    runtime, origin = load_adapter(checkpoint=checkpoint)
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
     path = tmp_path_factory.mktemp("mem") / "mem.safetensors"
     adapt_text(runtime, origin, DOC).save(path)
     return path
@@ -176,7 +170,7 @@ def test_memory_for_a_different_base_model(memory_file, tmp_path, capsys):
 
     other = tmp_path / "other-model"
     micro_gpt2(dtype=torch.float32).save_pretrained(other)
-    from perk_cli.tiny import build_tiny_tokenizer
+    from perk_cli.models.tiny import build_tiny_tokenizer
 
     build_tiny_tokenizer().save_pretrained(other)
     code, _, err = run_cli(["ask", str(memory_file), "Where is Mary?", "--model", str(other)], capsys)

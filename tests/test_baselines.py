@@ -9,8 +9,8 @@ import torch
 from perk_cli import __version__
 from perk_cli.config import EvalSettings, InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.data.schema import read_split
-from perk_cli.encoding import answer_target
-from perk_cli.runtime import build_runtime
+from perk_cli.prompts import answer_target
+from perk_cli.training.checkpoint import build_runtime
 from tests.conftest import prepared_qa1
 
 
@@ -28,15 +28,16 @@ def _config(answer_format="plain", **train):
 
 
 def test_validation_decodes_as_many_tokens_as_the_support_target_needs(qa1, monkeypatch):
-    import perk_cli.train as train
+    import perk_cli.memory as memory
+    from perk_cli.training.meta_train import validate
 
     runtime = build_runtime(_config("support"))
     tasks = read_split(qa1, "validation")[:3]
     budgets = []
-    real = train.answer_question
-    monkeypatch.setattr(train, "answer_question",
+    real = memory.answer_question
+    monkeypatch.setattr(memory, "answer_question",
                         lambda *a, **k: budgets.append(k["max_new_tokens"]) or real(*a, **k))
-    train.validate(runtime, tasks)
+    validate(runtime, tasks)
     needed = max(len(runtime.tokenizer(answer_target(t.answer, t.support, runtime.config.prompt),
                                        add_special_tokens=False)["input_ids"]) for t in tasks)
     plain = max(len(runtime.tokenizer(f" {t.answer}")["input_ids"]) for t in tasks)
@@ -45,9 +46,9 @@ def test_validation_decodes_as_many_tokens_as_the_support_target_needs(qa1, monk
 
 
 def test_the_in_context_baseline_trains_the_steps_perk_took_and_keeps_its_best(qa1, tmp_path, monkeypatch):
-    import perk_cli.baselines as baselines
-    from perk_cli.checkpoint import read_checkpoint
-    from perk_cli.train import meta_train
+    import perk_cli.training.in_context as baselines
+    from perk_cli.training.checkpoint import read_checkpoint
+    from perk_cli.training.meta_train import meta_train
 
     scripted = iter([0.25, 0.75, 0.5])  # validation EM after steps 1, 2, 3: step 2 is the best
     snapshots = {}
@@ -70,8 +71,8 @@ def test_the_in_context_baseline_trains_the_steps_perk_took_and_keeps_its_best(q
 
 
 def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path):
-    from perk_cli.checkpoint import save_checkpoint
-    from perk_cli.evaluate import evaluate
+    from perk_cli.evaluation.evaluate import evaluate
+    from perk_cli.training.checkpoint import save_checkpoint
 
     config = _config()
     runtime = build_runtime(config)

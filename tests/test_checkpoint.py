@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from perk_cli.checkpoint import read_checkpoint
-from perk_cli.engine.step_sizes import LearnedStepSizes
+from perk_cli.engine.learned import LearnedStepSizes
+from perk_cli.training.checkpoint import read_checkpoint
 
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recall-smollm2-r3" / "checkpoint"
 
@@ -22,8 +22,8 @@ def test_a_pre_fix_checkpoint_keeps_its_weighting_rule_and_step_sizes():
 
 def test_a_new_checkpoint_keeps_the_default_rule(tmp_path):
     from perk_cli import __version__
-    from perk_cli.checkpoint import save_checkpoint
     from perk_cli.config import RunConfig
+    from perk_cli.training.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "c", RunConfig(perk_version=__version__), {"x": torch.zeros(1)})
     assert read_checkpoint(tmp_path / "c").config.inner.weighting_mode == "coefficients"

@@ -8,10 +8,27 @@ from tests.conftest import run_cli
 
 
 def test_help_lists_only_built_commands_with_an_example(capsys):
+    from perk_cli.cli import app
+
     code, out, _ = run_cli(["--help"], capsys)
-    assert code == 0 and "prepare" in out
-    code, out, _ = run_cli(["prepare", "--help"], capsys)
-    assert code == 0 and "Example: perk prepare --task babi" in out
+    commands = {"prepare", "meta-train", "adapt", "ask", "eval", "demo"}
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert code == 0 and registered == commands  # nothing else is registered (no placeholder commands)
+    for command in sorted(commands):
+        assert f"│ {command} " in out, command  # listed in the top-level help
+        code, text, _ = run_cli([command, "--help"], capsys)
+        assert code == 0 and f"Example: perk {command}" in text, command
+
+
+def test_help_shows_the_settings_defaults_and_descriptions(capsys):
+    from perk_cli.config import LoraSettings, TrainSettings
+
+    code, out, _ = run_cli(["meta-train", "--help"], capsys)
+    text = " ".join(out.replace("│", " ").split())  # rich wraps help text across lines and box edges
+    assert code == 0
+    assert f"LoRA rank r. [default: {LoraSettings().rank}]" in text
+    assert f"[default: {TrainSettings().tasks_per_batch}]" in text and "[default: cosine]" in text
+    assert "Run directory [default: runs/<model>-<task>]" in text  # brackets survive rich markup
 
 
 def test_generate_writes_splits_and_prepare_json(tmp_path, capsys):

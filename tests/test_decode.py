@@ -3,8 +3,8 @@
 import torch
 
 from perk_cli.config import ModelSettings, PromptSettings
-from perk_cli.decode import answer_question, ending_tokens, generate_text
-from perk_cli.models import load_base
+from perk_cli.models.base import load_base
+from perk_cli.prompts import answer_question, ending_tokens, generate_text
 
 
 def test_an_answer_never_starts_with_a_token_that_ends_it():

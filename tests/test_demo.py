@@ -13,7 +13,15 @@ def test_demo_runs_every_stage_and_reports_chance(tmp_path, capsys):
     result = json.loads(stdout)
     assert result["trained_here"] is True and result["lengths"] == [128, 512]
     assert set(result["em"]) == {"perk", "in-context", "plain-ttt"}
-    assert abs(result["chance"] - 1 / 9) < 1e-9
+    # the table reports what perk eval measured, beside the chance of guessing among the answers there are
+    from perk_cli.data import vocab
+
+    for length in result["lengths"]:
+        report = json.loads((out / f"eval-{length}" / "metrics.json").read_text())
+        assert {m: v["em"] for m, v in report["methods"].items()} == {m: em[str(length)] for m, em in result["em"].items()}
+        golds = {json.loads(line)["gold"] for line in (out / f"eval-{length}" / "predictions.jsonl").open()}
+        assert golds <= set(vocab.LOCATIONS)
+    assert result["chance"] == 1 / len(vocab.LOCATIONS)
     assert result["question"].startswith("Where is ") and result["gold"]
     for name in ("eval-128/metrics.json", "eval-512/predictions.jsonl", "sample-memory.safetensors",
                  "run/best/meta.safetensors", "run/in-context/meta.safetensors"):

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from perk_cli import gguf_cache
+from perk_cli.models import gguf_cache
 from perk_cli.config import ModelSettings
-from perk_cli.models import _from_pretrained
+from perk_cli.models.base import _from_pretrained
 from tests.conftest import micro_llama
 
 
@@ -25,7 +25,7 @@ class Converter:
         self.calls = 0
 
     def __call__(self):
-        from perk_cli.models import load_tokenizer
+        from perk_cli.models.base import load_tokenizer
 
         self.calls += 1
         model = micro_llama(dtype=torch.float32, seed=4)
@@ -87,7 +87,7 @@ def test_a_failed_conversion_leaves_no_entry(gguf, tmp_path):
 
 
 def test_load_base_reads_a_gguf_through_the_cache_in_cache_dir(gguf, tmp_path, monkeypatch):
-    import perk_cli.models as models
+    import perk_cli.models.base as models
 
     convert = Converter()
     real = models._from_pretrained

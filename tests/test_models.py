@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from perk_cli.config import LoraSettings, ModelSettings
+from perk_cli.engine.lora import lora_parameters
 from perk_cli.errors import PerkError
-from perk_cli.models import attach_lora, load_base, lora_parameters
-from perk_cli.tiny import build_tiny_tokenizer
+from perk_cli.models.base import load_base
+from perk_cli.models.lora import attach_lora
+from perk_cli.models.tiny import build_tiny_tokenizer
 from tests.conftest import micro_gpt2, micro_llama
 
 

@@ -50,10 +50,10 @@ class _World:
             trail.append((place, event))
 
 
-def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str], _World, list]:
+def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str], _World]:
     people = rng.sample(vocab.PEOPLE, k=2 if subtask == "qa1" and n_facts < 4 else 3)
     objects = rng.sample(vocab.OBJECTS, k=2)
-    world, facts, log = _World(), [], []
+    world, facts = _World(), []
     while len(facts) < n_facts:
         event = len(facts)
         choices = ["move"]
@@ -88,8 +88,7 @@ def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str]
             world.dropped[obj] = (world.person_at[person][0], event)
             text = f"{person} {rng.choice(vocab.DROP_VERBS)} the {obj}."
         facts.append(f"Event {event}: {text}")
-        log.append((action, event))
-    return facts, world, log
+    return facts, world
 
 
 def _question(subtask: str, world: _World, rng: random.Random):
@@ -139,7 +138,7 @@ def make_story(subtask: str, n_facts: int, rng: random.Random, max_tries: int = 
     if n_facts < minimum:
         raise ValueError(f"{subtask} needs at least {minimum} facts")
     for _ in range(max_tries):
-        facts, world, _ = _simulate(subtask, n_facts, rng)
+        facts, world = _simulate(subtask, n_facts, rng)
         q = _question(subtask, world, rng)
         if q is not None:
             return Story(facts, q[0], q[1], q[2])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from perk_cli.data.schema import read_text
 from perk_cli.data.segment import split_sentences
 from perk_cli.errors import PerkError
+from perk_cli.files import read_text
 
 _SUBJECTS = ["The committee", "A local historian", "The city council", "Our research team", "The museum",
              "An old newspaper", "The weather service", "A small bakery", "The orchestra", "The survey"]

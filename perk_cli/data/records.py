@@ -9,8 +9,8 @@ exactly like the relevant one, one record a segment.
 from __future__ import annotations
 
 import random
-from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 from perk_cli.data import vocab
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from perk_cli.atomic import staged_directory
 from perk_cli.errors import PerkError
+from perk_cli.files import read_text, staged_directory
 
 SPLITS = ("train", "validation", "test")
 
@@ -49,25 +49,6 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "record"
     return f"field '{field}': {first['msg'].lower()}"
-
-
-def read_text(path: Path) -> str:
-    """UTF-8 text of a file, or a one-line PerkError naming the file."""
-    if not path.exists():
-        raise PerkError(f"{path}: no such file")
-    if path.is_dir():
-        raise PerkError(f"{path}: is a directory, expected a file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise PerkError(f"{path}:{line}: not valid UTF-8 (byte offset {exc.start}); re-encode the file as UTF-8")
-    if "\x00" in text:
-        raise PerkError(f"{path}: contains NUL bytes; is it a binary file?")
-    if not text.strip():
-        raise PerkError(f"{path}: file is empty")
-    return text.removeprefix("\ufeff")
 
 
 def iter_json_records(path: Path):

@@ -3,10 +3,20 @@
 Second-order unrolling only, SGD or Adam (torch.optim semantics as higher implements them; higher's
 Adam adds eps to sqrt(v) before the bias correction, so it differs from torch.optim.Adam by
 O(eps)). Each LoRA tensor is its own parameter group so that learned step sizes apply per tensor.
+
+`higher` 0.2.1 cannot monkey-patch PEFT models as installed: it builds, for every module,
+`class MonkeyPatched(type(module), _MonkeyPatchBase)` where `_MonkeyPatchBase(abc.ABC, nn.Module)`. PEFT's LoRA layers are `Linear(nn.Module, LoraLayer)` with
+`LoraLayer` deriving from `abc.ABC` *after* nn.Module, so the two base orders conflict and Python
+raises "Cannot create a consistent method resolution order (MRO) for bases Module, ABC".
+
+The fix rebuilds `_MonkeyPatchBase` with the same body as `(nn.Module,)` and metaclass ABCMeta:
+its abstract method still works, and the MRO merge succeeds. Nothing in the installed package is
+edited; `patch_higher()` swaps the class in the imported module once and is idempotent.
 """
 
 from __future__ import annotations
 
+import abc
 from types import SimpleNamespace
 
 import torch
@@ -14,8 +24,23 @@ import torch
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.inner_loop import InnerResult
+from perk_cli.engine.learned import TokenWeighter
 from perk_cli.engine.losses import inner_loss
-from perk_cli.engine.weighting import TokenWeighter
+
+_PATCHED = "_perk_mro_shim"
+
+
+def patch_higher():
+    """The `higher` module with its _MonkeyPatchBase rebuilt as (nn.Module,) with metaclass ABCMeta."""
+    import higher.patch
+
+    original = higher.patch._MonkeyPatchBase
+    if getattr(original, _PATCHED, False):
+        return higher
+    body = {k: v for k, v in vars(original).items() if k not in ("__dict__", "__weakref__")}
+    body[_PATCHED] = True
+    higher.patch._MonkeyPatchBase = abc.ABCMeta("_MonkeyPatchBase", (torch.nn.Module,), body)
+    return higher
 
 
 def _patched_call(fmodel):
@@ -41,8 +66,6 @@ def _patched_call(fmodel):
 def run_inner_loop_higher(model: torch.nn.Module, lora_names: list[str], groups: list[TokenBatch],
                           step_sizes: torch.Tensor, weighter: TokenWeighter | None,
                           settings: InnerLoopSettings) -> InnerResult:
-    from perk_cli.engine.higher_compat import patch_higher
-
     higher = patch_higher()
     named = dict(model.named_parameters())
     lora = [named[n] for n in lora_names]

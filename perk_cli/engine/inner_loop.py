@@ -22,10 +22,10 @@ import torch
 
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.learned import TokenWeighter
 from perk_cli.engine.losses import functional_model_call, inner_loss, weighted_token_nll
 from perk_cli.engine.optim import FunctionalOptimizer
 from perk_cli.engine.prefix import FrozenPrefix
-from perk_cli.engine.weighting import TokenWeighter
 
 # on_group(step, group_index, n_groups, loss) is called after every group's backward pass.
 GroupCallback = Callable[[int, int, int, float], None]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from perk_cli.engine.batches import TokenBatch
-from perk_cli.engine.weighting import TokenWeighter
+from perk_cli.engine.learned import TokenWeighter
 
 ModelCall = Callable[..., object]
 

@@ -13,11 +13,10 @@ from torch import nn
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
 from perk_cli.engine.inner_loop import GroupCallback, InnerResult, keeps_graph, run_inner_loop
+from perk_cli.engine.learned import LearnedStepSizes, TokenWeighter
+from perk_cli.engine.lora import lora_parameters
 from perk_cli.engine.losses import answer_loss, functional_model_call
 from perk_cli.engine.prefix import FrozenPrefix, find_frozen_prefix
-from perk_cli.engine.step_sizes import LearnedStepSizes
-from perk_cli.engine.weighting import TokenWeighter
-from perk_cli.models import lora_parameters
 
 
 class MetaLearner(nn.Module):
@@ -29,7 +28,7 @@ class MetaLearner(nn.Module):
         self.train_base = train_base
         self.lora_names = list(lora_parameters(peft_model))
         if not self.lora_names:
-            raise ValueError("the model has no LoRA tensors; wrap it with perk_cli.models.attach_lora")
+            raise ValueError("the model has no LoRA tensors; wrap it with perk_cli.models.lora.attach_lora")
         reference = next(iter(lora_parameters(peft_model).values()))
         self.step_sizes = LearnedStepSizes(
             settings.steps, len(self.lora_names), settings.lr_init, settings.lr_max, settings.learn_lr,
@@ -89,10 +88,12 @@ class MetaLearner(nn.Module):
         """The frozen blocks the inner loop may run once per group (None: caching off or impossible)."""
         return find_frozen_prefix(self.model, self.lora_names) if self.settings.cache_prefix else None
 
-    def inner_loop(self, context: TokenBatch, *, differentiable: bool,
-                   on_group: GroupCallback | None = None) -> InnerResult:
-        groups = context.split(self.settings.max_tokens_per_group)
-        if self.settings.engine == "higher":
+    def inner_loop(self, context: TokenBatch, *, differentiable: bool, on_group: GroupCallback | None = None,
+                   max_tokens_per_group: int | None = None) -> InnerResult:
+        """The inner loop on a task's context. `max_tokens_per_group` overrides the settings' group size
+        (peak memory is one group's). The `higher` engine serves the differentiable path only."""
+        groups = context.split(max_tokens_per_group or self.settings.max_tokens_per_group)
+        if self.settings.engine == "higher" and differentiable:
             from perk_cli.engine.higher_engine import run_inner_loop_higher
 
             return run_inner_loop_higher(self.model, self.lora_names, groups, self.step_sizes(),
@@ -111,14 +112,9 @@ class MetaLearner(nn.Module):
 
     def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None,
               max_tokens_per_group: int | None = None) -> InnerResult:
-        """Test time: the same inner loop (func engine), no graph kept; returns detached phi_K.
-
-        `max_tokens_per_group` overrides the settings' group size: peak memory is one group's.
-        """
-        groups = context.split(max_tokens_per_group or self.settings.max_tokens_per_group)
-        result = run_inner_loop(self.model, self.lora_init(), groups,
-                                self.step_sizes(), self.weighter, self.settings,
-                                differentiable=False, on_group=on_group, prefix=self.frozen_prefix())
+        """Test time: the inner loop with no graph kept; returns detached phi_K."""
+        result = self.inner_loop(context, differentiable=False, on_group=on_group,
+                                 max_tokens_per_group=max_tokens_per_group)
         return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
 
     def trainable_state_dict(self, include_base: bool = False) -> dict[str, torch.Tensor]:

@@ -115,9 +115,9 @@ def test_truncated_equals_hand_built_detached_early_steps(micro_peft, micro_task
 
 def _b_gradient_norm(micro_model_seed: int, **settings) -> float:
     from perk_cli.config import LoraSettings
-    from perk_cli.models import attach_lora
-    from tests.conftest import micro_gpt2, random_batch
     from perk_cli.engine.batches import MetaTask
+    from perk_cli.models.lora import attach_lora
+    from tests.conftest import micro_gpt2, random_batch
 
     task = MetaTask(random_batch(4, 10, seed=2, pad_first=3), random_batch(1, 7, seed=3, prefix=4))
     peft = attach_lora(micro_gpt2(seed=micro_model_seed), LoraSettings(rank=2, alpha=4.0))  # PEFT init: B = 0
@@ -141,7 +141,7 @@ def test_unrolling_step_zero_does_not_start_from_zero_b(monkeypatch):
 
 def test_zero_b_is_kept_when_step_zero_is_first_order():
     from perk_cli.config import LoraSettings
-    from perk_cli.models import attach_lora
+    from perk_cli.models.lora import attach_lora
     from tests.conftest import micro_gpt2
 
     for unroll, zero in (("truncated", True), ("first-order", True), ("second-order", False)):

@@ -5,9 +5,10 @@ import torch
 
 from perk_cli.config import InnerLoopSettings, LoraSettings
 from perk_cli.engine.batches import MetaTask
+from perk_cli.engine.lora import lora_parameters
 from perk_cli.engine.meta import MetaLearner
 from perk_cli.engine.prefix import find_frozen_prefix
-from perk_cli.models import attach_lora, lora_parameters
+from perk_cli.models.lora import attach_lora
 from tests.conftest import meta_grads, micro_gpt2, micro_llama, random_batch, randomise_lora_b, seeded_meta
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from perk_cli.config import InnerLoopSettings, TrainSettings
+from perk_cli.engine.learned import LearnedStepSizes, inverse_softplus
 from perk_cli.engine.meta import MetaLearner
 from perk_cli.engine.optim import FunctionalOptimizer
-from perk_cli.engine.step_sizes import LearnedStepSizes, inverse_softplus
 
 
 def _toy_meta_training(meta: MetaLearner, train: TrainSettings, best: float, steps: int) -> float:

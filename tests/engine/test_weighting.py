@@ -7,8 +7,8 @@ from torch import nn
 
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.inner_loop import run_inner_loop
+from perk_cli.engine.learned import TokenWeighter
 from perk_cli.engine.losses import functional_model_call, token_nll, weighted_token_nll
-from perk_cli.engine.weighting import TokenWeighter
 from tests.conftest import random_batch
 
 

@@ -12,6 +12,11 @@ import torch
 import torch.distributed as dist
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun announces it (0 outside torchrun), before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:

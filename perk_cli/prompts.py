@@ -1,20 +1,24 @@
-"""Tasks to token batches, as the SPEC fixes them.
+"""The prompt format, both ways: tasks to token batches (as the SPEC fixes them) and greedy
+generations back to answers, the same for PERK and every baseline.
 
 Each segment becomes `"doc_{i}: " + segment + eos`, the prefix masked out of the inner loss; ids are a
 fresh random permutation a task in meta-training and 0..N-1 at test time. The question becomes
 `"You have memorized {N} documents.\n{question}\nAnswer:"` with target `" {answer}" + eos` (or the
-`<support>...</support>\n<output>...</output>` form).
+`<support>...</support>\n<output>...</output>` form). The in-context baseline reads the same
+question prompt after the context's segments, one a line.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from contextlib import nullcontext
 
 import torch
 
 from perk_cli.config import PromptSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
+from perk_cli.engine.lora import lora_values
 
 
 def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
@@ -89,10 +93,20 @@ def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
     return min(longest, prompt.max_answer_tokens) + 4
 
 
+def context_text(segments: list[str]) -> str:
+    """The context as the in-context baseline reads it: its segments, one a line."""
+    return "\n".join(segments) + "\n"
+
+
 def encode_question(tokenizer, question: str, n_segments: int, settings: PromptSettings,
-                    answer: str | None = None, support: list[str] | None = None) -> TokenBatch:
-    """The prompt, plus the target tokens (answer + eos) when an answer is given."""
-    prompt = tokenizer(question_prompt(question, n_segments, settings), add_special_tokens=False)["input_ids"]
+                    answer: str | None = None, support: list[str] | None = None,
+                    context: list[str] | None = None) -> TokenBatch:
+    """The question prompt (after the context's text, for the in-context baseline), plus the target
+    tokens (answer + eos) when an answer is given; only the target tokens are targets."""
+    text = question_prompt(question, n_segments, settings)
+    if context is not None:
+        text = context_text(context) + text
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     target: list[int] = []
     if answer is not None:
         target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
@@ -127,3 +141,38 @@ def extract_answer(text: str, settings: PromptSettings) -> str:
         match = _OUTPUT.search(text)
         return match.group(1).strip() if match else ""
     return text.strip().split("\n", 1)[0].strip()
+
+
+def ending_tokens(model, tokenizer) -> list[int]:
+    """Token ids that would end an answer before it starts: eos (the tokenizer's and the model's
+    generation config's), pad, and every other special token (an Instruct model's end-of-turn)."""
+    ids = set(tokenizer.all_special_ids)
+    for value in (tokenizer.eos_token_id, tokenizer.pad_token_id,
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompt_ids: torch.Tensor, max_new_tokens: int) -> str:
+    """Greedy continuation of `prompt_ids`. The first new token may not end the answer, for every
+    method alike: an Instruct base answers `Answer:` with its end-of-turn token before any training."""
+    device = next(model.parameters()).device
+    prompt_ids = prompt_ids.to(device)
+    generated = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                               max_new_tokens=max_new_tokens, do_sample=False,
+                               begin_suppress_tokens=ending_tokens(model, tokenizer),
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(generated[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+
+
+def answer_question(model, tokenizer, question: str, n_segments: int, prompt: PromptSettings,
+                    lora: dict[str, torch.Tensor] | None = None, max_new_tokens: int | None = None,
+                    context: list[str] | None = None) -> tuple[str, str]:
+    """(answer, raw) decoded greedily from the question prompt, with the LoRA values `lora` in the model
+    for the call (PERK, plain TTT), or with `context` before the prompt (the in-context baseline)."""
+    ids = encode_question(tokenizer, question, n_segments, prompt, context=context).input_ids
+    with lora_values(model, lora) if lora else nullcontext():
+        raw = generate_text(model, tokenizer, ids, max_new_tokens or prompt.max_answer_tokens)
+    raw = cut_output(raw, prompt)
+    return extract_answer(raw, prompt), raw

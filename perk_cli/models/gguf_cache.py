@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from perk_cli.atomic import staged_directory
+from perk_cli.files import staged_directory
 
 FORMAT = "perk-gguf-cache/1"
 MARKER = "perk-cache.json"  # written last: an entry without it is incomplete

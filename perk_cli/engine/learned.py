@@ -1,6 +1,6 @@
-"""Learned per-tensor, per-step inner learning rates (LSLR), kept positive.
+"""What meta-training learns besides the LoRA initialisation: step sizes and token weights.
 
-The default keeps them in log space, eta = exp(log_eta): an Adam outer step of size lr then moves
+Step sizes: per-tensor, per-step inner learning rates (LSLR), kept positive. The default keeps them in log space, eta = exp(log_eta): an Adam outer step of size lr then moves
 eta by a factor of about exp(lr) whatever eta's magnitude, so a 1e-3 step size learns as fast as a
 1e-1 one. The former parameterisation, eta = softplus(raw), is about exp(raw) too for small steps
 but was trained at the LoRA's learning rate (1e-4): 242 outer steps left eta at its initial value.
@@ -50,3 +50,20 @@ class LearnedStepSizes(nn.Module):
         """A checkpoint from before log space (`raw`) loads as the same step sizes in log space."""
         if self.space == "log" and prefix + "raw" in state_dict and prefix + "log_eta" not in state_dict:
             state_dict[prefix + "log_eta"] = torch.log(F.softplus(state_dict.pop(prefix + "raw")))
+
+
+class TokenWeighter(nn.Module):
+    """H -> 128 -> 1 MLP with GELU, zero-initialised output layer, softplus(beta=3): one non-negative
+    weight per context token for the inner loss.
+
+    At initialisation every token weighs softplus_3(0) = ln(2)/3; meta-training moves it.
+    """
+
+    def __init__(self, hidden_size: int, width: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.net(hidden).squeeze(-1), beta=3.0)

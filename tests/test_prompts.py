@@ -1,10 +1,11 @@
-"""Tasks to token batches: segment prefixes encoded with their text, masks by character offsets."""
+"""The prompt format: segment prefixes encoded with their text (masks by character offsets), the
+question with or without the context before it."""
 
 import pytest
 
 from perk_cli.config import PromptSettings
-from perk_cli.encoding import encode_context
-from perk_cli.models import load_tokenizer
+from perk_cli.models.base import load_tokenizer
+from perk_cli.prompts import encode_context
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,22 @@ def test_a_segment_keeps_its_leading_space_and_only_the_prefix_is_masked(tokeniz
 def test_truncation_to_the_models_positions(tokenizer):
     batch = encode_context(tokenizer, ["word " * 50], PromptSettings(), max_len=12)
     assert batch.input_ids.shape == (1, 12) and batch.target_mask[0, :4].sum() == 0
+
+
+def test_the_in_context_prompt_is_the_context_and_question_encoded_as_one_string(tokenizer):
+    from perk_cli.prompts import context_text, encode_question, question_prompt
+
+    segments = ["Event 0: Mary went to the kitchen.", "Event 1: Mary moved to the garden."]
+    prompt = PromptSettings()
+    batch = encode_question(tokenizer, "Where is Mary?", 2, prompt, answer="garden", context=segments)
+    ids, targets = batch.input_ids[0].tolist(), batch.target_mask[0].tolist()
+    text = "Event 0: Mary went to the kitchen.\nEvent 1: Mary moved to the garden.\n" + \
+        "You have memorized 2 documents.\nWhere is Mary?\nAnswer:"
+    assert context_text(segments) + question_prompt("Where is Mary?", 2, prompt) == text
+    n_prompt = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert ids[:n_prompt] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[n_prompt:] == tokenizer(" garden", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert targets == [False] * n_prompt + [True] * (len(ids) - n_prompt)  # only the answer and eos are targets
+    without = encode_question(tokenizer, "Where is Mary?", 2, prompt, answer="garden").input_ids[0].tolist()
+    assert without == tokenizer(question_prompt("Where is Mary?", 2, prompt), add_special_tokens=False)["input_ids"] \
+        + ids[n_prompt:]  # PERK's prompt: the same question and target, no context

@@ -1,8 +1,12 @@
-"""Checkpoints of meta-training: config.json + meta.safetensors (+ trainer_state.json, optimizer.safetensors).
+"""Checkpoints of meta-training, and the runtime (base + LoRA + meta-learner) one rebuilds.
+
+A checkpoint is config.json + meta.safetensors (+ trainer_state.json, optimizer.safetensors).
 
 Only trainable PERK state is stored (LoRA init, step sizes, token weighter), never the weights of a
 Hub or local base model. The `tiny` preset's base exists nowhere else, so it travels as `base.*`.
 A run directory holds `best/` and `last/`; `--checkpoint` accepts either a run or a checkpoint.
+
+    runtime = load_runtime(Path("runs/qa1"))   # best/ of the run, ready to adapt
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from perk_cli.atomic import staged_directory
 from perk_cli.config import RunConfig
+from perk_cli.engine.meta import MetaLearner
 from perk_cli.errors import PerkError
+from perk_cli.files import staged_directory
+from perk_cli.models.base import load_base
+from perk_cli.models.lora import attach_lora
 
 CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
 DEFAULT_RUNS = Path("runs")
@@ -69,7 +76,7 @@ def upgrade_config(data: dict) -> dict:
 
     Saved configs hold every field, so one without `inner.weighting_mode` predates coefficient
     weighting: its weighter was trained under the former rule, and it is run under that rule.
-    (Its softplus step sizes load into log space as the same values; see engine/step_sizes.py.)
+    (Its softplus step sizes load into log space as the same values; see engine/learned.py.)
     """
     inner = data.get("inner")
     if isinstance(inner, dict) and "weighting_mode" not in inner:
@@ -108,3 +115,50 @@ def read_checkpoint(path: Path) -> CheckpointFiles:
         except (SafetensorError, OSError) as exc:
             raise PerkError(f"{path / OPTIMIZER}: unreadable ({exc})")
     return CheckpointFiles(path, config, tensors, fingerprint(path / META), state, optimizer)
+
+
+@dataclass
+class Runtime:
+    """A base model wrapped in its LoRA, its tokenizer, and the meta-learner around them."""
+
+    config: RunConfig
+    model: torch.nn.Module  # the PEFT-wrapped base
+    tokenizer: object
+    meta: MetaLearner
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.meta.lora_init().values())).device
+
+    @property
+    def max_positions(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.meta.trainable_state_dict(include_base=self.config.model.name == "tiny")
+
+
+def build_runtime(config: RunConfig, tensors: dict[str, torch.Tensor] | None = None, source: str = "") -> Runtime:
+    """Load the config's base, attach its LoRA, wrap both in a MetaLearner; load `tensors` (a
+    checkpoint's meta.safetensors) into it when given."""
+    model, tokenizer = load_base(config.model)
+    peft_model = attach_lora(model, config.lora)
+    meta = MetaLearner(peft_model, config.inner, train_base=config.train.train_base)
+    if tensors is not None:
+        try:
+            meta.load_trainable_state_dict({k: v.to(meta.step_sizes.parameter.device) for k, v in tensors.items()})
+        except (KeyError, RuntimeError) as exc:
+            raise PerkError(f"{source or 'checkpoint'}: does not fit model {config.model.name!r} with its LoRA "
+                            f"settings ({str(exc).splitlines()[0]})")
+    return Runtime(config, peft_model, tokenizer, meta)
+
+
+def load_runtime(path: Path, model: str | None = None, device: str | None = None) -> tuple[Runtime, CheckpointFiles]:
+    """The runtime a checkpoint (or a run's best/) rebuilds; `model` and `device` override its base's."""
+    files = read_checkpoint(path)
+    config = files.config
+    overrides = {k: v for k, v in (("name", model), ("device", device)) if v is not None}
+    if overrides:
+        config = config.model_copy(update={"model": config.model.model_copy(update=overrides)})
+    return build_runtime(config, files.tensors, source=str(files.path)), files

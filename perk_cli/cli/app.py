@@ -1,9 +1,8 @@
-"""The `perk` command line: one function a command, each parsing flags into settings and calling the library."""
+"""The `perk` commands: each parses its flags into settings, calls the library, and renders the result."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from perk_cli import __version__
+from perk_cli.cli.options import build_settings, setting
+from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
+                             PromptSettings, TrainSettings)
 from perk_cli.errors import PerkError
+from perk_cli.files import read_config_file
 
 app = typer.Typer(
     name="perk",
@@ -48,26 +51,26 @@ def _progress(quiet: bool) -> Progress:
 
 @app.command()
 def prepare(
-    task: str = typer.Option(..., "--task", help="babilong | student-records | longgorilla | jsonl | babi | records"),
-    out_dir: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory."),
-    input: Optional[Path] = typer.Option(None, "--input", help="File or directory of records to read."),
-    hub: Optional[str] = typer.Option(None, help="Hugging Face dataset id (babilong), e.g. RMT-team/babilong."),
-    hub_config: Optional[str] = typer.Option(None, help="Hub dataset config, e.g. 1k."),
-    hub_split: Optional[str] = typer.Option(None, help="Hub dataset split, e.g. qa1."),
-    split: Optional[str] = typer.Option(None, help="Split a single input file goes to [default: test]."),
-    subtask: Optional[str] = typer.Option(None, help="babi: qa1|qa2|qa3; records: recall|relation|aggregate."),
-    model: Optional[str] = typer.Option(None, help="Tokenizer for token counts and cutting [default: tiny]."),
-    segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment when cutting text [default: 256]."),
-    facts: Optional[int] = typer.Option(None, help="babi: facts a story [default: qa1 6, qa2 10, qa3 12]."),
-    length: Optional[int] = typer.Option(None, help="Target context length in tokens (filler or records added)."),
-    distractors: Optional[int] = typer.Option(None, help="babi: filler sentences when --length is not set."),
-    filler: Optional[Path] = typer.Option(None, help="babi: haystack text file or directory of .txt files."),
-    position: Optional[str] = typer.Option(None, help="babi: where the facts sit: uniform|early|middle|late."),
-    records: Optional[int] = typer.Option(None, help="records: students a database [default: 20]."),
-    train: Optional[int] = typer.Option(None, help="Generated training tasks [default: 200]."),
-    validation: Optional[int] = typer.Option(None, help="Generated validation tasks [default: 50]."),
-    test: Optional[int] = typer.Option(None, help="Generated test tasks [default: 100]."),
-    seed: Optional[int] = typer.Option(None, help="Seed; the same seed gives byte-identical files [default: 0]."),
+    task: str = setting(PrepareSettings, "task"),
+    out_dir: Optional[Path] = setting(PrepareSettings, "out", "-o", "--out", help="Output directory."),
+    input: Optional[Path] = setting(PrepareSettings, "input"),
+    hub: Optional[str] = setting(PrepareSettings, "hub"),
+    hub_config: Optional[str] = setting(PrepareSettings, "hub_config"),
+    hub_split: Optional[str] = setting(PrepareSettings, "hub_split"),
+    split: Optional[str] = setting(PrepareSettings, "split"),
+    subtask: Optional[str] = setting(PrepareSettings, "subtask"),
+    model: Optional[str] = setting(PrepareSettings, "model"),
+    segment_tokens: Optional[int] = setting(PrepareSettings, "segment_tokens"),
+    facts: Optional[int] = setting(PrepareSettings, "facts"),
+    length: Optional[int] = setting(PrepareSettings, "length"),
+    distractors: Optional[int] = setting(PrepareSettings, "distractors"),
+    filler: Optional[Path] = setting(PrepareSettings, "filler"),
+    position: Optional[str] = setting(PrepareSettings, "position"),
+    records: Optional[int] = setting(PrepareSettings, "records"),
+    train: Optional[int] = setting(PrepareSettings, "train"),
+    validation: Optional[int] = setting(PrepareSettings, "validation"),
+    test: Optional[int] = setting(PrepareSettings, "test"),
+    seed: Optional[int] = setting(PrepareSettings, "seed"),
     config: Optional[Path] = typer.Option(None, help="YAML or JSON file of these settings; flags override it."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -76,9 +79,7 @@ def prepare(
 
     Example: perk prepare --task babi --subtask qa1 --length 512 -o data/qa1-512
     """
-    from perk_cli.config import PrepareSettings
-    from perk_cli.prepare import prepare as run_prepare
-    from perk_cli.settings_io import build_settings
+    from perk_cli.data.prepare import prepare as run_prepare
 
     flags = dict(task=task, out=str(out_dir) if out_dir else None, input=str(input) if input else None, hub=hub,
                  hub_config=hub_config, hub_split=hub_split, split=split, subtask=subtask, model=model,
@@ -110,12 +111,13 @@ def adapt(
                                               "[default: most recent under runs/]."),
     model: Optional[str] = typer.Option(None, help="Base model for plain test-time training (no checkpoint), "
                                         "or to override the checkpoint's base path."),
-    segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment [default: the checkpoint's]."),
-    max_tokens_per_step: int = typer.Option(4096, min=1, help="Tokens an accumulation group: bounds peak memory."),
+    segment_tokens: Optional[int] = typer.Option(None, help=r"Max tokens per segment \[default: the checkpoint's]."),
+    max_tokens_per_group: int = typer.Option(4096, "--max-tokens-per-group", min=1,
+                                             help="Tokens per accumulation group: bounds peak memory."),
     steps: int = typer.Option(4, min=1, help="Plain TTT only: inner steps."),
     lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT only: fixed learning rate."),
     peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps [the checkpoint's, auto]."),
+    device: Optional[str] = typer.Option(None, help=r"auto | cpu | cuda | mps \[default: the checkpoint's, else auto]."),
     json_output: bool = typer.Option(False, "--json", help="Print the memory's metadata as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -123,15 +125,14 @@ def adapt(
 
     Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1
     """
-    from perk_cli.adapt import adapt_segments, adapt_text, load_adapter, read_document
-    from perk_cli.memory import export_peft
+    from perk_cli.memory import adapt_segments, adapt_text, adapting_runtime, export_peft, read_document
 
     if output.exists() and output.is_dir():
         raise PerkError(f"--out {output}: is a directory; give a file name like mem.safetensors")
     text, segments = read_document(document)
     if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
         raise PerkError(f"--device {device}: expected auto, cpu, cuda or mps")
-    runtime, origin = load_adapter(checkpoint, model, plain_steps=steps, plain_lr=lr, device=device)
+    runtime, origin = adapting_runtime(checkpoint, model, plain_steps=steps, plain_lr=lr, device=device)
     if origin.note and not quiet:
         err.print(origin.note, markup=False)
     with _progress(quiet or json_output) as bar:
@@ -142,10 +143,10 @@ def adapt(
                        description=f"adapting  step {step + 1}  loss {loss:.3f}")
 
         if segments is not None:
-            memory = adapt_segments(runtime, origin, segments, max_tokens_per_step=max_tokens_per_step,
+            memory = adapt_segments(runtime, origin, segments, max_tokens_per_group=max_tokens_per_group,
                                     on_group=on_group)
         else:
-            memory = adapt_text(runtime, origin, text, segment_tokens, max_tokens_per_step, on_group)
+            memory = adapt_text(runtime, origin, text, segment_tokens, max_tokens_per_group, on_group)
     memory.save(output)
     if peft is not None:
         export_peft(runtime.model, memory, peft)
@@ -161,9 +162,10 @@ def adapt(
 @app.command()
 def ask(
     memory: Path = typer.Argument(..., help="Memory file written by `perk adapt`."),
-    questions: Optional[list[str]] = typer.Argument(None, help="Questions (or one a line on stdin)."),
+    questions: Optional[list[str]] = typer.Argument(None, help="Questions (or one per line on stdin)."),
     model: Optional[str] = typer.Option(None, help="Base model path, overriding the one the memory names."),
-    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Decoding budget [default: 64]."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help=r"Decoding budget \[default: the memory's "
+                                                 "max_answer_tokens]."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Ask questions at a prompt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     json_output: bool = typer.Option(False, "--json", help="Print {question, answer, raw} per question."),
@@ -172,7 +174,7 @@ def ask(
 
     Example: perk ask mem.safetensors "Where is Mary?"
     """
-    from perk_cli.reader import load_reader
+    from perk_cli.memory import load_reader
 
     reader = load_reader(memory, model=model, device=device)
 
@@ -202,46 +204,46 @@ def ask(
 
 @app.command("meta-train")
 def meta_train_command(
-    model: Optional[str] = typer.Option(None, help="Hub id, local directory, .gguf file, or 'tiny' [default: tiny]."),
-    task: Optional[str] = typer.Option(None, help="Task directory from `perk prepare`, or a name: babi, babi:qa2, "
-                                       "records, records:relation."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<model>-<task>]."),
+    model: Optional[str] = setting(ModelSettings, "name", "--model"),
+    task: Optional[str] = typer.Option(None, help="Task directory from `perk prepare`, or a name generated into "
+                                       f"<run>/data: {', '.join(TASK_NAMES)}."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help=r"Run directory \[default: runs/<model>-<task>]."),
     config: Optional[Path] = typer.Option(None, help="YAML or JSON RunConfig (model, lora, inner, prompt, train)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
-    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank [16]."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [32]; scaling alpha/sqrt(r)."),
-    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names [all projections]."),
-    lora_top_layers: Optional[int] = typer.Option(None, help="Adapt only the top k layers."),
-    inner_steps: Optional[int] = typer.Option(None, help="Inner steps K [4]."),
-    inner_optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw [adamw]."),
-    inner_lr: Optional[float] = typer.Option(None, help="Initial learned step size [1e-3]."),
-    unroll: Optional[str] = typer.Option(None, help="second-order | first-order | truncated [truncated]."),
-    unroll_start: Optional[int] = typer.Option(None, help="Truncated: first second-order step [1]."),
-    weighting: Optional[bool] = typer.Option(None, "--weighting/--no-weighting", help="Token weighting [on]."),
-    weighting_mode: Optional[str] = typer.Option(None, help="coefficients | legacy (the former rule, for "
-                                                 "ablations) [coefficients]."),
-    step_size_space: Optional[str] = typer.Option(None, help="log | softplus (the former one, for ablations) [log]."),
-    engine: Optional[str] = typer.Option(None, help="func | higher [func]."),
-    segment_tokens: Optional[int] = typer.Option(None, help="Max tokens a segment for plain documents [256]."),
-    answer_format: Optional[str] = typer.Option(None, help="plain | support [plain]."),
-    lr: Optional[float] = typer.Option(None, help="Outer AdamW learning rate [1e-4]."),
-    step_size_lr: Optional[float] = typer.Option(None, help="Outer learning rate of the log step sizes [1e-2]."),
-    cache_prefix: Optional[bool] = typer.Option(None, "--cache-prefix/--no-cache-prefix",
-                                                help="Run the frozen layers below the LoRA once per group [on]."),
-    schedule: Optional[str] = typer.Option(None, help="cosine | constant [cosine]."),
-    warmup_steps: Optional[int] = typer.Option(None, help="Warm-up steps [10]."),
-    clip: Optional[float] = typer.Option(None, help="Gradient clipping norm [1.0]."),
-    tasks_per_batch: Optional[int] = typer.Option(None, help="Tasks an outer step [8]."),
-    max_steps: Optional[int] = typer.Option(None, help="Outer steps [200]."),
-    epochs: Optional[float] = typer.Option(None, help="Stop after this many passes over train, if sooner."),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [50]."),
-    eval_tasks: Optional[int] = typer.Option(None, help="Validation tasks a pass [32]."),
-    train_base: Optional[bool] = typer.Option(None, "--train-base/--no-train-base",
-                                              help="Train the base too [on for tiny, off otherwise]."),
-    baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline", help="Train the in-context baseline."),
-    seed: Optional[int] = typer.Option(None, help="Seed [0]."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps."),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16."),
+    lora_rank: Optional[int] = setting(LoraSettings, "rank", "--lora-rank"),
+    lora_alpha: Optional[float] = setting(LoraSettings, "alpha", "--lora-alpha"),
+    lora_targets: Optional[str] = setting(LoraSettings, "targets", "--lora-targets",
+                                          help="Comma-separated module names to adapt.", shown="all projections"),
+    lora_top_layers: Optional[int] = setting(LoraSettings, "top_layers", "--lora-top-layers", shown="all layers"),
+    inner_steps: Optional[int] = setting(InnerLoopSettings, "steps", "--inner-steps"),
+    inner_optimizer: Optional[str] = setting(InnerLoopSettings, "optimizer", "--inner-optimizer"),
+    inner_lr: Optional[float] = setting(InnerLoopSettings, "lr_init", "--inner-lr"),
+    unroll: Optional[str] = setting(InnerLoopSettings, "unroll"),
+    unroll_start: Optional[int] = setting(InnerLoopSettings, "unroll_start"),
+    weighting: Optional[bool] = setting(InnerLoopSettings, "weighting", "--weighting/--no-weighting"),
+    weighting_mode: Optional[str] = setting(InnerLoopSettings, "weighting_mode"),
+    step_size_space: Optional[str] = setting(InnerLoopSettings, "step_size_space"),
+    engine: Optional[str] = setting(InnerLoopSettings, "engine"),
+    cache_prefix: Optional[bool] = setting(InnerLoopSettings, "cache_prefix", "--cache-prefix/--no-cache-prefix"),
+    segment_tokens: Optional[int] = setting(PromptSettings, "segment_tokens"),
+    answer_format: Optional[str] = setting(PromptSettings, "answer_format"),
+    lr: Optional[float] = setting(TrainSettings, "lr"),
+    step_size_lr: Optional[float] = setting(TrainSettings, "step_size_lr"),
+    schedule: Optional[str] = setting(TrainSettings, "schedule"),
+    warmup_steps: Optional[int] = setting(TrainSettings, "warmup_steps"),
+    clip: Optional[float] = setting(TrainSettings, "clip"),
+    tasks_per_batch: Optional[int] = setting(TrainSettings, "tasks_per_batch"),
+    max_steps: Optional[int] = setting(TrainSettings, "max_steps"),
+    max_minutes: Optional[float] = setting(TrainSettings, "max_minutes"),
+    epochs: Optional[float] = setting(TrainSettings, "epochs"),
+    eval_every: Optional[int] = setting(TrainSettings, "eval_every"),
+    eval_tasks: Optional[int] = setting(TrainSettings, "eval_tasks"),
+    train_base: Optional[bool] = setting(TrainSettings, "train_base", "--train-base/--no-train-base",
+                                         help="Train the base model too.", shown="on for tiny, off otherwise"),
+    baseline: Optional[bool] = setting(TrainSettings, "baseline", "--baseline/--no-baseline"),
+    seed: Optional[int] = setting(TrainSettings, "seed"),
+    device: Optional[str] = setting(ModelSettings, "device"),
+    dtype: Optional[str] = setting(ModelSettings, "dtype"),
     json_output: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -249,59 +251,37 @@ def meta_train_command(
 
     Example: perk meta-train --model tiny --task babi --max-steps 100
     """
-    from perk_cli import __version__
     from perk_cli.config import RunConfig
-    from perk_cli.prepare import task_directory
-    from perk_cli.settings_io import build_settings, read_config_file
-    from perk_cli.train import Interrupted, meta_train
+    from perk_cli.training import distributed
+    from perk_cli.training.meta_train import Interrupted, meta_train, plan_run
 
-    if resume is not None:
-        if not (resume / "last").is_dir():
-            raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
-        out_dir = resume
     base = read_config_file(config) if config else {}
-    def section(name: str, values: dict) -> dict:
-        merged = dict(base.get(name, {}))
-        merged.update({k: v for k, v in values.items() if v is not None})
-        return merged
     model_name = model or base.get("model", {}).get("name", "tiny")
+    if train_base is None:
+        train_base = base.get("train", {}).get("train_base", model_name == "tiny")
     flags = {
         "perk_version": __version__,
-        "model": section("model", {"name": model_name, "device": device, "dtype": dtype}),
-        "lora": section("lora", {"rank": lora_rank, "alpha": lora_alpha, "top_layers": lora_top_layers,
-                                 "targets": lora_targets.split(",") if lora_targets else None}),
-        "inner": section("inner", {"steps": inner_steps, "optimizer": inner_optimizer, "lr_init": inner_lr,
-                                   "unroll": unroll, "unroll_start": unroll_start, "weighting": weighting,
-                                   "weighting_mode": weighting_mode, "step_size_space": step_size_space,
-                                   "engine": engine, "cache_prefix": cache_prefix}),
-        "prompt": section("prompt", {"segment_tokens": segment_tokens, "answer_format": answer_format}),
-        "train": section("train", {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule,
-                                   "warmup_steps": warmup_steps, "clip": clip, "tasks_per_batch": tasks_per_batch, "max_steps": max_steps, "epochs": epochs,
-                                   "eval_every": eval_every, "eval_tasks": eval_tasks, "baseline": baseline,
-                                   "seed": seed,
-                                   "train_base": train_base if train_base is not None else
-                                   base.get("train", {}).get("train_base", model_name == "tiny")}),
+        "model": {"name": model_name, "device": device, "dtype": dtype},
+        "lora": {"rank": lora_rank, "alpha": lora_alpha, "top_layers": lora_top_layers,
+                 "targets": lora_targets.split(",") if lora_targets else None},
+        "inner": {"steps": inner_steps, "optimizer": inner_optimizer, "lr_init": inner_lr, "unroll": unroll,
+                  "unroll_start": unroll_start, "weighting": weighting, "weighting_mode": weighting_mode,
+                  "step_size_space": step_size_space, "engine": engine, "cache_prefix": cache_prefix},
+        "prompt": {"segment_tokens": segment_tokens, "answer_format": answer_format},
+        "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
+                  "clip": clip, "tasks_per_batch": tasks_per_batch, "max_steps": max_steps, "max_minutes": max_minutes,
+                  "epochs": epochs, "eval_every": eval_every, "eval_tasks": eval_tasks, "baseline": baseline,
+                  "seed": seed, "train_base": train_base},
     }
     task = task or base.get("task")
-    if task is None and resume is None:
-        raise PerkError("--task: missing; give a task directory from `perk prepare` or a name such as babi")
-    if out_dir is None:
-        stem = Path(model_name).stem.replace("/", "-")
-        out_dir = Path("runs") / f"{stem}-{Path(task).name.replace(':', '-')}"
-    if resume is None and (out_dir / "last").exists():
-        raise PerkError(f"--out {out_dir}: already holds a run; pass --resume {out_dir} or another --out")
-    if resume is not None:
-        previous = json.loads((resume / "config.json").read_text()) if (resume / "config.json").is_file() else {}
-        task = task or previous.get("task")
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 talks and writes
+    rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0
-    run_config = build_settings(RunConfig, None, flags)  # validate every setting before any work
-    task_dir = task_directory(task, out_dir, model_name, run_config.train.seed, rank)
-    if Path(task_dir) != Path(task) and not (quiet or json_output):
-        err.print(f"--task {task}: using generated tasks in {task_dir}", markup=False)
-    run_config = run_config.model_copy(update={"task": str(task_dir)})
+    run_config = build_settings(RunConfig, None, flags, base=base)  # every setting validated before any work
+    plan = plan_run(run_config, task, out_dir, resume, rank)
+    if plan.generated and not (quiet or json_output):
+        err.print(f"--task {task}: using generated tasks in {plan.task_dir}", markup=False)
     with _progress(quiet or json_output) as bar:
-        handle = bar.add_task("meta-training", total=run_config.train.max_steps)
+        handle = bar.add_task("meta-training", total=plan.config.train.max_steps)
 
         def on_step(step: int, total: int, m: dict) -> None:
             val = f"  val EM {m['val_em']:.2f}" if "val_em" in m else ""
@@ -315,37 +295,36 @@ def meta_train_command(
                        description=f"in-context baseline  loss {loss:.3f}")
 
         try:
-            result = meta_train(run_config, task_dir, out_dir, resume=resume is not None, on_step=on_step,
+            result = meta_train(plan.config, plan.task_dir, plan.out, resume=plan.resume, on_step=on_step,
                                 on_event=lambda msg: err.print(msg, markup=False), on_baseline_step=on_baseline)
         except Interrupted as exc:
-            err.print(f"{exc}; continue with: perk meta-train --resume {out_dir}", markup=False)
+            err.print(f"{exc}; continue with: perk meta-train --resume {plan.out}", markup=False)
             raise typer.Exit(130)
-        baseline_dir = result.baseline
     if rank != 0:
         return
-    summary = {"out": str(out_dir), "steps": result.step, "best": result.best, "last": result.last_metrics,
-               "in_context_baseline": str(baseline_dir) if baseline_dir else None}
+    summary = {"out": str(plan.out), "steps": result.step, "best": result.best, "last": result.last_metrics,
+               "in_context_baseline": str(result.baseline) if result.baseline else None}
     if json_output:
         out.print_json(json.dumps(summary))
     elif not quiet:
-        out.print(f"run in {out_dir}: {result.step} steps; best validation EM {result.best['val_em']:.3f} "
+        out.print(f"run in {plan.out}: {result.step} steps; best validation EM {result.best['val_em']:.3f} "
                   f"(loss {result.best['val_loss']:.3f}) at step {result.best['step']}"
-                  + (f"; in-context baseline in {baseline_dir}" if baseline_dir else "; no in-context baseline"))
+                  + (f"; in-context baseline in {result.baseline}" if result.baseline else "; no in-context baseline"))
 
 
 @app.command("eval")
 def eval_command(
-    checkpoint: Path = typer.Option(..., help="Run or checkpoint directory from meta-train."),
-    task: Path = typer.Option(..., help="Task directory from `perk prepare`."),
-    split: Optional[str] = typer.Option(None, help="train | validation | test [test]."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory [<run>/eval-<split>]."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a seeded subsample of N tasks."),
-    seed: Optional[int] = typer.Option(None, help="Subsample seed [0]."),
-    baselines: Optional[str] = typer.Option(None, help="Comma list of in-context,plain-ttt ['' for none]."),
-    plain_lr: Optional[float] = typer.Option(None, help="Plain-TTT learning rate [tuned on the validation split]."),
-    max_tokens_per_step: Optional[int] = typer.Option(None, help="Tokens an accumulation group [4096]."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Decoding budget [the checkpoint's, 64]."),
-    model: Optional[str] = typer.Option(None, help="Override the checkpoint's base model path."),
+    checkpoint: Path = setting(EvalSettings, "checkpoint"),
+    task: Path = setting(EvalSettings, "task"),
+    split: Optional[str] = setting(EvalSettings, "split"),
+    out_dir: Optional[Path] = setting(EvalSettings, "out", "--out", "-o", shown="<run>/eval-<split>"),
+    limit: Optional[int] = setting(EvalSettings, "limit"),
+    seed: Optional[int] = setting(EvalSettings, "seed"),
+    baselines: Optional[str] = setting(EvalSettings, "baselines"),
+    plain_lr: Optional[float] = setting(EvalSettings, "plain_lr", shown="tuned on the validation split"),
+    max_tokens_per_group: Optional[int] = setting(EvalSettings, "max_tokens_per_group"),
+    max_new_tokens: Optional[int] = setting(EvalSettings, "max_new_tokens"),
+    model: Optional[str] = setting(EvalSettings, "model"),
     config: Optional[Path] = typer.Option(None, help="YAML or JSON EvalSettings; flags override it."),
     json_output: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -354,12 +333,11 @@ def eval_command(
 
     Example: perk eval --checkpoint runs/tiny-qa1 --task data/qa1 --limit 100
     """
-    from perk_cli.config import EvalSettings
-    from perk_cli.evaluate import evaluate
-    from perk_cli.settings_io import build_settings
+    from perk_cli.evaluation.evaluate import evaluate
 
-    flags = dict(checkpoint=str(checkpoint), task=str(task), split=split, out=str(out_dir) if out_dir else None,
-                 limit=limit, seed=seed, plain_lr=plain_lr, max_tokens_per_step=max_tokens_per_step,
+    flags = dict(checkpoint=str(checkpoint) if checkpoint else None, task=str(task) if task else None, split=split,
+                 out=str(out_dir) if out_dir else None, limit=limit, seed=seed, plain_lr=plain_lr,
+                 max_tokens_per_group=max_tokens_per_group,
                  max_new_tokens=max_new_tokens, model=model,
                  baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
     settings = build_settings(EvalSettings, config, flags)
@@ -388,7 +366,6 @@ def eval_command(
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where data, run and evaluations go."),
     minutes: float = typer.Option(4.0, min=0.01, help="Meta-training time budget when training here."),
-    retrain: bool = typer.Option(False, help="Train from scratch even if a bundled checkpoint exists."),
     checkpoint: Optional[Path] = typer.Option(None, help="Use this checkpoint instead of training."),
     test_tasks: int = typer.Option(40, min=1, help="Held-out tasks at each length."),
     seed: int = typer.Option(0, help="Seed."),
@@ -403,16 +380,10 @@ def demo(
 
     from perk_cli.demo import run_demo
 
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "data").is_dir():
-        raise PerkError(f"--out {out_dir}: not empty and not a previous demo; choose another directory")
-    if out_dir.exists() and (out_dir / "run").exists() and checkpoint is None:
-        import shutil
-
-        shutil.rmtree(out_dir / "run")  # a previous demo's run: the demo always starts fresh
     say = (lambda message: None) if (quiet or json_output) else (lambda message: err.print(message, markup=False))
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("meta-training", total=None)
-        result = run_demo(out_dir, minutes, retrain, checkpoint, test_tasks, seed, say,
+        result = run_demo(out_dir, minutes, checkpoint, test_tasks, seed, say,
                           lambda step, total, m: bar.update(handle, completed=step, description=(
                               f"meta-training  step {step}  loss {m['outer_loss']:.3f}")))
     if json_output:

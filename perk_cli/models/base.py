@@ -1,7 +1,7 @@
-"""Load a base causal LM and its tokenizer (Hub id, local directory, .gguf file, or `tiny`), attach LoRA.
+"""Load a base causal LM and its tokenizer: a Hub id, a local directory, a .gguf file, `smollm2` (the
+GGUF a pip package ships), or `tiny`. Frozen, in eval mode, on the settings' device.
 
     model, tok = load_base(ModelSettings(name="tiny"))
-    peft_model = attach_lora(model, LoraSettings(rank=16, top_layers=2))
 """
 
 from __future__ import annotations
@@ -10,27 +10,12 @@ import contextlib
 import io
 import os
 import socket
-import warnings
 from pathlib import Path
 
 import torch
 
-from perk_cli.config import LoraSettings, ModelSettings
+from perk_cli.config import ModelSettings
 from perk_cli.errors import PerkError
-
-# Projections of every attention and MLP block, per architecture family (config.model_type).
-_GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
-_LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TARGETS_BY_MODEL_TYPE = {
-    "gpt2": _GPT2_TARGETS,
-    "llama": _LLAMA_TARGETS,
-    "qwen2": _LLAMA_TARGETS,
-    "qwen3": _LLAMA_TARGETS,
-    "mistral": _LLAMA_TARGETS,
-    "smollm3": _LLAMA_TARGETS,
-}
-# The name of the ModuleList holding the decoder blocks (PEFT's `layers_pattern`).
-_LAYERS_PATTERN = {"gpt2": "h"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,7 +35,7 @@ def resolve_dtype(dtype: str) -> torch.dtype:
             "float64": torch.float64}[dtype]
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
+def hub_reachable(timeout: float = 2.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
@@ -82,7 +67,7 @@ def _from_pretrained(source: str, settings: ModelSettings, **extra):
 
 def _load_gguf(path: Path, settings: ModelSettings):
     """A .gguf base, converted once into a safetensors directory in the cache (perk_cli.gguf_cache)."""
-    from perk_cli.gguf_cache import load_cached
+    from perk_cli.models.gguf_cache import load_cached
 
     def convert():
         try:
@@ -122,7 +107,7 @@ def _load_hub(name: str, settings: ModelSettings):
         return _from_pretrained(name, settings, local_files_only=True)
     except OSError:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise PerkError(
             f"--model {name}: not in the local Hugging Face cache and the Hub is unreachable; "
             "pass a local directory or .gguf file (e.g. --model ./models/gpt2), or --model tiny"
@@ -137,7 +122,7 @@ def load_tiny(settings: ModelSettings, weights: Path | None = None, seed: int = 
     """The `tiny` preset: random init from `seed`, or trained base weights from a safetensors file."""
     from transformers import AutoModelForCausalLM
 
-    from perk_cli.tiny import build_tiny_tokenizer, tiny_model_config
+    from perk_cli.models.tiny import build_tiny_tokenizer, tiny_model_config
 
     tokenizer = build_tiny_tokenizer()
     config = tiny_model_config(len(tokenizer), tokenizer.eos_token_id)
@@ -181,62 +166,10 @@ def load_base(settings: ModelSettings, tiny_weights: Path | None = None):
     return model.to(resolve_device(settings.device)), tokenizer
 
 
-def num_layers(config) -> int:
-    for key in ("num_hidden_layers", "n_layer"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    raise PerkError(f"model type {config.model_type!r}: cannot tell its number of layers for --lora-top-layers")
-
-
-def resolve_targets(model, settings: LoraSettings) -> list[str]:
-    if settings.targets:
-        return list(settings.targets)
-    model_type = model.config.model_type
-    if model_type not in TARGETS_BY_MODEL_TYPE:
-        known = ", ".join(sorted(TARGETS_BY_MODEL_TYPE))
-        raise PerkError(f"model type {model_type!r} has no default LoRA targets (known: {known}); pass --lora-targets")
-    return TARGETS_BY_MODEL_TYPE[model_type]
-
-
-def attach_lora(model, settings: LoraSettings, adapter_name: str = "default"):
-    """Wrap `model` in a PEFT LoRA (rsLoRA scaling, dropout 0); only LoRA tensors require grad."""
-    from peft import LoraConfig, get_peft_model
-
-    model_type = model.config.model_type
-    kwargs = {}
-    if settings.top_layers is not None:
-        total = num_layers(model.config)
-        if settings.top_layers > total:
-            raise PerkError(f"--lora-top-layers {settings.top_layers}: the model has only {total} layers")
-        kwargs["layers_to_transform"] = list(range(total - settings.top_layers, total))
-        kwargs["layers_pattern"] = _LAYERS_PATTERN.get(model_type, "layers")
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        use_rslora=True,
-        lora_dropout=0.0,
-        target_modules=resolve_targets(model, settings),
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores its projections as Conv1D (in, out)
-        bias="none",
-        **kwargs,
-    )
-    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; not ours to fix
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
-    for name, param in peft_model.named_parameters():
-        param.requires_grad_(".lora_" in name)
-    return peft_model
-
-
-def lora_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
-    """The LoRA tensors of a PEFT model, by their full parameter name, in a fixed order."""
-    return {n: p for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
-
-
 def load_tokenizer(name: str):
     """Only the tokenizer of a model spec (for counting and segmenting text); raises PerkError."""
     if name == "tiny":
-        from perk_cli.tiny import build_tiny_tokenizer
+        from perk_cli.models.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
@@ -255,7 +188,7 @@ def load_tokenizer(name: str):
         try:
             return AutoTokenizer.from_pretrained(name, local_files_only=True)
         except OSError:
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise PerkError(f"--model {name}: tokenizer not in the local Hugging Face cache and the Hub is "
                                 "unreachable; pass a local directory or .gguf file, or --model tiny")
             return AutoTokenizer.from_pretrained(name)

@@ -15,14 +15,14 @@ from typing import Callable
 from pydantic import ValidationError
 
 from perk_cli import __version__
-from perk_cli.config import PrepareSettings
+from perk_cli.config import SUBTASKS, TASK_NAMES, PrepareSettings
 from perk_cli.data import babi, records
 from perk_cli.data.filler import Filler
 from perk_cli.data.readers import babilong, make_segmenter, read_source
 from perk_cli.data.schema import SPLITS, Task, TaskMeta, write_prepared
 from perk_cli.data.segment import segment_text
 from perk_cli.errors import PerkError
-from perk_cli.models import load_tokenizer
+from perk_cli.models.base import hub_reachable, load_tokenizer
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -117,9 +117,7 @@ def _generate(settings: PrepareSettings, tokenizer, progress: Progress | None) -
 
 
 def _read_hub(settings: PrepareSettings, segmenter) -> dict[str, list[Task]]:
-    from perk_cli.models import _hub_reachable
-
-    if not _hub_reachable():
+    if not hub_reachable():
         raise PerkError(f"--hub {settings.hub}: the Hugging Face Hub is unreachable (offline?); download the "
                         "dataset elsewhere and pass the files with --input")
     import datasets
@@ -166,21 +164,18 @@ def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict
     return summary
 
 
-_TASK_NAMES = {"babi": ("babi", "qa1"), "records": ("records", "recall")}
-
-
 def task_directory(task: str, out: Path, model: str, seed: int, rank: int = 0) -> Path:
     """A prepared directory, or a task name ('babi', 'babi:qa2', 'records:relation') generated into out/data."""
     path = Path(task)
     if path.is_dir():
         return path
     family, _, subtask = task.partition(":")
-    if family not in _TASK_NAMES or (path.suffix or "/" in task):
+    if family not in SUBTASKS or (path.suffix or "/" in task):
         if path.exists() or "/" in task or path.suffix:
             raise PerkError(f"--task {task}: not a task directory (prepare one with `perk prepare`)")
         raise PerkError(f"--task {task}: unknown task; give a directory from `perk prepare` or one of "
-                        "babi, babi:qa2, babi:qa3, records, records:relation, records:aggregate")
-    subtask = subtask or _TASK_NAMES[family][1]
+                        f"{', '.join(TASK_NAMES)}")
+    subtask = subtask or SUBTASKS[family][0]
     data = out / "data"
     try:
         settings = PrepareSettings(task=family, subtask=subtask, out=str(data), model=model, seed=seed)

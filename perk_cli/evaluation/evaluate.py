@@ -9,74 +9,43 @@ positions count as in-context failures (reported, not skipped).
 from __future__ import annotations
 
 import json
-import math
 import random
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from perk_cli.baselines import answer_in_context, load_in_context, plain_ttt, plain_ttt_init, tune_plain_ttt
-from perk_cli.checkpoint import read_checkpoint, resolve_checkpoint
+import torch
+
 from perk_cli.config import EvalSettings
 from perk_cli.data.schema import Task, read_split
-from perk_cli.decode import answer_question
-from perk_cli.encoding import encode_context
 from perk_cli.errors import PerkError
-from perk_cli.metrics import exact_match, token_f1
-from perk_cli.runtime import build_runtime
+from perk_cli.evaluation.scores import (exact_match, length_bucket, mean_scores, plot, position_bucket, summarise,
+                                        token_f1)
+from perk_cli.memory import perk_answer, plain_ttt
+from perk_cli.models.lora import peft_init
+from perk_cli.prompts import encode_context
+from perk_cli.training.checkpoint import Runtime, load_runtime, resolve_checkpoint
+from perk_cli.training.in_context import answer_in_context, load_in_context
 
 TaskCallback = Callable[[int, int], None]
 
 
-def length_bucket(tokens: int | None) -> str:
-    return "unknown" if not tokens else str(2 ** round(math.log2(max(tokens, 1))))
-
-
-def position_bucket(position: float | None) -> str:
-    if position is None:
-        return "unknown"
-    return "early" if position < 1 / 3 else ("middle" if position < 2 / 3 else "late")
-
-
-def summarise(rows: list[dict]) -> dict:
-    """EM/F1 per method, overall and by length and position bucket."""
-    out: dict = {}
-    for method in sorted({r["method"] for r in rows}):
-        mine = [r for r in rows if r["method"] == method]
-        entry = {"n": len(mine), "em": statistics.mean(r["correct"] for r in mine),
-                 "f1": statistics.mean(r["f1"] for r in mine),
-                 "failures": sum(1 for r in mine if r.get("note"))}
-        for key in ("length_bucket", "position_bucket"):
-            groups = defaultdict(list)
-            for r in mine:
-                groups[r[key]].append(r)
-            entry[f"by_{key.removesuffix('_bucket')}"] = {
-                k: {"n": len(v), "em": statistics.mean(x["correct"] for x in v)} for k, v in sorted(groups.items())}
-        out[method] = entry
-    return out
-
-
-def plot(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, entry in metrics.items():
-        points = sorted((int(k), v["em"]) for k, v in entry["by_length"].items() if k != "unknown")
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("exact match")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+@torch.no_grad()
+def tune_plain_ttt(runtime: Runtime, init: dict[str, torch.Tensor], tasks: list[Task], grid: list[float],
+                   budget: int, max_tokens_per_group: int | None = None) -> dict:
+    """Plain TTT's learning rate chosen on validation tasks: best EM (greedy, as every method is decoded),
+    ties broken by the lower answer loss. Returns the grid, each point's EM and loss, and the pick."""
+    points = []
+    for lr in grid:
+        scored = []
+        for task in tasks:
+            context = encode_context(runtime.tokenizer, task.context, runtime.config.prompt,
+                                     max_len=runtime.max_positions).to(runtime.device)
+            adapted = plain_ttt(runtime, context, init, lr, max_tokens_per_group).params
+            answer, _, loss = perk_answer(runtime, task, budget, lora=adapted)
+            scored.append((answer, task.answer, loss))
+        points.append({"lr": lr, **mean_scores(scored)})
+    best = max(points, key=lambda p: (p["val_em"], -p["val_loss"]))
+    return {"grid": list(grid), "points": points, "pick": best["lr"], "tasks": len(tasks)}
 
 
 def _tune_plain_lr(runtime, init, settings: EvalSettings, budget: int, notes: list[str]) -> tuple[float, dict | None]:
@@ -90,7 +59,7 @@ def _tune_plain_lr(runtime, init, settings: EvalSettings, budget: int, notes: li
         notes.append(f"plain TTT: no separate validation split to tune on; untuned learning rate {fallback:g}")
         return fallback, None
     tuning = tune_plain_ttt(runtime, init, val_tasks[: settings.plain_lr_tasks], settings.plain_lr_grid, budget,
-                            settings.max_tokens_per_step)
+                            settings.max_tokens_per_group)
     notes.append(f"plain TTT: learning rate {tuning['pick']:g}, the best of {tuning['grid']} on "
                  f"{tuning['tasks']} validation tasks")
     return tuning["pick"], tuning
@@ -102,21 +71,18 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
     tasks: list[Task] = read_split(Path(settings.task), settings.split)
     if settings.limit is not None and settings.limit < len(tasks):
         tasks = random.Random(settings.seed).sample(tasks, settings.limit)
-    files = read_checkpoint(checkpoint)
-    config = files.config
-    if settings.model:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"name": settings.model})})
-    runtime = build_runtime(config, files.tensors, source=str(files.path))
+    runtime, files = load_runtime(checkpoint, settings.model)
     in_context = load_in_context(run_dir) if "in-context" in settings.baselines else None
     notes = []
     if "in-context" in settings.baselines and in_context is None:
         notes.append(f"{run_dir} has no in-context baseline (meta-train --no-baseline?): not reported")
-    init = plain_ttt_init(runtime, settings.seed) if "plain-ttt" in settings.baselines else None
-    tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
+    init = peft_init(runtime.model, settings.seed) if "plain-ttt" in settings.baselines else None
+    prompt = runtime.config.prompt
     budget = settings.max_new_tokens or prompt.max_answer_tokens
     plain_lr, plain_tuning = settings.plain_lr, None
     if init is not None and plain_lr is None:
         plain_lr, plain_tuning = _tune_plain_lr(runtime, init, settings, budget, notes)
+    groups = settings.max_tokens_per_group
     rows = []
     for i, task in enumerate(tasks):
         meta = task.meta
@@ -124,20 +90,18 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
                 "length_tokens": meta.length_tokens if meta else None,
                 "length_bucket": length_bucket(meta.length_tokens if meta else None),
                 "position_bucket": position_bucket(meta.position if meta else None)}
-        context = encode_context(tokenizer, task.context, prompt, max_len=runtime.max_positions).to(runtime.device)
 
         def record(method: str, answer: str, raw: str, note: str = "") -> None:
             rows.append({**base, "method": method, "prediction": answer, "raw": raw,
                          "correct": exact_match(answer, task.answer), "f1": token_f1(answer, task.answer),
                          **({"note": note} if note else {})})
 
-        adapted = runtime.meta.adapt(context, max_tokens_per_group=settings.max_tokens_per_step).params
-        record("perk", *answer_question(runtime.model, tokenizer, task.question, len(task.context), prompt,
-                                        lora=adapted, max_new_tokens=budget))
+        record("perk", *perk_answer(runtime, task, budget, groups)[:2])
         if init is not None:
-            plain = plain_ttt(runtime, context, init, plain_lr, settings.max_tokens_per_step).params
-            record("plain-ttt", *answer_question(runtime.model, tokenizer, task.question, len(task.context),
-                                                 prompt, lora=plain, max_new_tokens=budget))
+            context = encode_context(runtime.tokenizer, task.context, prompt,
+                                     max_len=runtime.max_positions).to(runtime.device)
+            plain = plain_ttt(runtime, context, init, plain_lr, groups).params
+            record("plain-ttt", *perk_answer(runtime, task, budget, lora=plain)[:2])
         if in_context is not None:
             answered = answer_in_context(in_context, task, budget)
             if answered is None:

@@ -20,15 +20,16 @@ from typing import Callable
 
 import torch
 
-from perk_cli import distributed
-from perk_cli.checkpoint import read_checkpoint, save_checkpoint
 from perk_cli.config import RunConfig
+from perk_cli.data.prepare import task_directory
 from perk_cli.data.schema import Task, read_split
-from perk_cli.decode import answer_question
-from perk_cli.encoding import decode_budget, encode_task
 from perk_cli.errors import PerkError
-from perk_cli.metrics import exact_match
-from perk_cli.runtime import Runtime, build_runtime
+from perk_cli.evaluation.scores import mean_scores
+from perk_cli.memory import perk_answer
+from perk_cli.prompts import decode_budget, encode_task
+from perk_cli.training import distributed
+from perk_cli.training.checkpoint import Runtime, build_runtime, read_checkpoint, save_checkpoint
+from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
 
 StepCallback = Callable[[int, int, dict], None]  # (step, max_steps, metrics)
 
@@ -50,25 +51,40 @@ class TrainResult:
     baseline: Path | None = None  # the in-context baseline, when TrainSettings.baseline
 
 
-def lr_factor(step: int, config: RunConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% (or constant) over max_steps."""
-    train = config.train
-    if step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
-    if train.schedule == "constant":
-        return 1.0
-    progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def default_run_dir(model: str, task: str) -> Path:
+    """runs/<model>-<task>: `perk meta-train`'s run folder when --out is not given."""
+    return Path("runs") / f"{Path(model).stem.replace('/', '-')}-{Path(task).name.replace(':', '-')}"
 
 
-def batch_indices(step: int, batch: int, n_tasks: int, seed: int) -> list[int]:
-    """Task indices of an outer step: consecutive slices of a fresh permutation an epoch."""
-    out = []
-    for k in range(batch):
-        position = step * batch + k
-        epoch, offset = divmod(position, n_tasks)
-        out.append(random.Random(f"{seed}/epoch/{epoch}").sample(range(n_tasks), n_tasks)[offset])
-    return out
+@dataclass
+class RunPlan:
+    config: RunConfig  # with `task` set to the task directory
+    task_dir: Path
+    out: Path
+    resume: bool
+    generated: bool  # the task was a name, generated into out/data
+
+
+def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None, resume: Path | None = None,
+             rank: int = 0) -> RunPlan:
+    """Where a run goes and what it trains on, before any training: a new run into `out` (default
+    runs/<model>-<task>, refused if it already holds one), or `resume` continued from its last/ checkpoint
+    on the task it was trained on. A task name (babi, records:relation, ...) is generated into out/data.
+    Raises PerkError naming the option."""
+    if resume is not None:
+        if not (resume / "last").is_dir():
+            raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
+        out = resume
+        if task is None and (resume / "config.json").is_file():
+            task = json.loads((resume / "config.json").read_text()).get("task")
+    if task is None:
+        raise PerkError("--task: missing; give a task directory from `perk prepare` or a name such as babi")
+    out = out or default_run_dir(config.model.name, task)
+    if resume is None and (out / "last").exists():
+        raise PerkError(f"--out {out}: already holds a run; pass --resume {out} or another --out")
+    task_dir = task_directory(task, out, config.model.name, config.train.seed, rank)
+    return RunPlan(config.model_copy(update={"task": str(task_dir)}), Path(task_dir), out, resume is not None,
+                   Path(task_dir) != Path(task))
 
 
 def outer_optimizer(runtime: Runtime) -> torch.optim.AdamW:
@@ -99,17 +115,12 @@ def trainable(runtime: Runtime) -> list[torch.nn.Parameter]:
 @torch.no_grad()
 def validate(runtime: Runtime, tasks: list[Task]) -> dict:
     """Post-adaptation answer loss and exact match (greedy decoding) on the given tasks."""
-    tokenizer, prompt = runtime.tokenizer, runtime.config.prompt
-    budget = decode_budget(tokenizer, tasks, prompt)
-    losses, hits = [], []
+    budget = decode_budget(runtime.tokenizer, tasks, runtime.config.prompt)
+    scored = []
     for task in tasks:
-        encoded = encode_task(tokenizer, task, prompt, max_len=runtime.max_positions).to(runtime.device)
-        adapted = runtime.meta.adapt(encoded.context).params
-        losses.append(float(runtime.meta.answer_loss(adapted, encoded.question)))
-        answer, _ = answer_question(runtime.model, tokenizer, task.question, len(task.context), prompt,
-                                    lora=adapted, max_new_tokens=budget)
-        hits.append(exact_match(answer, task.answer))
-    return {"val_loss": statistics.mean(losses), "val_em": statistics.mean(hits)}
+        answer, _, loss = perk_answer(runtime, task, budget)
+        scored.append((answer, task.answer, loss))
+    return mean_scores(scored)
 
 
 def _step_sizes(runtime: Runtime) -> dict:
@@ -131,7 +142,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     except PerkError:
         val_tasks = []
         say(f"{task_dir} has no validation split: best/ follows the training loss")
-    step, best, history = 0, {"val_em": -1.0, "val_loss": math.inf, "step": 0}, []
+    step, best, history = 0, dict(NO_BEST), []
     if resume:
         files = read_checkpoint(out / "last")
         config = files.config.model_copy(update={"train": files.config.train.model_copy(
@@ -171,8 +182,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     try:
         while step < max_steps:
             started = time.perf_counter()
-            for group, base_lr in zip(optimizer.param_groups, scheduler_base):
-                group["lr"] = base_lr * lr_factor(step, config)
+            schedule_lr(optimizer, scheduler_base, step, config)
             optimizer.zero_grad(set_to_none=True)
             indices = batch_indices(step, train.tasks_per_batch, len(train_tasks), train.seed)
             totals = [0.0, 0.0, 0.0]  # outer loss, first and last inner loss (summed over tasks)
@@ -205,14 +215,14 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                        "inner_loss_last": totals[2] / n, "grad_norm": norm, "skipped": spike,
                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                        **_step_sizes(runtime)}
-            if step % train.eval_every == 0 or step == max_steps:
+            if validation_due(step, max_steps, train.eval_every):
                 if val_tasks:
                     metrics.update(validate(runtime, val_tasks))
-                    better = (metrics["val_em"], -metrics["val_loss"]) > (best["val_em"], -best["val_loss"])
+                    improved = better(metrics, best)
                 else:
-                    better = metrics["outer_loss"] < best["val_loss"]
+                    improved = metrics["outer_loss"] < best["val_loss"]
                     metrics.update(val_loss=metrics["outer_loss"], val_em=0.0)
-                if better:
+                if improved:
                     best = {"val_em": metrics["val_em"], "val_loss": metrics["val_loss"], "step": step}
                     save("best", metrics)
                 save("last", metrics)
@@ -228,7 +238,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         distributed.barrier()
     baseline = None
     if train.baseline and rank == 0:
-        from perk_cli.baselines import train_in_context
+        from perk_cli.training.in_context import train_in_context
 
         say(f"in-context baseline: {step} outer steps, as PERK took")
         baseline = train_in_context(config, train_tasks, out, on_baseline_step, val_tasks, steps=step)

@@ -1,0 +1,1 @@
+"""`perk eval`: PERK and its baselines scored on held-out tasks."""

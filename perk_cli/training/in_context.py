@@ -1,0 +1,111 @@
+"""The in-context baseline (FT-ICR) every evaluation reports beside PERK: the same base with a LoRA
+fine-tuned to answer with the whole context in its prompt, on PERK's training tasks, for the outer
+steps PERK took, on PERK's learning-rate schedule, kept best-by-validation as PERK's best/ is.
+Limited by the model's positions: a context that does not fit is a failure, not skipped, in eval.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from perk_cli.config import RunConfig
+from perk_cli.data.schema import Task
+from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.losses import answer_loss, functional_model_call
+from perk_cli.evaluation.scores import mean_scores
+from perk_cli.prompts import answer_question, decode_budget, encode_question
+from perk_cli.training.checkpoint import Runtime, build_runtime, read_checkpoint, save_checkpoint
+from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
+
+IN_CONTEXT_DIR = "in-context"
+
+
+def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> TokenBatch | None:
+    """Context + question prompt (+ answer target); None when it (with room to answer) exceeds the
+    model's positions."""
+    prompt = runtime.config.prompt
+    batch = encode_question(runtime.tokenizer, task.question, len(task.context), prompt,
+                            task.answer if with_answer else None, task.support, context=task.context)
+    room = 0 if with_answer else prompt.max_answer_tokens
+    return None if batch.input_ids.shape[1] + room > runtime.max_positions else batch
+
+
+@torch.no_grad()
+def answer_in_context(runtime: Runtime, task: Task, budget: int) -> tuple[str, str] | None:
+    """(answer, raw) decoded greedily with the whole context in the prompt, as every method is decoded;
+    None when the context does not fit the model's positions."""
+    if in_context_batch(runtime, task, with_answer=False) is None:
+        return None
+    return answer_question(runtime.model, runtime.tokenizer, task.question, len(task.context), runtime.config.prompt,
+                           max_new_tokens=budget, context=task.context)
+
+
+def _loss(runtime: Runtime, batch: TokenBatch) -> torch.Tensor:
+    return answer_loss(functional_model_call(runtime.model, {}), batch.to(runtime.device))
+
+
+@torch.no_grad()
+def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dict:
+    """Answer loss and EM of the in-context LoRA on the tasks whose context fits the model's positions."""
+    scored = []
+    for task in tasks:
+        batch, answered = in_context_batch(runtime, task), answer_in_context(runtime, task, budget)
+        if batch is not None and answered is not None:
+            scored.append((answered[0], task.answer, float(_loss(runtime, batch))))
+    return mean_scores(scored)
+
+
+def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
+                     on_step: Callable[[int, int, float], None] | None = None,
+                     val_tasks: list[Task] | None = None, steps: int | None = None) -> Path:
+    """Fine-tune the in-context LoRA (and the base, when the run trains it) for `steps` outer steps
+    (default max_steps), validating every `eval_every` steps and at the end; the weights with the best
+    validation EM (then loss) are saved into `out/in-context`."""
+    torch.manual_seed(config.train.seed)
+    runtime = build_runtime(config)
+    train = config.train
+    params = list(runtime.meta.lora_init().values())
+    if train.train_base:
+        params += list(runtime.meta.base_parameters().values())
+    optimizer = torch.optim.AdamW(params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+    fitting = [t for t in tasks if in_context_batch(runtime, t) is not None]
+    if not fitting:
+        raise ValueError("no training task fits the model's positions with its context in the prompt")
+    val_tasks = (val_tasks or [])[: train.eval_tasks]
+    budget = decode_budget(runtime.tokenizer, val_tasks, config.prompt) if val_tasks else 0
+    steps = train.max_steps if steps is None else steps
+    best, best_state = dict(NO_BEST), None
+    for step in range(steps):
+        schedule_lr(optimizer, [train.lr], step, config)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for index in batch_indices(step, train.tasks_per_batch, len(fitting), train.seed):
+            loss = _loss(runtime, in_context_batch(runtime, fitting[index]))
+            (loss / train.tasks_per_batch).backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, train.clip)
+        optimizer.step()
+        done = step + 1
+        if val_tasks and validation_due(done, steps, train.eval_every):
+            metrics = validate_in_context(runtime, val_tasks, budget)
+            if better(metrics, best):
+                best = {**metrics, "step": done}
+                best_state = {k: v.detach().clone() for k, v in runtime.state_tensors().items()}
+        if on_step:
+            on_step(done, steps, total / train.tasks_per_batch)
+    state = best_state if best_state is not None else runtime.state_tensors()
+    save_checkpoint(out / IN_CONTEXT_DIR, config, state,
+                    {"step": steps, "fits": len(fitting), "best": best if val_tasks else None})
+    return out / IN_CONTEXT_DIR
+
+
+def load_in_context(run_dir: Path) -> Runtime | None:
+    """The in-context baseline a run trained, or None when it has none."""
+    path = run_dir / IN_CONTEXT_DIR
+    if not (path / "meta.safetensors").is_file():
+        return None
+    files = read_checkpoint(path)
+    return build_runtime(files.config, files.tensors, source=str(path))
