@@ -11,7 +11,8 @@ and hidden in filler, then saves a transformers directory that `--model DIR` loa
 the gate: in-context EM on held-out tasks (fresh seeds) at each length, decoded as every method is.
 
 Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
-loss curve, held-out EM by length), and <out>/data (the task sets).
+loss curve, held-out EM by length), and <out>/data (the task sets). `--model DIR` continues from a
+saved base (the second attempt continued the first: see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -75,12 +76,24 @@ def in_context_runtime(model, tokenizer) -> SimpleNamespace:
                            device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
 
 
-def evaluate_saved(directory: Path, tasks_dir: Path) -> None:
-    model, tokenizer = load_base(ModelSettings(name=str(directory), dtype="float32"))
+def evaluate_saved(out: Path, tasks_dir: Path) -> None:
+    """Score the saved base in context on a task directory's test split; the result is printed and
+    recorded in <out>/reading_base.json under held_out_in_context[<tasks dir>]."""
+    model, tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
     tasks = read_split(tasks_dir, "test")
     result = validate_in_context(in_context_runtime(model, tokenizer), tasks, budget=8)
-    print(json.dumps({"base": str(directory), "tasks": str(tasks_dir), "n": len(tasks),
+    print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
                       "in_context_em": result["val_em"], "answer_loss": result["val_loss"]}))
+    write_report(out, held_out={str(tasks_dir): {**result, "n": len(tasks)}})
+
+
+def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
+    """Merge `fields` (and held-out results, by key) into <out>/reading_base.json."""
+    path = out / "reading_base.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report.update(fields)
+    report.setdefault("held_out_in_context", {}).update(held_out or {})
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:
@@ -99,9 +112,10 @@ def main() -> None:
                         "directory's test split (no training).")
     args = parser.parse_args()
     if args.evaluate:
-        evaluate_saved(args.out / "model", args.evaluate)
+        evaluate_saved(args.out, args.evaluate)
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reading_base.json").unlink(missing_ok=True)  # a new training run starts a new report
     torch.manual_seed(args.seed)
     train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model)
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
@@ -130,21 +144,19 @@ def main() -> None:
     model.requires_grad_(False)
     train_seconds = time.monotonic() - started
     save_base(model, tokenizer, args.out / "model")
+    write_report(args.out, recipe={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                   "train_lengths": [l or "clean" for l in TRAIN_LENGTHS], "facts": 4,
+                                   "trainable": "all parameters", "loss": "answer tokens + eos",
+                                   "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
+                 train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails
     # The gate, measured on the saved directory as `--model DIR` loads it.
     reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
-    held_out = {}
     for length, tasks in test.items():
-        held_out[str(length)] = validate_in_context(runtime, tasks, budget=8)
-        print(f"held-out in-context EM at {length} tokens: {held_out[str(length)]['val_em']:.3f} "
-              f"(answer loss {held_out[str(length)]['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
-    report = {"recipe": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                         "train_lengths": [l or "clean" for l in TRAIN_LENGTHS], "facts": 4,
-                         "trainable": "all parameters", "loss": "answer tokens + eos",
-                         "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
-              "train_seconds": round(train_seconds), "held_out_in_context": held_out, "curve": curve}
-    (args.out / "reading_base.json").write_text(json.dumps(report, indent=2) + "\n")
-
+        result = validate_in_context(runtime, tasks, budget=8)
+        print(f"held-out in-context EM at {length} tokens: {result['val_em']:.3f} "
+              f"(answer loss {result['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
+        write_report(args.out, held_out={str(length): result})
 
 if __name__ == "__main__":
     main()

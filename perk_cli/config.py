@@ -183,7 +183,7 @@ class TrainSettings(_Settings):
     lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")
     step_size_lr: float | None = Field(
         1e-2, gt=0, description="Outer learning rate of the learned step sizes (None: lr). In log space this "
-        "moves eta by up to a factor exp(step_size_lr) a step: 1e-2 lets it grow 10x in about 230 steps.",
+        "moves eta by up to a factor exp(step_size_lr) per step: 1e-2 lets it grow 10x in about 230 steps.",
     )
     weight_decay: float = Field(0.01, ge=0, description="Outer AdamW weight decay (matrices only).")
     betas: tuple[float, float] = Field((0.9, 0.95), description="Outer AdamW betas.")

@@ -44,6 +44,18 @@ def _root(
     """PERK: write long documents into a LoRA memory by meta-learned test-time gradient steps."""
 
 
+def _json(what: str):
+    return typer.Option(False, "--json", help=f"Print {what} as JSON.")
+
+
+def _quiet(help: str = "No progress bar."):
+    return typer.Option(False, "--quiet", "-q", help=help)
+
+
+def _config(what: str):
+    return typer.Option(None, help=f"YAML or JSON {what}; flags override it.")
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=err, disable=quiet, transient=True)
@@ -71,9 +83,9 @@ def prepare(
     validation: Optional[int] = setting(PrepareSettings, "validation"),
     test: Optional[int] = setting(PrepareSettings, "test"),
     seed: Optional[int] = setting(PrepareSettings, "seed"),
-    config: Optional[Path] = typer.Option(None, help="YAML or JSON file of these settings; flags override it."),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Optional[Path] = _config("file of these settings"),
+    json_output: bool = _json("the summary"),
+    quiet: bool = _quiet(),
 ) -> None:
     """Turn task files, a Hub dataset, or generated tasks into a task directory.
 
@@ -118,8 +130,8 @@ def adapt(
     lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT only: fixed learning rate."),
     peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
     device: Optional[str] = typer.Option(None, help=r"auto | cpu | cuda | mps \[default: the checkpoint's, else auto]."),
-    json_output: bool = typer.Option(False, "--json", help="Print the memory's metadata as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_output: bool = _json("the memory's metadata"),
+    quiet: bool = _quiet(),
 ) -> None:
     """Write a document into a memory file by test-time gradient steps.
 
@@ -244,8 +256,8 @@ def meta_train_command(
     seed: Optional[int] = setting(TrainSettings, "seed"),
     device: Optional[str] = setting(ModelSettings, "device"),
     dtype: Optional[str] = setting(ModelSettings, "dtype"),
-    json_output: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_output: bool = _json("the final summary"),
+    quiet: bool = _quiet(),
 ) -> None:
     """Meta-train PERK: LoRA init, step sizes and token weights, through the inner loop.
 
@@ -325,9 +337,9 @@ def eval_command(
     max_tokens_per_group: Optional[int] = setting(EvalSettings, "max_tokens_per_group"),
     max_new_tokens: Optional[int] = setting(EvalSettings, "max_new_tokens"),
     model: Optional[str] = setting(EvalSettings, "model"),
-    config: Optional[Path] = typer.Option(None, help="YAML or JSON EvalSettings; flags override it."),
-    json_output: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Optional[Path] = _config("EvalSettings"),
+    json_output: bool = _json("metrics"),
+    quiet: bool = _quiet(),
 ) -> None:
     """Evaluate PERK and its baselines: EM/F1 overall, by length and by fact position.
 
@@ -369,8 +381,8 @@ def demo(
     checkpoint: Optional[Path] = typer.Option(None, help="Use this checkpoint instead of training."),
     test_tasks: int = typer.Option(40, min=1, help="Held-out tasks at each length."),
     seed: int = typer.Option(0, help="Seed."),
-    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
+    json_output: bool = _json("the results"),
+    quiet: bool = _quiet("Only the final table."),
 ) -> None:
     """The whole pipeline, offline, in under 10 minutes on a CPU: prepare, meta-train, eval, adapt, ask.
 
