@@ -1,6 +1,6 @@
 """Memories: write a document into one (adapt), answer questions from one (ask), and the file it lives in.
 
-    from perk_cli.memory import Reader, adapt_text, adapting_runtime
+    from perk_cli.memory import Memory, Reader, adapt_text, adapting_runtime
     runtime, origin = adapting_runtime(checkpoint=Path("runs/qa1"))
     adapt_text(runtime, origin, open("doc.txt").read()).save("mem.safetensors")
     answer, raw = Reader(Memory.load("mem.safetensors")).ask("Where is Mary?")

@@ -9,11 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from perk_cli import __version__
+from perk_cli.cli import render
 from perk_cli.cli.options import build_settings, setting
 from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
                              PromptSettings, TrainSettings)
@@ -105,14 +104,8 @@ def prepare(
     if json_output:
         out.print_json(json.dumps(summary))
         return
-    table = Table(title=f"{settings.out}  ({summary['source']})")
-    for column in ("split", "tasks", "min tokens", "mean tokens", "max tokens"):
-        table.add_column(column, justify="right" if column != "split" else "left")
-    for split_name, count in summary["counts"].items():
-        lengths = summary["length_tokens"][split_name]
-        table.add_row(split_name, str(count), str(lengths["min"]), str(lengths["mean"]), str(lengths["max"]))
     if not quiet:
-        out.print(table)
+        out.print(render.prepare_table(settings, summary))
 
 
 @app.command()
@@ -359,16 +352,7 @@ def eval_command(
     if json_output:
         out.print_json(json.dumps(report))
         return
-    table = Table(title=escape(f"{settings.task} [{settings.split}], {report['n_tasks']} tasks"))
-    buckets = sorted({b for m in report["methods"].values() for b in m["by_length"]},
-                     key=lambda b: (b == "unknown", int(b) if b.isdigit() else 0))
-    for column in ["method", "EM", "F1", *[f"EM@{b}" for b in buckets], "failures"]:
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for method, m in report["methods"].items():
-        table.add_row(method, f"{m['em']:.3f}", f"{m['f1']:.3f}",
-                      *[f"{m['by_length'][b]['em']:.3f}" if b in m["by_length"] else "-" for b in buckets],
-                      str(m["failures"]))
-    out.print(table)
+    out.print(render.eval_table(settings, report))
     for note in report["notes"]:
         out.print(f"note: {note}", markup=False)
     out.print(f"predictions, metrics.json and accuracy_vs_length.png in {report['out']}", markup=False)
@@ -402,17 +386,7 @@ def demo(
         out.print_json(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                                    for k, v in dataclasses.asdict(result).items()}))
         return
-    table = Table(title=f"qa1 exact match, {test_tasks} held-out tasks a length")
-    table.add_column("method")
-    for length in result.lengths:
-        label = "training length" if length == result.lengths[0] else f"{length // result.lengths[0]}x"
-        table.add_column(f"{length} tokens ({label})", justify="right")
-    names = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training"}
-    for method in ("perk", "in-context", "plain-ttt"):
-        if method in result.em:
-            table.add_row(names[method], *[f"{result.em[method].get(n, float('nan')):.3f}" for n in result.lengths])
-    table.add_row("chance (1 of 9 places)", *[f"{result.chance:.3f}" for _ in result.lengths])
-    out.print(table)
+    out.print(render.demo_table(result, test_tasks))
     source = "trained here (tiny preset)" if result.trained_here else str(result.checkpoint)
     out.print(f"checkpoint: {source}", markup=False)
     out.print(f"sample document ({len(result.document)} chars): {result.document[:160]}...", markup=False)

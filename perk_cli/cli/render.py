@@ -1,0 +1,49 @@
+"""The tables the commands print (rich): what prepare wrote, what eval measured, the demo's summary."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from perk_cli.config import EvalSettings, PrepareSettings
+
+METHOD_NAMES = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training"}
+
+
+def prepare_table(settings: PrepareSettings, summary: dict) -> Table:
+    """Tasks and token lengths per split of a prepared directory."""
+    table = Table(title=f"{settings.out}  ({summary['source']})")
+    for column in ("split", "tasks", "min tokens", "mean tokens", "max tokens"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split_name, count in summary["counts"].items():
+        lengths = summary["length_tokens"][split_name]
+        table.add_row(split_name, str(count), str(lengths["min"]), str(lengths["mean"]), str(lengths["max"]))
+    return table
+
+
+def eval_table(settings: EvalSettings, report: dict) -> Table:
+    """EM and F1 per method, EM by context-length bucket, and the failures."""
+    table = Table(title=escape(f"{settings.task} [{settings.split}], {report['n_tasks']} tasks"))
+    buckets = sorted({b for m in report["methods"].values() for b in m["by_length"]},
+                     key=lambda b: (b == "unknown", int(b) if b.isdigit() else 0))
+    for column in ["method", "EM", "F1", *[f"EM@{b}" for b in buckets], "failures"]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, m in report["methods"].items():
+        table.add_row(method, f"{m['em']:.3f}", f"{m['f1']:.3f}",
+                      *[f"{m['by_length'][b]['em']:.3f}" if b in m["by_length"] else "-" for b in buckets],
+                      str(m["failures"]))
+    return table
+
+
+def demo_table(result, test_tasks: int) -> Table:
+    """The demo's EM by method and length, beside chance."""
+    table = Table(title=f"qa1 exact match, {test_tasks} held-out tasks per length")
+    table.add_column("method")
+    for length in result.lengths:
+        label = "training length" if length == result.lengths[0] else f"{length // result.lengths[0]}x"
+        table.add_column(f"{length} tokens ({label})", justify="right")
+    for method, name in METHOD_NAMES.items():
+        if method in result.em:
+            table.add_row(name, *[f"{result.em[method].get(n, float('nan')):.3f}" for n in result.lengths])
+    table.add_row("chance (1 of 9 places)", *[f"{result.chance:.3f}" for _ in result.lengths])
+    return table
