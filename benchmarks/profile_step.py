@@ -21,23 +21,16 @@ from torch.profiler import ProfilerActivity, profile
 def build(model: str, context_tokens: int, top_layers: int | None, steps: int):
     from perk_cli import __version__
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
-    from perk_cli.engine import MetaTask, TokenBatch
     from perk_cli.training.checkpoint import build_runtime
+    from smollm2 import random_task  # benchmarks/ is on sys.path when run as a script
 
     torch.manual_seed(0)
     config = RunConfig(perk_version=__version__, model=ModelSettings(name=model),
                        lora=LoraSettings(rank=16, alpha=32, top_layers=top_layers),
                        inner=InnerLoopSettings(steps=steps, unroll="truncated", unroll_start=1))
     runtime = build_runtime(config)
-    rows, width = max(1, context_tokens // 64), min(64, context_tokens)
     vocab = len(runtime.tokenizer)
-    task = MetaTask(
-        TokenBatch(torch.randint(1, vocab, (rows, width)), torch.ones(rows, width, dtype=torch.long),
-                   torch.ones(rows, width, dtype=torch.bool)),
-        TokenBatch(torch.randint(1, vocab, (1, 24)), torch.ones(1, 24, dtype=torch.long),
-                   torch.arange(24).unsqueeze(0) >= 20),
-    )
-    return runtime, task, vocab
+    return runtime, random_task(vocab, context_tokens), vocab
 
 
 def outer_step(runtime, task, tasks: int) -> None:
@@ -70,7 +63,7 @@ def main() -> None:
           f"K={args.inner_steps}: {wall:.2f} s under the profiler; LM-head matmuls {100 * head / total:.0f}% "
           "of self CPU time")
     by_op = prof.key_averages()
-    print(f"| op | self CPU s | share | calls |\n|---|---|---|---|")
+    print("| op | self CPU s | share | calls |\n|---|---|---|---|")
     for event in sorted(by_op, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
         print(f"| {event.key} | {event.self_cpu_time_total / 1e6:.2f} | "
               f"{100 * event.self_cpu_time_total / total:.0f}% | {event.count} |")

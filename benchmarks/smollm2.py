@@ -22,13 +22,28 @@ MODES = ["truncated", "truncated+cache", "first-order", "first-order+cache", "se
          "second-order+cache"]
 
 
+def random_task(vocab: int, context_tokens: int):
+    """A MetaTask of random ids: context rows of up to 64 tokens, a 24-token question with 4 answer
+    targets (a meta-step's cost does not depend on the ids' values)."""
+    import torch
+
+    from perk_cli.engine import MetaTask, TokenBatch
+
+    rows, width = max(1, context_tokens // 64), min(64, context_tokens)
+    return MetaTask(
+        TokenBatch(torch.randint(1, vocab, (rows, width)), torch.ones(rows, width, dtype=torch.long),
+                   torch.ones(rows, width, dtype=torch.bool)),
+        TokenBatch(torch.randint(1, vocab, (1, 24)), torch.ones(1, 24, dtype=torch.long),
+                   torch.arange(24).unsqueeze(0) >= 20),
+    )
+
+
 def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> dict:
     unroll, _, cache = mode.partition("+")
     import torch
 
     from perk_cli import __version__
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
-    from perk_cli.engine import MetaTask, TokenBatch
     from perk_cli.training.checkpoint import build_runtime
 
     torch.manual_seed(0)
@@ -38,14 +53,7 @@ def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> di
                        inner=InnerLoopSettings(steps=4, unroll=unroll, unroll_start=2, cache_prefix=bool(cache)))
     runtime = build_runtime(config)
     load_seconds = time.perf_counter() - started
-    rows, width = context_tokens // 64, 64
-    vocab = len(runtime.tokenizer)
-    task = MetaTask(
-        TokenBatch(torch.randint(1, vocab, (rows, width)), torch.ones(rows, width, dtype=torch.long),
-                   torch.ones(rows, width, dtype=torch.bool)),
-        TokenBatch(torch.randint(1, vocab, (1, 24)), torch.ones(1, 24, dtype=torch.long),
-                   torch.arange(24).unsqueeze(0) >= 20),
-    )
+    task = random_task(len(runtime.tokenizer), context_tokens)
     with open("/proc/self/statm") as f:
         loaded_mb = int(f.read().split()[1]) * resource.getpagesize() / 2**20
     times, adapt_times = [], []

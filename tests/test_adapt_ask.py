@@ -242,3 +242,27 @@ def test_adapt_device_option(memory_file, tmp_path, capsys):
                             "--device", "cpu", "-q"], capsys)
     assert code == 0, err
     assert (tmp_path / "m.safetensors").is_file()
+
+
+def test_adapt_max_tokens_per_group_splits_the_document_and_gives_the_same_memory(tmp_path, capsys, monkeypatch):
+    from perk_cli.engine.meta import MetaLearner
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    groups = []
+    adapt = MetaLearner.adapt
+    monkeypatch.setattr(MetaLearner, "adapt", lambda self, context, on_group=None, max_tokens_per_group=None:
+                        groups.append(max_tokens_per_group) or adapt(self, context, on_group, max_tokens_per_group))
+    outputs = {}
+    for size in ("4096", "40"):
+        path = tmp_path / f"m{size}.safetensors"
+        code, _, err = run_cli(["adapt", str(doc), "-o", str(path), "--model", "tiny", "--segment-tokens", "16",
+                                "--max-tokens-per-group", size, "-q"], capsys)
+        assert code == 0, err
+        outputs[size] = Memory.load(path).lora
+    assert groups == [4096, 40]
+    for name, value in outputs["4096"].items():  # plain TTT from a seeded init: only the grouping differs
+        torch.testing.assert_close(outputs["40"][name], value, rtol=1e-4, atol=1e-6)
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "x.safetensors"), "--model", "tiny",
+                            "--max-tokens-per-group", "0"], capsys)
+    assert code == 2 and "--max-tokens-per-group" in err

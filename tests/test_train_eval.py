@@ -151,7 +151,8 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     summary = json.loads(out)
     assert summary["steps"] == 2 and summary["in_context_baseline"].endswith("in-context")
     code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--limit", "3",
-                              "--max-new-tokens", "4", "--out", str(tmp_path / "ev")], capsys)
+                              "--max-new-tokens", "4", "--max-tokens-per-group", "40", "--out", str(tmp_path / "ev")],
+                             capsys)
     assert code == 0, err
     for method in ("perk", "plain-ttt", "in-context"):
         assert method in out
@@ -160,8 +161,15 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["method"] for r in rows} == {"perk", "plain-ttt", "in-context"}
     assert {"id", "question", "gold", "prediction", "correct", "method"} <= set(rows[0])
+    # the answer loss scored with each memory is recorded (PERK, plain TTT), not for the in-context baseline
+    assert all(r["answer_loss"] > 0 for r in rows if r["method"] != "in-context")
+    assert not any("answer_loss" in r for r in rows if r["method"] == "in-context")
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_tasks"] == 3 and set(metrics["methods"]) == {"perk", "plain-ttt", "in-context"}
+    assert metrics["settings"]["max_tokens_per_group"] == 40
+    code, _, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--max-tokens-per-group", "0"],
+                           capsys)
+    assert code == 2 and "--max-tokens-per-group" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "ev" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     # a context beyond the model's positions is an in-context failure, reported, not skipped
     from perk_cli.config import PrepareSettings
@@ -226,15 +234,17 @@ def test_meta_train_config_file_and_flag_override(qa1, tmp_path, capsys):
 def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tmp_path, capsys):
     args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
             "--no-baseline", "-q"]
-    code, _, err = run_cli(args + ["--out", str(tmp_path / "a"), "--step-size-lr", "0.05", "--no-cache-prefix"],
-                           capsys)
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "a"), "--step-size-lr", "0.05", "--no-cache-prefix",
+                                   "--max-minutes", "30"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 0.05 and saved["inner"]["cache_prefix"] is False
+    assert saved["train"]["max_minutes"] == 30
     code, _, err = run_cli(args + ["--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 1e-2 and saved["inner"]["cache_prefix"] is True
+    assert saved["train"]["max_minutes"] is None
     code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)
     assert code == 2 and "--step-size-lr" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(args + ["--out", str(tmp_path / "d"), "--weighting-mode", "legacy",

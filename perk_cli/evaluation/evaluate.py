@@ -34,12 +34,12 @@ def tune_plain_ttt(runtime: Runtime, init: dict[str, torch.Tensor], tasks: list[
                    budget: int, max_tokens_per_group: int | None = None) -> dict:
     """Plain TTT's learning rate chosen on validation tasks: best EM (greedy, as every method is decoded),
     ties broken by the lower answer loss. Returns the grid, each point's EM and loss, and the pick."""
+    contexts = [encode_context(runtime.tokenizer, task.context, runtime.config.prompt,
+                               max_len=runtime.max_positions).to(runtime.device) for task in tasks]
     points = []
     for lr in grid:
         scored = []
-        for task in tasks:
-            context = encode_context(runtime.tokenizer, task.context, runtime.config.prompt,
-                                     max_len=runtime.max_positions).to(runtime.device)
+        for task, context in zip(tasks, contexts):
             adapted = plain_ttt(runtime, context, init, lr, max_tokens_per_group).params
             answer, _, loss = perk_answer(runtime, task, budget, lora=adapted)
             scored.append((answer, task.answer, loss))
@@ -91,17 +91,17 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
                 "length_bucket": length_bucket(meta.length_tokens if meta else None),
                 "position_bucket": position_bucket(meta.position if meta else None)}
 
-        def record(method: str, answer: str, raw: str, note: str = "") -> None:
+        def record(method: str, answer: str, raw: str, loss: float | None = None, note: str = "") -> None:
             rows.append({**base, "method": method, "prediction": answer, "raw": raw,
                          "correct": exact_match(answer, task.answer), "f1": token_f1(answer, task.answer),
-                         **({"note": note} if note else {})})
+                         **({"answer_loss": loss} if loss is not None else {}), **({"note": note} if note else {})})
 
-        record("perk", *perk_answer(runtime, task, budget, groups)[:2])
+        record("perk", *perk_answer(runtime, task, budget, groups))
         if init is not None:
             context = encode_context(runtime.tokenizer, task.context, prompt,
                                      max_len=runtime.max_positions).to(runtime.device)
             plain = plain_ttt(runtime, context, init, plain_lr, groups).params
-            record("plain-ttt", *perk_answer(runtime, task, budget, lora=plain)[:2])
+            record("plain-ttt", *perk_answer(runtime, task, budget, lora=plain))
         if in_context is not None:
             answered = answer_in_context(in_context, task, budget)
             if answered is None:
