@@ -56,8 +56,9 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
         lora=LoraSettings(rank=8, alpha=16),
         inner=InnerLoopSettings(steps=2, optimizer="adamw", lr_init=1e-2, unroll="truncated", unroll_start=1),
         prompt=PromptSettings(segment_tokens=64),
-        train=TrainSettings(max_steps=100_000, max_minutes=minutes, tasks_per_batch=8, lr=2e-3, warmup_steps=20,
-                            schedule="constant", eval_every=100, eval_tasks=16, train_base=True, seed=seed),
+        train=TrainSettings(max_steps=100_000, max_minutes=minutes, tasks_per_batch=8, tasks_per_forward=8, lr=2e-3,
+                            warmup_steps=20, schedule="constant", eval_every=100, eval_tasks=16, train_base=True,
+                            seed=seed),
     )
 
 

@@ -238,6 +238,7 @@ def meta_train_command(
     warmup_steps: Optional[int] = setting(TrainSettings, "warmup_steps"),
     clip: Optional[float] = setting(TrainSettings, "clip"),
     tasks_per_batch: Optional[int] = setting(TrainSettings, "tasks_per_batch"),
+    tasks_per_forward: Optional[int] = setting(TrainSettings, "tasks_per_forward"),
     max_steps: Optional[int] = setting(TrainSettings, "max_steps"),
     max_minutes: Optional[float] = setting(TrainSettings, "max_minutes"),
     epochs: Optional[float] = setting(TrainSettings, "epochs"),
@@ -274,9 +275,9 @@ def meta_train_command(
                   "step_size_space": step_size_space, "engine": engine, "cache_prefix": cache_prefix},
         "prompt": {"segment_tokens": segment_tokens, "answer_format": answer_format},
         "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
-                  "clip": clip, "tasks_per_batch": tasks_per_batch, "max_steps": max_steps, "max_minutes": max_minutes,
-                  "epochs": epochs, "eval_every": eval_every, "eval_tasks": eval_tasks, "baseline": baseline,
-                  "seed": seed, "train_base": train_base},
+                  "clip": clip, "tasks_per_batch": tasks_per_batch, "tasks_per_forward": tasks_per_forward,
+                  "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs, "eval_every": eval_every,
+                  "eval_tasks": eval_tasks, "baseline": baseline, "seed": seed, "train_base": train_base},
     }
     task = task or base.get("task")
     rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes

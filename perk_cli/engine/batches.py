@@ -45,19 +45,35 @@ class TokenBatch:
 
         A single row longer than `max_tokens` forms a group of its own. `None` keeps one group.
         """
+        return [self.rows(start, stop) for start, stop in self.split_bounds(max_tokens)]
+
+    def split_bounds(self, max_tokens: int | None) -> list[tuple[int, int]]:
+        """The [start, stop) row ranges of `split`."""
         n_rows = self.input_ids.shape[0]
         if max_tokens is None:
-            return [self.rows(0, n_rows)]
+            return [(0, n_rows)]
         lengths = self.attention_mask.sum(dim=1).tolist()
-        groups, start, longest = [], 0, 0
+        bounds, start, longest = [], 0, 0
         for i, length in enumerate(lengths):
             new_longest = max(longest, int(length))
             if i > start and new_longest * (i - start + 1) > max_tokens:
-                groups.append(self.rows(start, i))
+                bounds.append((start, i))
                 start, new_longest = i, int(length)
             longest = new_longest
-        groups.append(self.rows(start, n_rows))
-        return groups
+        bounds.append((start, n_rows))
+        return bounds
+
+    @staticmethod
+    def concat(batches: list["TokenBatch"]) -> "TokenBatch":
+        """The rows of all batches, in order, right-padded to the widest."""
+        width = max(b.input_ids.shape[1] for b in batches)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        return TokenBatch(torch.cat([pad(b.input_ids) for b in batches]),
+                          torch.cat([pad(b.attention_mask) for b in batches]),
+                          torch.cat([pad(b.target_mask) for b in batches]))
 
 
 @dataclass

@@ -11,10 +11,17 @@ the token weights are coefficients (normalised to mean 1), so the step lowers th
 cross-entropy and never the weights themselves. In second-order steps the weights keep their graph
 (`autograd.grad(..., grad_outputs=w, create_graph=True)`), so the meta-gradient reaches the weighter
 exactly. `weighting_mode="legacy"` differentiates sum_j w_j CE_j / N as a whole instead.
+
+Task-batched (`rows_per_task`): the groups hold the context rows of several tasks in order, each LoRA
+tensor is stacked [n_tasks, ...] (task i's memory at index i) and every model call applies task i's
+LoRA to task i's rows (`engine.lora.per_task_lora`). Task i's loss depends on its own slice only, so
+one backward pass gives every task its own gradient, normalised by its own total weight; the update
+is elementwise, so it is each task's own step. One forward for many small tasks instead of one each.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +30,7 @@ import torch
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.learned import TokenWeighter
+from perk_cli.engine.lora import per_task_lora
 from perk_cli.engine.losses import functional_model_call, inner_loss, weighted_token_nll
 from perk_cli.engine.optim import FunctionalOptimizer
 from perk_cli.engine.prefix import FrozenPrefix
@@ -33,8 +41,8 @@ GroupCallback = Callable[[int, int, int, float], None]
 
 @dataclass
 class InnerResult:
-    params: dict[str, torch.Tensor]  # phi_K by LoRA parameter name
-    losses: list[float]  # weighted mean context CE at each step, before its update
+    params: dict[str, torch.Tensor]  # phi_K by LoRA parameter name (task-batched: stacked [n_tasks, ...])
+    losses: list  # weighted mean context CE at each step, before its update (task-batched: a list per step)
 
 
 def optimizer_for(settings: InnerLoopSettings) -> FunctionalOptimizer:
@@ -61,10 +69,13 @@ def run_inner_loop(
     differentiable: bool,
     on_group: GroupCallback | None = None,
     prefix: FrozenPrefix | None = None,
+    rows_per_task: list[torch.Tensor] | None = None,
 ) -> InnerResult:
     """Run K = step_sizes.shape[0] inner steps; gradients of all groups are summed before each update.
 
     With `prefix`, the frozen blocks below the lowest LoRA layer run once per group, not once per step.
+    With `rows_per_task` (one [n_tasks] count vector per group), the loop is task-batched (see above):
+    `params0` values are stacked [n_tasks, ...]; coefficient weighting only.
     """
     names = list(params0)
     params = list(params0.values())
@@ -75,6 +86,10 @@ def run_inner_loop(
     optimizer = optimizer_for(settings)
     state = optimizer.init_state(params)
     legacy = settings.weighting_mode == "legacy"
+    batched = rows_per_task is not None
+    if batched and legacy:
+        raise ValueError("the task-batched inner loop implements coefficient weighting only")
+    row_task = [torch.repeat_interleave(torch.arange(len(c), device=c.device), c) for c in rows_per_task or []]
     n_targets = sum(g.n_targets for g in groups)
     losses: list[float] = []
     cached = [prefix.hidden(model, g) for g in groups] if prefix is not None else [None] * len(groups)
@@ -86,7 +101,8 @@ def run_inner_loop(
             # A first-order step differentiates w.r.t. detached copies: its forward graph never
             # reaches phi_0, and nothing of it outlives the group.
             leaves = params if second_order else [p.detach().requires_grad_() for p in params]
-            with torch.enable_grad():
+            redirect = per_task_lora(model, names, rows_per_task[index]) if batched else nullcontext()
+            with torch.enable_grad(), redirect:
                 call = functional_model_call(model, dict(zip(names, leaves)))
                 if cached[index] is not None:
                     call = _with_prefix(call, prefix, cached[index])
@@ -99,18 +115,34 @@ def run_inner_loop(
                     if not second_order:
                         weights = weights.detach()
                     group_grads = torch.autograd.grad(nll, leaves, grad_outputs=weights, create_graph=second_order)
-                    weighted_nll += float((nll.detach() * weights.detach()).sum())
-                    total_weight = total_weight + weights.sum()
+                    if batched:  # per task: [n_tasks] sums over each task's rows
+                        per_task = torch.zeros(len(rows_per_task[index]), dtype=weights.dtype, device=weights.device)
+                        weighted_nll = weighted_nll + per_task.index_add(
+                            0, row_task[index], (nll.detach() * weights.detach()).sum(1))
+                        total_weight = total_weight + per_task.index_add(0, row_task[index], weights.sum(1))
+                    else:
+                        weighted_nll += float((nll.detach() * weights.detach()).sum())
+                        total_weight = total_weight + weights.sum()
             grads = list(group_grads) if grads is None else [a + b for a, b in zip(grads, group_grads)]
             if on_group is not None:
-                on_group(step, index, len(groups), weighted_nll / _value(total_weight))
-        if not legacy:
-            # Weights normalised to mean 1 over the task's targets: sum_j (w_j / mean w) g_j / N.
-            grads = [g / total_weight for g in grads]
-        losses.append(weighted_nll / _value(total_weight))
+                on_group(step, index, len(groups), _mean_loss(weighted_nll, total_weight))
+        if batched:
+            grads = [g / total_weight.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+            losses.append((weighted_nll / total_weight.detach().clamp_min(1e-30)).tolist())
+        else:
+            if not legacy:
+                # Weights normalised to mean 1 over the task's targets: sum_j (w_j / mean w) g_j / N.
+                grads = [g / total_weight for g in grads]
+            losses.append(weighted_nll / _value(total_weight))
         with torch.set_grad_enabled(differentiable):
             params, state = optimizer.step(params, grads, step_sizes[step], state)
     return InnerResult(dict(zip(names, params)), losses)
+
+
+def _mean_loss(weighted_nll, total_weight) -> float:
+    if torch.is_tensor(weighted_nll):  # task-batched: the mean over tasks
+        return float((weighted_nll / total_weight.detach().clamp_min(1e-30)).mean())
+    return weighted_nll / _value(total_weight)
 
 
 def _value(total: torch.Tensor | float) -> float:
@@ -122,4 +154,5 @@ def _with_prefix(call, prefix: FrozenPrefix, hidden: torch.Tensor):
         with prefix.reuse(hidden):
             return call(**kwargs)
 
+    cached_call.head = getattr(call, "head", None)  # the losses may still project only the scored positions
     return cached_call

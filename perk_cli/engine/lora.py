@@ -34,3 +34,37 @@ def lora_values(model: torch.nn.Module, values: dict[str, torch.Tensor]):
         yield model
     finally:
         copy_into(model, saved)
+
+
+@contextmanager
+def per_task_lora(model: torch.nn.Module, lora_names: list[str], rows_per_task: torch.Tensor):
+    """Within the block, each LoRA matrix (called with a stacked value [n_tasks, out, in], as the
+    task-batched inner loop passes it) applies task i's matrix to task i's rows: the batch's rows are
+    the tasks' rows in order, `rows_per_task[i]` of them for task i.
+
+    Only the PEFT adapter matrices (`lora_A.<adapter>`, `lora_B.<adapter>`, plain Linear layers without
+    bias) are redirected, never a base layer; on leaving, their own forward is back.
+    """
+    counts = [int(c) for c in rows_per_task]
+    equal = len(set(counts)) == 1
+    repeats = rows_per_task.to(torch.long)
+
+    def batched(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight  # [n_tasks, out, in] under the functional call
+        if equal:  # every task has c rows: one [c * T, in] block per task
+            n, c = weight.shape[0], counts[0]
+            out = torch.bmm(x.reshape(n, c * x.shape[1], x.shape[2]), weight.transpose(1, 2))
+            return out.reshape(x.shape[0], x.shape[1], -1)
+        per_row = weight.repeat_interleave(repeats, dim=0)  # [rows, out, in]
+        return torch.bmm(x, per_row.transpose(1, 2))
+
+    modules = [model.get_submodule(name.rsplit(".", 1)[0]) for name in lora_names]
+    for module in modules:
+        if module.bias is not None:
+            raise ValueError("task-batched LoRA expects adapter matrices without bias")
+        module.forward = batched.__get__(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward

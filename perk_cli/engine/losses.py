@@ -1,7 +1,13 @@
 """The inner (weighted context) loss and the outer (answer) loss, over a model called functionally.
 
-A `ModelCall` runs the model with given keyword arguments, e.g. `functional_call(model, lora, (), kw)`
-for the func engine or a `higher` patched module for the higher engine.
+A `ModelCall` runs the model with given keyword arguments: a `FunctionalCall` (the func engine) or a
+`higher` patched module (the higher engine).
+
+Only the positions a loss scores need logits. Where a model's logits are exactly its output
+projection of the last hidden state (`FunctionalCall.head`), the losses ask the model for one
+position's logits and project only the scored positions: the vocabulary-wide work (the projection,
+the softmax and their backward passes) then covers the target tokens alone, not the padding, the
+segment prefixes, the question prompt or the last position of every row.
 """
 
 from __future__ import annotations
@@ -16,21 +22,60 @@ from perk_cli.engine.learned import TokenWeighter
 
 ModelCall = Callable[..., object]
 
-
-def functional_model_call(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> ModelCall:
-    from torch.func import functional_call
-
-    return lambda **kwargs: functional_call(model, params, (), kwargs)
+# Families whose logits are lm_head(last hidden state), with no soft-capping or scaling after it.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2", "qwen3", "mistral", "smollm3"})
 
 
-def token_nll(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
-    """[B, T-1] negative log-likelihood of token j+1 given the prefix, zero where it is not a target."""
+def plain_output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output projection when logits are exactly that projection of the last hidden state
+    (a known family, a plain Linear head with no LoRA on it); else None."""
+    config = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and type(head) is torch.nn.Linear:
+        return head
+    return None
+
+
+class FunctionalCall:
+    """`model` run with `params` in place of its own tensors (torch.func.functional_call); `head` is
+    its output projection where losses may project the scored positions themselves (None: they use
+    the model's logits)."""
+
+    def __init__(self, model: torch.nn.Module, params: dict[str, torch.Tensor]):
+        self.model, self.params = model, params
+        self.head = plain_output_head(model)
+
+    def __call__(self, **kwargs):
+        from torch.func import functional_call
+
+        return functional_call(self.model, self.params, (), kwargs)
+
+
+def functional_model_call(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> FunctionalCall:
+    return FunctionalCall(model, params)
+
+
+def _scored(call: ModelCall, batch: TokenBatch, with_hidden: bool):
+    """(logits [N, V] at the N positions that predict a target, the last hidden state [B, T, H] or None)."""
+    mask = batch.target_mask[:, 1:]
+    head = getattr(call, "head", None)
+    if head is not None:
+        # logits_to_keep=1: the model projects one position a row; the scored ones are projected here.
+        out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
+                   logits_to_keep=1)
+        hidden = out.hidden_states[-1]
+        return head(hidden[:, :-1][mask]), hidden if with_hidden else None
+    out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=with_hidden)
+    return out.logits[:, :-1][mask], out.hidden_states[-1] if with_hidden else None
+
+
+def _nll(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """[B, T-1] NLL of token j+1 from the logits at the scored positions, zero elsewhere."""
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # half-precision logits lose too much in the softmax
-    nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1), batch.input_ids[:, 1:].flatten(), reduction="none"
-    ).view(logits.shape[0], -1)
-    return nll * batch.target_mask[:, 1:]
+    mask = batch.target_mask[:, 1:]
+    nll = F.cross_entropy(logits, batch.input_ids[:, 1:][mask], reduction="none")
+    return nll.new_zeros(mask.shape).masked_scatter(mask, nll)
 
 
 def weighted_token_nll(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | None,
@@ -42,13 +87,11 @@ def weighted_token_nll(call: ModelCall, batch: TokenBatch, weighter: TokenWeight
     state that predicts it and has not seen it). The weights keep their graph (to the weighter and,
     through the hidden state, to phi); the inner loop decides what to differentiate.
     """
-    out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-               output_hidden_states=weighter is not None)
-    nll = token_nll(out.logits, batch)
+    logits, hidden = _scored(call, batch, with_hidden=weighter is not None)
+    nll = _nll(logits, batch)
     mask = batch.target_mask[:, 1:].to(nll.dtype)
     if weighter is None:
         return nll, mask
-    hidden = out.hidden_states[-1]
     return nll, weighter(hidden[:, :-1] if legacy else hidden[:, 1:]).to(nll.dtype) * mask
 
 
@@ -66,5 +109,5 @@ def inner_loss(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | Non
 
 def answer_loss(call: ModelCall, batch: TokenBatch) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (the outer loss)."""
-    out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return token_nll(out.logits, batch).sum() / max(batch.n_targets, 1)
+    logits, _ = _scored(call, batch, with_hidden=False)
+    return _nll(logits, batch).sum() / max(batch.n_targets, 1)

@@ -14,8 +14,8 @@ from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.batches import MetaTask, TokenBatch
 from perk_cli.engine.inner_loop import GroupCallback, InnerResult, keeps_graph, run_inner_loop
 from perk_cli.engine.learned import LearnedStepSizes, TokenWeighter
-from perk_cli.engine.lora import lora_parameters
-from perk_cli.engine.losses import answer_loss, functional_model_call
+from perk_cli.engine.lora import lora_parameters, per_task_lora
+from perk_cli.engine.losses import answer_loss, functional_model_call, weighted_token_nll
 from perk_cli.engine.prefix import FrozenPrefix, find_frozen_prefix
 
 
@@ -107,6 +107,31 @@ class MetaLearner(nn.Module):
         result = self.inner_loop(task.context, differentiable=True)
         return self.answer_loss(result.params, task.question), result
 
+    def meta_losses(self, tasks: list[MetaTask]) -> list[tuple[torch.Tensor, InnerResult]]:
+        """`meta_loss` of each task, the tasks run together: one task-batched inner loop (their context
+        rows in one batch, each with its own memory) and one answer forward. The same numbers as one
+        task at a time, to rounding. The `higher` engine and legacy weighting run them one by one."""
+        if len(tasks) == 1 or self.settings.engine == "higher" or self.settings.weighting_mode == "legacy":
+            return [self.meta_loss(task) for task in tasks]
+        n = len(tasks)
+        device = tasks[0].context.input_ids.device
+        context = TokenBatch.concat([t.context for t in tasks])
+        row_task = _row_tasks([t.context for t in tasks], device)
+        bounds = context.split_bounds(self.settings.max_tokens_per_group)
+        result = run_inner_loop(
+            self.model, {k: p.unsqueeze(0).expand(n, *p.shape) for k, p in self.lora_init().items()},
+            [context.rows(a, b) for a, b in bounds], self.step_sizes(), self.weighter, self.settings,
+            differentiable=True, prefix=self.frozen_prefix(),
+            rows_per_task=[torch.bincount(row_task[a:b], minlength=n) for a, b in bounds])
+        question = TokenBatch.concat([t.question for t in tasks])
+        question_rows = _row_tasks([t.question for t in tasks], device)
+        with per_task_lora(self.model, self.lora_names, torch.bincount(question_rows, minlength=n)):
+            nll, _ = weighted_token_nll(functional_model_call(self.model, result.params), question, None)
+        sums = torch.zeros(n, dtype=nll.dtype, device=device).index_add(0, question_rows, nll.sum(1))
+        return [(sums[i] / max(task.question.n_targets, 1),
+                 InnerResult({k: v[i] for k, v in result.params.items()}, [step[i] for step in result.losses]))
+                for i, task in enumerate(tasks)]
+
     def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch) -> torch.Tensor:
         return answer_loss(functional_model_call(self.model, params), question)
 
@@ -139,3 +164,9 @@ class MetaLearner(nn.Module):
         if missing:
             raise KeyError(f"state has no LoRA init for {missing[0]}")
         self.load_state_dict(own)
+
+
+def _row_tasks(batches: list[TokenBatch], device: torch.device) -> torch.Tensor:
+    """The task index of every row of the batches concatenated."""
+    counts = torch.tensor([b.input_ids.shape[0] for b in batches], device=device)
+    return torch.repeat_interleave(torch.arange(len(batches), device=device), counts)

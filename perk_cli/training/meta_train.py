@@ -186,16 +186,18 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
             optimizer.zero_grad(set_to_none=True)
             indices = batch_indices(step, train.tasks_per_batch, len(train_tasks), train.seed)
             totals = [0.0, 0.0, 0.0]  # outer loss, first and last inner loss (summed over tasks)
-            for k, index in enumerate(indices):
-                if k % world != rank:
-                    continue
-                rng = random.Random(f"{train.seed}/ids/{step}/{k}")
-                task = encode_task(runtime.tokenizer, train_tasks[index], config.prompt, rng,
-                                   max_len=runtime.max_positions).to(runtime.device)
+            mine = [(k, index) for k, index in enumerate(indices) if k % world == rank]
+            for start in range(0, len(mine), train.tasks_per_forward):
+                tasks = [encode_task(runtime.tokenizer, train_tasks[index], config.prompt,
+                                     random.Random(f"{train.seed}/ids/{step}/{k}"),
+                                     max_len=runtime.max_positions).to(runtime.device)
+                         for k, index in mine[start:start + train.tasks_per_forward]]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
-                    loss, result = runtime.meta.meta_loss(task)
-                (loss / train.tasks_per_batch).backward()
-                totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0], totals[2] + result.losses[-1]]
+                    outcomes = runtime.meta.meta_losses(tasks)
+                (sum(loss for loss, _ in outcomes) / train.tasks_per_batch).backward()
+                for loss, result in outcomes:
+                    totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0],
+                              totals[2] + result.losses[-1]]
             distributed.all_reduce_grads(params)
             totals = distributed.all_reduce_sum(totals)
             norm = float(torch.nn.utils.clip_grad_norm_(params, train.clip))

@@ -8,8 +8,9 @@ from torch import nn
 from perk_cli.config import InnerLoopSettings
 from perk_cli.engine.inner_loop import run_inner_loop
 from perk_cli.engine.learned import TokenWeighter
-from perk_cli.engine.losses import functional_model_call, token_nll, weighted_token_nll
+from perk_cli.engine.losses import functional_model_call, weighted_token_nll
 from tests.conftest import random_batch
+from tests.engine.test_losses import reference_nll
 
 
 class Scaled(nn.Module):
@@ -88,4 +89,4 @@ def test_without_a_weighter_every_target_weighs_one(micro_peft):
     nll, weights = weighted_token_nll(call, batch, None)
     assert torch.equal(weights, batch.target_mask[:, 1:].double())
     out = call(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    torch.testing.assert_close(nll, token_nll(out.logits, batch))
+    torch.testing.assert_close(nll, reference_nll(out.logits, batch))
