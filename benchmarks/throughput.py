@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --config tiny                  # qa1-sized: 8 tasks of 128 tokens
     python benchmarks/throughput.py --config smollm2 --model runs/reading-base-2/model   # 4 tasks of 256
     python benchmarks/throughput.py --config tiny --before 1da643e # the code as of a commit, too
+    python benchmarks/throughput.py --config smollm2 --task runs/learning-smollm2/data   # real tasks
 
 Variants, each in its own subprocess (so each peak RSS is its own), interleaved over `--rounds`:
   before   the package as of `--before REV` (`git archive` into a temporary directory, first on the
@@ -12,7 +13,8 @@ Variants, each in its own subprocess (so each peak RSS is its own), interleaved 
 Each child times `--steps` outer steps after one warm-up step (every task's meta-loss, one backward,
 the outer AdamW step) on random token ids of the configuration's shape (a step's cost does not depend
 on the ids; every context token is a target, so the saving on real tasks, whose segment prefixes and
-padding are not, is at least this). Reported: the median step time over all rounds, its ratio to
+padding are not, is at least this), or with `--task DIR` on the first tasks of DIR's train split,
+encoded as meta-training encodes them (segments of 64 tokens). Reported: the median step time over all rounds, its ratio to
 the first variant, the largest peak RSS, and the mean outer loss of the first and the last step (the
 same numbers in every variant, to rounding: the outer AdamW steps in between use the meta-gradients).
 """
@@ -40,7 +42,7 @@ CONFIGS = {
 }
 
 
-def child(config: dict, steps: int, tasks_per_forward: int) -> dict:
+def child(config: dict, steps: int, tasks_per_forward: int, task_dir: str | None) -> dict:
     import torch
 
     from perk_cli import __version__
@@ -63,6 +65,16 @@ def child(config: dict, steps: int, tasks_per_forward: int) -> dict:
                       TokenBatch(torch.randint(1, vocab, (1, 24), generator=gen), torch.ones(1, 24, dtype=torch.long),
                                  torch.arange(24).unsqueeze(0) >= 20))
              for _ in range(config["tasks"])]
+    if task_dir:
+        import random
+
+        from perk_cli.config import PromptSettings
+        from perk_cli.data.schema import read_split
+        from perk_cli.prompts import encode_task
+
+        records = read_split(Path(task_dir), "train")[: config["tasks"]]
+        tasks = [encode_task(runtime.tokenizer, record, PromptSettings(segment_tokens=64), random.Random(i))
+                 for i, record in enumerate(records)]
     meta = runtime.meta
     params = [p for group in meta.parameter_groups(0.0) for p in group["params"]]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -112,13 +124,14 @@ def main() -> None:
     parser.add_argument("--model", help="Override the configuration's model (a name or a local directory).")
     parser.add_argument("--before", help="A git revision to measure as 'before' (e.g. 1da643e).")
     parser.add_argument("--tasks-per-forward", type=int, help="N of 'now xN' (default: all the step's tasks).")
+    parser.add_argument("--task", help="A task directory: time its first train tasks instead of random ids.")
     parser.add_argument("--steps", type=int, default=3, help="Measured outer steps per child.")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     config = dict(CONFIGS[args.config], **({"model": args.model} if args.model else {}))
     if args.child:
-        print(json.dumps(child(config, args.steps, int(args.child))))
+        print(json.dumps(child(config, args.steps, int(args.child), args.task)))
         return
     n = args.tasks_per_forward or config["tasks"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,13 +145,15 @@ def main() -> None:
                 if path is not None:
                     env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
                 out = subprocess.run([sys.executable, __file__, "--config", args.config, "--steps", str(args.steps),
-                                      "--child", str(per_forward), *(["--model", args.model] if args.model else [])],
+                                      "--child", str(per_forward), *(["--model", args.model] if args.model else []),
+                                      *(["--task", str(Path(args.task).resolve())] if args.task else [])],
                                      capture_output=True, text=True, env=env)
                 if out.returncode:
                     sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
                 results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{args.config} ({config['model']}): {config['tasks']} tasks of {config['context_tokens']} context tokens "
-          f"per outer step, K=2 AdamW truncated, LoRA r={config['rank']}"
+    shape = f"the first {config['tasks']} train tasks of {args.task}" if args.task else \
+        f"{config['tasks']} random tasks of {config['context_tokens']} context tokens"
+    print(f"{args.config} ({config['model']}): {shape} per outer step, K=2 AdamW truncated, LoRA r={config['rank']}"
           f"{' top ' + str(config['top_layers']) if config['top_layers'] else ''}, "
           f"{args.rounds} rounds x {args.steps} steps, {os.cpu_count()} CPUs")
     print("| variant | s / outer step | steps / min | vs first | peak RSS MB | mean outer loss, steps 1 / last |\n|---|---|---|---|---|---|")

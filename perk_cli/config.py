@@ -182,7 +182,7 @@ class TrainSettings(_Settings):
     tasks_per_batch: int = Field(8, ge=1, description="Tasks per outer step (gradients accumulated).")
     tasks_per_forward: int = Field(
         1, ge=1, description="Tasks of an outer step that run as one batch through the inner loop, each with its "
-        "own memory: the same numbers, fewer and larger model calls (2.4x the steps per minute on the tiny "
+        "own memory: the same numbers, fewer and larger model calls (2.0x the meta-steps per minute on the tiny "
         "preset at 8); peak memory grows with it. The higher engine and legacy weighting run tasks one by one.",
     )
     lr: float = Field(1e-4, gt=0, description="Outer AdamW learning rate.")

@@ -314,3 +314,34 @@ def test_plan_run_decides_where_a_run_goes_before_any_training(qa1, tmp_path, mo
         plan_run(config, None, resume=tmp_path / "nothing")
     with pytest.raises(PerkError, match="--task: missing"):
         plan_run(config, None, tmp_path / "x")
+
+
+def test_tasks_per_forward_batches_the_step_and_changes_no_number(qa1, tmp_path, monkeypatch):
+    from perk_cli.config import ModelSettings
+    from perk_cli.engine.meta import MetaLearner
+
+    sizes = []
+    original = MetaLearner.meta_losses
+    monkeypatch.setattr(MetaLearner, "meta_losses", lambda self, tasks: sizes.append(len(tasks)) or original(self, tasks))
+
+    def run(name, **train):
+        # float64: an unrolled Adam step's meta-gradient is ill-conditioned in float32 (Adam's slope
+        # lr/eps near g = 0), so float32 runs drift apart by a few lr after outer steps
+        config = _config(max_steps=2, eval_every=2, eval_tasks=2, **train)
+        meta_train(config.model_copy(update={"model": ModelSettings(name="tiny", dtype="float64")}), qa1,
+                   tmp_path / name)
+        return load_file(str(tmp_path / name / "last" / "meta.safetensors")), \
+            [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    one, one_lines = run("one")
+    assert sizes == [1] * 8
+    sizes.clear()
+    three, three_lines = run("three", tasks_per_forward=3)
+    assert sizes == [3, 1] * 2  # 4 tasks per step: a batch of 3, then the rest
+    for a, b in zip(one_lines, three_lines):
+        for key in ("outer_loss", "inner_loss_first", "inner_loss_last", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9)
+    assert one.keys() == three.keys()
+    for key in one:
+        torch.testing.assert_close(three[key], one[key], rtol=1e-8, atol=1e-10)
+    assert json.loads((tmp_path / "three" / "last" / "config.json").read_text())["train"]["tasks_per_forward"] == 3
