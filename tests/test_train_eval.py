@@ -342,6 +342,6 @@ def test_tasks_per_forward_batches_the_step_and_changes_no_number(qa1, tmp_path,
         for key in ("outer_loss", "inner_loss_first", "inner_loss_last", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-9)
     assert one.keys() == three.keys()
-    for key in one:
-        torch.testing.assert_close(three[key], one[key], rtol=1e-8, atol=1e-10)
+    for key in one:  # a wrong step would differ by about the outer lr (3e-3)
+        torch.testing.assert_close(three[key], one[key], rtol=1e-6, atol=1e-8)
     assert json.loads((tmp_path / "three" / "last" / "config.json").read_text())["train"]["tasks_per_forward"] == 3
