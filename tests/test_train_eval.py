@@ -235,16 +235,18 @@ def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tm
     args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
             "--no-baseline", "-q"]
     code, _, err = run_cli(args + ["--out", str(tmp_path / "a"), "--step-size-lr", "0.05", "--no-cache-prefix",
-                                   "--max-minutes", "30"], capsys)
+                                   "--max-minutes", "30", "--tasks-per-forward", "2"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 0.05 and saved["inner"]["cache_prefix"] is False
-    assert saved["train"]["max_minutes"] == 30
+    assert saved["train"]["max_minutes"] == 30 and saved["train"]["tasks_per_forward"] == 2
     code, _, err = run_cli(args + ["--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 1e-2 and saved["inner"]["cache_prefix"] is True
-    assert saved["train"]["max_minutes"] is None
+    assert saved["train"]["max_minutes"] is None and saved["train"]["tasks_per_forward"] == 1
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "f"), "--tasks-per-forward", "0"], capsys)
+    assert code == 2 and "--tasks-per-forward" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)
     assert code == 2 and "--step-size-lr" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(args + ["--out", str(tmp_path / "d"), "--weighting-mode", "legacy",
@@ -345,3 +347,9 @@ def test_tasks_per_forward_batches_the_step_and_changes_no_number(qa1, tmp_path,
     for key in one:  # a wrong step would differ by about the outer lr (3e-3)
         torch.testing.assert_close(three[key], one[key], rtol=1e-6, atol=1e-8)
     assert json.loads((tmp_path / "three" / "last" / "config.json").read_text())["train"]["tasks_per_forward"] == 3
+    sizes.clear()  # resuming takes this invocation's tasks per forward
+    config = _config(max_steps=3, eval_every=2, eval_tasks=2, tasks_per_forward=2)
+    meta_train(config.model_copy(update={"model": ModelSettings(name="tiny", dtype="float64")}), qa1,
+               tmp_path / "one", resume=True)
+    assert sizes[:2] == [2, 2] and json.loads((tmp_path / "one" / "last" / "config.json").read_text())["train"][
+        "tasks_per_forward"] == 2

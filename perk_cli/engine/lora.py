@@ -59,12 +59,16 @@ def per_task_lora(model: torch.nn.Module, lora_names: list[str], rows_per_task: 
         return torch.bmm(x, per_row.transpose(1, 2))
 
     modules = [model.get_submodule(name.rsplit(".", 1)[0]) for name in lora_names]
+    if any(module.bias is not None for module in modules):
+        raise ValueError("task-batched LoRA expects adapter matrices without bias")
+    saved = [module.__dict__.get("forward") for module in modules]
     for module in modules:
-        if module.bias is not None:
-            raise ValueError("task-batched LoRA expects adapter matrices without bias")
         module.forward = batched.__get__(module)
     try:
         yield
     finally:
-        for module in modules:
-            del module.forward
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward

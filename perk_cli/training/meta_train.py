@@ -145,8 +145,11 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     step, best, history = 0, dict(NO_BEST), []
     if resume:
         files = read_checkpoint(out / "last")
+        # The run's own settings, but how far to go and how many tasks share a forward (which changes
+        # no number) are this invocation's.
         config = files.config.model_copy(update={"train": files.config.train.model_copy(
-            update={"max_steps": max(config.train.max_steps, files.config.train.max_steps)})})
+            update={"max_steps": max(config.train.max_steps, files.config.train.max_steps),
+                    "tasks_per_forward": config.train.tasks_per_forward})})
         runtime = build_runtime(config, files.tensors, source=str(files.path))
         optimizer = outer_optimizer(runtime)
         if files.optimizer is not None:
