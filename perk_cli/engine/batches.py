@@ -76,6 +76,11 @@ class TokenBatch:
                           torch.cat([pad(b.target_mask) for b in batches]))
 
 
+def task_of_rows(rows_per_task: torch.Tensor) -> torch.Tensor:
+    """The task index of every row when task i contributes `rows_per_task[i]` consecutive rows."""
+    return torch.repeat_interleave(torch.arange(len(rows_per_task), device=rows_per_task.device), rows_per_task)
+
+
 @dataclass
 class MetaTask:
     """One meta-training example: context segments to memorise and a question/answer to score."""

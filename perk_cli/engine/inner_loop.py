@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from perk_cli.config import InnerLoopSettings
-from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.batches import TokenBatch, task_of_rows
 from perk_cli.engine.learned import TokenWeighter
 from perk_cli.engine.lora import per_task_lora
 from perk_cli.engine.losses import functional_model_call, inner_loss, weighted_token_nll
@@ -89,7 +89,7 @@ def run_inner_loop(
     batched = rows_per_task is not None
     if batched and legacy:
         raise ValueError("the task-batched inner loop implements coefficient weighting only")
-    row_task = [torch.repeat_interleave(torch.arange(len(c), device=c.device), c) for c in rows_per_task or []]
+    row_task = [task_of_rows(counts) for counts in rows_per_task or []]
     n_targets = sum(g.n_targets for g in groups)
     losses: list[float] = []
     cached = [prefix.hidden(model, g) for g in groups] if prefix is not None else [None] * len(groups)

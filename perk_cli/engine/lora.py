@@ -1,4 +1,5 @@
-"""The LoRA tensors of a PEFT model, by name: listing them, and copying values in for a while.
+"""The LoRA tensors of a PEFT model, by name: listing them, copying values in for a while, and
+applying one LoRA per task's rows (the task-batched inner loop).
 
 The engine never copies or patches the base model; values computed functionally (an adapted
 memory, a fresh initialisation) reach the real parameters only through these helpers.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+
+from perk_cli.engine.forwards import replaced_forwards
 
 
 def lora_parameters(peft_model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -61,14 +64,5 @@ def per_task_lora(model: torch.nn.Module, lora_names: list[str], rows_per_task: 
     modules = [model.get_submodule(name.rsplit(".", 1)[0]) for name in lora_names]
     if any(module.bias is not None for module in modules):
         raise ValueError("task-batched LoRA expects adapter matrices without bias")
-    saved = [module.__dict__.get("forward") for module in modules]
-    for module in modules:
-        module.forward = batched.__get__(module)
-    try:
+    with replaced_forwards([(module, batched.__get__(module)) for module in modules]):
         yield
-    finally:
-        for module, forward in zip(modules, saved):
-            if forward is None:
-                del module.forward
-            else:
-                module.forward = forward

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from perk_cli.config import InnerLoopSettings
-from perk_cli.engine.batches import MetaTask, TokenBatch
+from perk_cli.engine.batches import MetaTask, TokenBatch, task_of_rows
 from perk_cli.engine.inner_loop import GroupCallback, InnerResult, keeps_graph, run_inner_loop
 from perk_cli.engine.learned import LearnedStepSizes, TokenWeighter
 from perk_cli.engine.lora import lora_parameters, per_task_lora
@@ -168,5 +168,4 @@ class MetaLearner(nn.Module):
 
 def _row_tasks(batches: list[TokenBatch], device: torch.device) -> torch.Tensor:
     """The task index of every row of the batches concatenated."""
-    counts = torch.tensor([b.input_ids.shape[0] for b in batches], device=device)
-    return torch.repeat_interleave(torch.arange(len(batches), device=device), counts)
+    return task_of_rows(torch.tensor([b.input_ids.shape[0] for b in batches], device=device))

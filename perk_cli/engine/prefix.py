@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.forwards import replaced_forwards
 
 
 class _PrefixDone(Exception):
@@ -56,7 +57,6 @@ class FrozenPrefix:
     def reuse(self, hidden: torch.Tensor):
         """Within the block, the frozen blocks return `hidden` without computing anything."""
         lower = self.blocks[: self.first_adapted]
-        saved = [block.__dict__.get("forward") for block in lower]
 
         def passthrough(hidden_states, *args, **kwargs):
             return hidden_states
@@ -67,17 +67,8 @@ class FrozenPrefix:
                                    f"{tuple(hidden_states.shape)}")
             return hidden
 
-        for block in lower[:-1]:
-            block.forward = passthrough
-        lower[-1].forward = cached
-        try:
+        with replaced_forwards([(block, passthrough) for block in lower[:-1]] + [(lower[-1], cached)]):
             yield
-        finally:
-            for block, forward in zip(lower, saved):
-                if forward is None:
-                    del block.forward
-                else:
-                    block.forward = forward
 
 
 def _decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:

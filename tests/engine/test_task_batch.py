@@ -96,3 +96,8 @@ def test_per_task_lora_applies_each_tasks_matrix_and_restores_the_module():
     expected = torch.cat([x[:2] @ weight[0].T, x[2:] @ weight[2].T])
     torch.testing.assert_close(out, expected)
     assert "forward" not in module.__dict__
+    own = lambda x: x  # noqa: E731 - a forward the module already had is put back, not deleted
+    module.forward = own
+    with per_task_lora(meta.model, [name], counts):
+        assert module.forward is not own
+    assert module.__dict__["forward"] is own
