@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Settings(BaseModel):
@@ -131,7 +131,10 @@ class PrepareSettings(_Settings):
     model: str = Field("tiny", description="Tokenizer used to count tokens and cut plain text.")
     segment_tokens: int = Field(256, ge=1, description="Max tokens per segment when cutting text.")
     facts: int | None = Field(None, ge=1, description="babi: facts per story (default qa1 6, qa2 10, qa3 12).")
-    length: int | None = Field(None, ge=1, description="Target context length in tokens.")
+    length: int | list[int] | None = Field(
+        None, description="Target context length in tokens; a comma list (128,512,1024) makes a mixture, task i of "
+        "each split taking the (i mod n)-th length."
+    )
     distractors: int = Field(0, ge=0, description="babi: filler sentences when --length is not given.")
     filler: str | None = Field(None, description="babi: text file or directory of .txt haystack filler.")
     position: Literal["uniform", "early", "middle", "late"] = Field(
@@ -142,6 +145,27 @@ class PrepareSettings(_Settings):
     validation: int = Field(50, ge=0, description="Generated validation tasks.")
     test: int = Field(100, ge=0, description="Generated test tasks.")
     seed: int = Field(0, description="Seed; the same seed gives byte-identical files.")
+
+    @field_validator("length", mode="before")
+    @classmethod
+    def _lengths(cls, value):
+        if isinstance(value, str):
+            try:
+                value = [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"expected a length in tokens or a comma list of them, got {value!r}")
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("expected at least one length")
+            value = value[0] if len(value) == 1 else list(value)
+        for one in value if isinstance(value, list) else [value] if value is not None else []:
+            if not isinstance(one, int) or one < 1:
+                raise ValueError(f"lengths are whole numbers of tokens >= 1, got {one!r}")
+        return value
+
+    def length_of(self, index: int) -> int | None:
+        """The target length of a split's task `index` (lists cycle)."""
+        return self.length[index % len(self.length)] if isinstance(self.length, list) else self.length
 
     @model_validator(mode="after")
     def _check(self) -> "PrepareSettings":
@@ -204,6 +228,12 @@ class TrainSettings(_Settings):
     train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")
     baseline: bool = Field(True, description="Also train the in-context baseline LoRA into the run.")
     seed: int = Field(0, description="Seed of the initialisation and the data order.")
+    init_from: str | None = Field(
+        None, description="Start from this checkpoint's meta-parameters (LoRA init, step sizes, token weighter; a "
+        "run directory means its best/) instead of a fresh initialisation, with a fresh outer optimiser from step "
+        "0: the next stage of a curriculum. The run takes the checkpoint's model, LoRA, inner-loop and prompt "
+        "settings.",
+    )
 
 
 class RunConfig(_Settings):

@@ -353,3 +353,67 @@ def test_tasks_per_forward_batches_the_step_and_changes_no_number(qa1, tmp_path,
                tmp_path / "one", resume=True)
     assert sizes[:2] == [2, 2] and json.loads((tmp_path / "one" / "last" / "config.json").read_text())["train"][
         "tasks_per_forward"] == 2
+
+
+def test_init_from_starts_a_fresh_run_from_a_checkpoints_meta_parameters(qa1, tmp_path):
+    from perk_cli.data.schema import read_split
+    from perk_cli.errors import PerkError
+    from perk_cli.training.meta_train import plan_run
+
+    first = _config(max_steps=3, eval_every=3)
+    meta_train(first, qa1, tmp_path / "first")
+    trained = load_file(str(tmp_path / "first" / "last" / "meta.safetensors"))
+    # Another rank, K and segment length, and outer rates so small that one step moves nothing.
+    other = _config(max_steps=1, eval_every=1, lr=1e-12, step_size_lr=1e-12, init_from=str(tmp_path / "first" / "last"))
+    other = other.model_copy(update={"lora": LoraSettings(rank=2, alpha=8), "inner": InnerLoopSettings(steps=3),
+                                     "prompt": PromptSettings(segment_tokens=16)})
+    with pytest.raises(PerkError, match=r"--init-from .*lora\.rank=4.*leave the lora settings"):
+        meta_train(other, qa1, tmp_path / "refused")  # a library caller who skipped plan_run
+    plan = plan_run(other, str(qa1), tmp_path / "second")
+    assert (plan.config.lora, plan.config.inner, plan.config.prompt) == (first.lora, first.inner, first.prompt)
+    assert plan.config.train.init_from == str(tmp_path / "first" / "last") and plan.config.train.max_steps == 1
+    result = meta_train(plan.config, plan.task_dir, plan.out)
+    assert result.step == 1  # a new run: its own step count and outer optimiser
+    started = load_file(str(tmp_path / "second" / "last" / "meta.safetensors"))
+    assert started.keys() == trained.keys()
+    for key in trained:
+        torch.testing.assert_close(started[key], trained[key], rtol=1e-6, atol=1e-9)
+    fresh = load_file(str(tmp_path / "first" / "best" / "meta.safetensors"))  # sanity: the test can tell runs apart
+    scratch = _config(max_steps=1, eval_every=1, lr=1e-12, step_size_lr=1e-12)
+    meta_train(scratch, qa1, tmp_path / "scratch")
+    from_scratch = load_file(str(tmp_path / "scratch" / "last" / "meta.safetensors"))
+    assert any(not torch.allclose(from_scratch[k], trained[k], atol=1e-6) for k in trained)
+    assert fresh.keys() == trained.keys()
+    optimizer = load_file(str(tmp_path / "second" / "last" / "optimizer.safetensors"))
+    assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {1.0}
+    val = read_split(qa1, "validation")
+    torch.testing.assert_close(validate(build_runtime(plan.config, started), val)["val_loss"],
+                               validate(build_runtime(first, trained), val)["val_loss"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(PerkError, match="--init-from: a resumed run"):
+        plan_run(plan.config, None, None, tmp_path / "second")
+    with pytest.raises(PerkError, match=r"--init-from .*nowhere: no such directory"):
+        plan_run(_config(init_from=str(tmp_path / "nowhere")), str(qa1), tmp_path / "third")
+
+
+def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa1, tmp_path, capsys):
+    args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+            "--no-baseline", "-q", "--lora-rank", "3", "--inner-steps", "2"]
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    start = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+             "--no-baseline", "-q", "--init-from", str(tmp_path / "a")]
+    code, _, err = run_cli(start + ["--out", str(tmp_path / "b"), "--lr", "0.002"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
+    assert saved["lora"]["rank"] == 3 and saved["inner"]["steps"] == 2 and saved["train"]["lr"] == 0.002
+    assert saved["train"]["init_from"] == str(tmp_path / "a") and saved["train"]["train_base"] is True
+    assert saved["model"]["name"] == "tiny"
+    for extra, flag in ((["--lora-rank", "4"], "--lora-rank"), (["--inner-lr", "0.1"], "--inner-lr"),
+                        (["--model", "tiny"], "--model"), (["--segment-tokens", "16"], "--segment-tokens")):
+        code, _, err = run_cli(start + ["--out", str(tmp_path / "c")] + extra, capsys)
+        assert code == 2 and err.strip().startswith(f"error: {flag}:") and "--init-from" in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+    code, _, err = run_cli(start[:-1] + [str(tmp_path / "missing"), "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--init-from" in err and "missing" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(start + ["--resume", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--init-from" in err and len(err.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perk_cli import __version__
 from perk_cli.cli import render
-from perk_cli.cli.options import build_settings, setting
+from perk_cli.cli.options import build_settings, option_name, setting
 from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
                              PromptSettings, TrainSettings)
 from perk_cli.errors import PerkError
@@ -73,7 +73,7 @@ def prepare(
     model: Optional[str] = setting(PrepareSettings, "model"),
     segment_tokens: Optional[int] = setting(PrepareSettings, "segment_tokens"),
     facts: Optional[int] = setting(PrepareSettings, "facts"),
-    length: Optional[int] = setting(PrepareSettings, "length"),
+    length: Optional[str] = setting(PrepareSettings, "length"),
     distractors: Optional[int] = setting(PrepareSettings, "distractors"),
     filler: Optional[Path] = setting(PrepareSettings, "filler"),
     position: Optional[str] = setting(PrepareSettings, "position"),
@@ -207,6 +207,20 @@ def ask(
         answer(question)
 
 
+def _refuse_inherited_flags(flags: dict, init_from: str, model_given: bool) -> None:
+    """--init-from fixes the base model and the LoRA, inner-loop and prompt settings: a flag that sets one
+    would be silently overridden, so it is an error."""
+    from perk_cli.config import RunConfig
+    from perk_cli.training.meta_train import INHERITED
+
+    given = [("model", "name")] if model_given else []
+    given += [(section, key) for section in INHERITED for key, value in flags[section].items() if value is not None]
+    if given:
+        flag = option_name(RunConfig, given[0])
+        raise PerkError(f"{flag}: --init-from {init_from} fixes the model, LoRA, inner-loop and prompt "
+                        f"settings (they are the checkpoint's); drop {flag}")
+
+
 @app.command("meta-train")
 def meta_train_command(
     model: Optional[str] = setting(ModelSettings, "name", "--model"),
@@ -215,6 +229,7 @@ def meta_train_command(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help=r"Run directory \[default: runs/<model>-<task>]."),
     config: Optional[Path] = typer.Option(None, help="YAML or JSON RunConfig (model, lora, inner, prompt, train)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
+    init_from: Optional[str] = setting(TrainSettings, "init_from"),
     lora_rank: Optional[int] = setting(LoraSettings, "rank", "--lora-rank"),
     lora_alpha: Optional[float] = setting(LoraSettings, "alpha", "--lora-alpha"),
     lora_targets: Optional[str] = setting(LoraSettings, "targets", "--lora-targets",
@@ -263,6 +278,11 @@ def meta_train_command(
 
     base = read_config_file(config) if config else {}
     model_name = model or base.get("model", {}).get("name", "tiny")
+    init_from = init_from or base.get("train", {}).get("init_from")
+    if init_from is not None and resume is None:
+        from perk_cli.training.checkpoint import read_checkpoint
+
+        model_name = read_checkpoint(Path(init_from), "--init-from").config.model.name  # for train_base's default
     if train_base is None:
         train_base = base.get("train", {}).get("train_base", model_name == "tiny")
     flags = {
@@ -277,8 +297,11 @@ def meta_train_command(
         "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
                   "clip": clip, "tasks_per_batch": tasks_per_batch, "tasks_per_forward": tasks_per_forward,
                   "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs, "eval_every": eval_every,
-                  "eval_tasks": eval_tasks, "baseline": baseline, "seed": seed, "train_base": train_base},
+                  "eval_tasks": eval_tasks, "baseline": baseline, "seed": seed, "train_base": train_base,
+                  "init_from": init_from},
     }
+    if init_from is not None:
+        _refuse_inherited_flags(flags, init_from, model_given=model is not None)
     task = task or base.get("task")
     rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0

@@ -33,19 +33,20 @@ def _count(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler: Filler, ident: str) -> Task:
+def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler: Filler, ident: str,
+               length: int | None) -> Task:
     n_facts = settings.facts or babi.DEFAULT_FACTS[settings.subtask]
     story = babi.make_story(settings.subtask, n_facts, rng)
     n_filler = settings.distractors
-    if settings.length is not None:
+    if length is not None:
         total = sum(_count(tokenizer, story.facts))
         pool: list[str] = []
         n_filler = 0
-        while total < settings.length:
+        while total < length:
             batch = [filler.next() for _ in range(64)]
             for sentence, count in zip(batch, _count(tokenizer, batch)):
-                if total + count / 2 >= settings.length:  # stop at whichever side is closer
-                    total = settings.length
+                if total + count / 2 >= length:  # stop at whichever side is closer
+                    total = length
                     break
                 pool.append(sentence)
                 total += count
@@ -74,8 +75,9 @@ class _Replay:
         return self.sentences[self.index - 1]
 
 
-def _records_task(settings: PrepareSettings, tokenizer, rng: random.Random, per_record: float, ident: str) -> Task:
-    n = settings.records or (max(2, round(settings.length / per_record)) if settings.length else 20)
+def _records_task(settings: PrepareSettings, tokenizer, rng: random.Random, per_record: float, ident: str,
+                  length: int | None) -> Task:
+    n = settings.records or (max(2, round(length / per_record)) if length else 20)
     db = records.make_database(n, rng)
     question, answer, relevant = records.make_question(settings.subtask, db, rng)
     segments = [s.record() for s in db]
@@ -106,9 +108,9 @@ def _generate(settings: PrepareSettings, tokenizer, progress: Progress | None) -
         for i in range(n):
             ident = f"{settings.subtask}-{split}-{i:05d}"
             if settings.task == "babi":
-                tasks.append(_babi_task(settings, tokenizer, rng, filler, ident))
+                tasks.append(_babi_task(settings, tokenizer, rng, filler, ident, settings.length_of(i)))
             else:
-                tasks.append(_records_task(settings, tokenizer, rng, per_record, ident))
+                tasks.append(_records_task(settings, tokenizer, rng, per_record, ident, settings.length_of(i)))
             done += 1
             if progress:
                 progress(done, total)

@@ -51,10 +51,11 @@ def save_checkpoint(directory: Path, config: RunConfig, tensors: dict[str, torch
             (staging / STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory from a checkpoint or a run directory (best/ preferred over last/)."""
+def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
+    """A checkpoint directory from a checkpoint or a run directory (best/ preferred over last/); errors
+    name `option`, the flag the path came from."""
     if not path.exists():
-        raise PerkError(f"--checkpoint {path}: no such directory")
+        raise PerkError(f"{option} {path}: no such directory")
     if (path / META).exists():
         return path
     for name in ("best", "last"):
@@ -62,7 +63,7 @@ def resolve_checkpoint(path: Path) -> Path:
             return path / name
     if (path / CONFIG).exists():
         return path  # a checkpoint missing its tensors: read_checkpoint names the file
-    raise PerkError(f"--checkpoint {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
+    raise PerkError(f"{option} {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
 
 
 def latest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
@@ -94,8 +95,8 @@ class CheckpointFiles:
     optimizer: dict[str, torch.Tensor] | None
 
 
-def read_checkpoint(path: Path) -> CheckpointFiles:
-    path = resolve_checkpoint(path)
+def read_checkpoint(path: Path, option: str = "--checkpoint") -> CheckpointFiles:
+    path = resolve_checkpoint(path, option)
     for name in (CONFIG, META):
         if not (path / name).is_file():
             raise PerkError(f"{path / name}: missing; the checkpoint is incomplete")

@@ -71,6 +71,10 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
     runs/<model>-<task>, refused if it already holds one), or `resume` continued from its last/ checkpoint
     on the task it was trained on. A task name (babi, records:relation, ...) is generated into out/data.
     Raises PerkError naming the option."""
+    if resume is not None and config.train.init_from is not None:
+        raise PerkError("--init-from: a resumed run continues from its own last/ checkpoint; drop --init-from")
+    if config.train.init_from is not None:
+        config = inherit_settings(config, Path(config.train.init_from))
     if resume is not None:
         if not (resume / "last").is_dir():
             raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
@@ -85,6 +89,29 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
     task_dir = task_directory(task, out, config.model.name, config.train.seed, rank)
     return RunPlan(config.model_copy(update={"task": str(task_dir)}), Path(task_dir), out, resume is not None,
                    Path(task_dir) != Path(task))
+
+
+INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base model's name
+
+
+def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
+    """`config` with the model name and the LoRA, inner-loop and prompt settings of the checkpoint it
+    starts from (the meta-parameters only fit, and only mean something, under those)."""
+    source = read_checkpoint(init_from, "--init-from").config
+    model = config.model.model_copy(update={"name": source.model.name})
+    return config.model_copy(update={"model": model, **{name: getattr(source, name) for name in INHERITED}})
+
+
+def _check_inherited(config: RunConfig, source: RunConfig, path: Path) -> None:
+    for name in INHERITED:
+        mine, theirs = getattr(config, name).model_dump(), getattr(source, name).model_dump()
+        for key in mine:
+            if mine[key] != theirs.get(key):
+                raise PerkError(f"--init-from {path}: trained with {name}.{key}={theirs.get(key)!r}, this run has "
+                                f"{mine[key]!r}; leave the {name} settings to the checkpoint")
+    if config.model.name != source.model.name:
+        raise PerkError(f"--init-from {path}: trained on model {source.model.name!r}, this run has "
+                        f"{config.model.name!r}; leave --model to the checkpoint")
 
 
 def outer_optimizer(runtime: Runtime) -> torch.optim.AdamW:
@@ -157,6 +184,13 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         state = files.trainer_state or {}
         step, best, history = state.get("step", 0), state.get("best", best), state.get("norm_history", [])
         say(f"resuming {out} at step {step}")
+    elif config.train.init_from is not None:
+        torch.manual_seed(config.train.seed)
+        files = read_checkpoint(Path(config.train.init_from), "--init-from")
+        _check_inherited(config, files.config, Path(config.train.init_from))
+        runtime = build_runtime(config, files.tensors, source=str(files.path))
+        optimizer = outer_optimizer(runtime)
+        say(f"starting from the meta-parameters of {files.path} (trained {(files.trainer_state or {}).get('step', '?')} steps)")
     else:
         torch.manual_seed(config.train.seed)
         runtime = build_runtime(config)

@@ -167,3 +167,31 @@ def test_procedural_filler_never_mentions_task_entities(tmp_path):
         text = " ".join(task["context"])
         mentioned = {w for w in vocab.PEOPLE + vocab.LOCATIONS + vocab.OBJECTS if re.search(rf"\b{w}\b", text)}
         assert len(mentioned) <= 2  # only the single fact's person and place
+
+
+@pytest.mark.parametrize("kwargs", [dict(task="babi", subtask="qa1"), dict(task="records", subtask="recall")])
+def test_a_comma_list_of_lengths_is_a_mixture_cycling_over_each_split(tmp_path, kwargs):
+    from perk_cli.config import PrepareSettings
+
+    lengths = [128, 512, 1024]
+    tasks = _tasks(tmp_path / "mix", train=7, validation=0, test=4, length="128,512,1024", **kwargs)
+    train = [t for t in tasks if "-train-" in t["id"]]
+    test = [t for t in tasks if "-test-" in t["id"]]
+    for split in (train, test):
+        for i, task in enumerate(split):
+            target = lengths[i % 3]
+            assert abs(task["meta"]["length_tokens"] - target) <= 0.1 * target, (task["id"], target)
+    assert PrepareSettings(task="babi", subtask="qa1", out="x", length="512").length == 512  # one length stays an int
+    assert PrepareSettings(task="babi", subtask="qa1", out="x", length=[512]).length == 512
+    single = _tasks(tmp_path / "single", train=3, validation=0, test=0, length=512, **kwargs)
+    assert _tasks(tmp_path / "listed", train=3, validation=0, test=0, length=[512], **kwargs) == single
+
+
+@pytest.mark.parametrize("value", ["12,x", "0", "128,-5", ""])
+def test_bad_length_lists_are_one_line_naming_the_flag(tmp_path, capsys, value):
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(["prepare", "--task", "babi", "--subtask", "qa1", "--length", value, "-o",
+                            str(tmp_path / "out"), "-q"], capsys)
+    assert code == 2 and "--length" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
