@@ -257,8 +257,10 @@ class EvalSettings(_Settings):
     out: str | None = Field(None, description="Output directory.")
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded subsample of this many tasks.")
     seed: int = Field(0, description="Seed of the subsample and of plain TTT's initialisation.")
-    baselines: list[Literal["in-context", "plain-ttt"]] = Field(
-        ["in-context", "plain-ttt"], description="Baselines beside PERK: comma list of in-context, plain-ttt ('' for none)."
+    baselines: list[Literal["in-context", "plain-ttt", "base"]] = Field(
+        ["in-context", "plain-ttt"], description="Baselines beside PERK: comma list of in-context (the run's "
+        "fine-tuned in-context LoRA), plain-ttt, base (the base model itself, adapter off, the context in its "
+        "prompt: the reference for a base that already reads); '' for none."
     )
     plain_lr: float | None = Field(
         None, gt=0, description="Plain TTT's learning rate; None = the best of plain_lr_grid on the validation split."

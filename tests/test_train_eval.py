@@ -417,3 +417,33 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
     assert code == 2 and "--init-from" in err and "missing" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(start + ["--resume", str(tmp_path / "b")], capsys)
     assert code == 2 and "--init-from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsys):
+    from perk_cli.data.schema import read_split
+    from perk_cli.engine.lora import lora_parameters, lora_values
+    from perk_cli.training.checkpoint import load_runtime
+    from perk_cli.training.in_context import answer_in_context
+
+    config = _config(max_steps=2, eval_every=2, baseline=False)
+    meta_train(config, qa1, tmp_path / "run")
+    code, out, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(qa1), "--limit", "3",
+                              "--max-new-tokens", "3", "--baselines", "base", "--out", str(tmp_path / "ev"),
+                              "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["methods"]) == {"perk", "base"}
+    rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    base_rows = {r["id"]: r for r in rows if r["method"] == "base"}
+    assert len(base_rows) == 3
+    runtime, _ = load_runtime(tmp_path / "run")
+    lora = lora_parameters(runtime.model)
+    assert any(float(p.detach().abs().max()) > 0 for n, p in lora.items() if ".lora_B." in n)  # the adapter is not a no-op
+    tasks = {t.id: t for t in read_split(qa1, "test")}
+    zero_b = {n: torch.zeros_like(p) for n, p in lora.items() if ".lora_B." in n}
+    with lora_values(runtime.model, zero_b):  # the LoRA's contribution is B @ A = 0: the base alone
+        for task_id, row in base_rows.items():
+            answer, raw = answer_in_context(runtime, tasks[task_id], 3)
+            assert (answer, raw) == (row["prediction"], row["raw"])
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(qa1), "--baselines",
+                            "base,bogus", "--out", str(tmp_path / "ev2")], capsys)
+    assert code == 2 and "--baselines" in err and len(err.strip().splitlines()) == 1

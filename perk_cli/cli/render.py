@@ -7,7 +7,8 @@ from rich.table import Table
 
 from perk_cli.config import EvalSettings, PrepareSettings
 
-METHOD_NAMES = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training"}
+METHOD_NAMES = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training",
+                "base": "base, context in prompt"}
 
 
 def prepare_table(settings: PrepareSettings, summary: dict) -> Table:

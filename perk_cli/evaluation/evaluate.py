@@ -8,6 +8,7 @@ positions count as in-context failures (reported, not skipped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -102,12 +103,15 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
                                      max_len=runtime.max_positions).to(runtime.device)
             plain = plain_ttt(runtime, context, init, plain_lr, groups).params
             record("plain-ttt", *perk_answer(runtime, task, budget, lora=plain))
-        if in_context is not None:
-            answered = answer_in_context(in_context, task, budget)
+        for method, reader in (("in-context", in_context), ("base", runtime if "base" in settings.baselines else None)):
+            if reader is None:
+                continue
+            with reader.model.disable_adapter() if method == "base" else contextlib.nullcontext():
+                answered = answer_in_context(reader, task, budget)
             if answered is None:
-                record("in-context", "", "", note=f"context exceeds the model's {in_context.max_positions} positions")
+                record(method, "", "", note=f"context exceeds the model's {reader.max_positions} positions")
             else:
-                record("in-context", *answered)
+                record(method, *answered)
         if on_task:
             on_task(i + 1, len(tasks))
     out = Path(settings.out) if settings.out else run_dir / f"eval-{settings.split}"
