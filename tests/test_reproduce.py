@@ -40,10 +40,55 @@ def test_reproduce_runs_every_stage_and_resumes(tmp_path):
         values = [seg.split(f"{label}: ")[1].split(",")[0] for seg in task.context if f"{label}: " in seg]
         hits += exact_match(max(values, key=lambda v: (values.count(v), -values.index(v))), task.answer)
     assert "| document majority (ignores the id) |" in first
-    assert results["reference/x1"]["document-majority"]["em"] == hits / len(tasks)
+    assert results["reference/x1"]["document majority (ignores the id)"]["em"] == hits / len(tasks)
     # a second call finds every stage done: nothing is retrained or re-evaluated
     before = (out / "perk-truncated" / "metrics.jsonl").read_text()
     second = _run(out)
     assert "step" not in second.split("truncated PERK:")[0]
     assert (out / "perk-truncated" / "metrics.jsonl").read_text() == before
     assert "eval " not in second
+
+
+def test_reproduce_on_a_base_directory_with_a_curriculum(tmp_path):
+    """--base: a local base used frozen, the base itself as the in-context reference, qa1's trivial
+    references, and the curriculum stage started from truncated PERK's best/."""
+    from perk_cli.config import ModelSettings
+    from perk_cli.models.base import load_base
+
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = tmp_path / "repro"
+    args = [sys.executable, str(SCRIPT), "--family", "qa1", "--base", str(base), "--length", "48", "--segment-tokens",
+            "24", "--steps", "2", "--curriculum", "48,96", "--curriculum-steps", "1", "--train-tasks", "8",
+            "--test-tasks", "2", "--top-layers", "1", "--tasks-per-batch", "2", "--tasks-per-forward", "2",
+            "--max-new-tokens", "3", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["outer_steps"] == 2 and results["recipe"]["model"]["name"] == str(base)
+    assert results["recipe"]["lora"]["top_layers"] == 1 and results["recipe"]["train"]["tasks_per_forward"] == 2
+    for m in (1, 2, 4, 8):
+        assert set(results[f"perk-truncated/x{m}"]) == {"perk", "base", "plain-ttt"}
+        assert set(results[f"perk-curriculum/x{m}"]) == set(results[f"perk-first-order/x{m}"]) == {"perk"}
+        assert set(results[f"reference/x{m}"]) == {"chance", "first mention of the person", "last place in the story"}
+    assert not (out / "perk-truncated" / "in-context").exists()  # nothing fine-tuned for the reference
+    curriculum = json.loads((out / "perk-curriculum" / "config.json").read_text())
+    assert curriculum["train"]["init_from"] == str(out / "perk-truncated" / "best")
+    assert curriculum["lora"] == results["recipe"]["lora"] and curriculum["inner"] == results["recipe"]["inner"]
+    mixture = [json.loads(l)["meta"]["length_tokens"] for l in
+               (out / "data" / "qa1-curriculum" / "train.jsonl").read_text().splitlines()]
+    assert len(mixture) == 8 and max(mixture[0::2]) < min(mixture[1::2])  # the short and the long length in turn
+    assert json.loads((out / "perk-curriculum" / "done.json").read_text())["steps"] == 1
+    assert "| base, context in prompt |" in done.stdout and "| PERK (truncated) + 1 steps on 48,96 tokens |" in done.stdout
+    assert "| first mention of the person |" in done.stdout
+    # the reference recomputed by hand: the first place the asked person went to
+    hits = 0
+    for line in (out / "data" / "qa1-x1" / "test.jsonl").read_text().splitlines():
+        task = json.loads(line)
+        person = task["question"].removeprefix("Where is ").rstrip("?")
+        text = " ".join(task["context"])
+        first = text[text.index(f"{person} "):].split(" the ", 1)[1].split(".")[0]
+        hits += first == task["answer"]
+    assert results["reference/x1"]["first mention of the person"]["em"] == hits / 2

@@ -1,0 +1,31 @@
+"""benchmarks/heuristics.py: the trivial qa1 references read every event of a story."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from heuristics import events, references  # noqa: E402
+
+from perk_cli.data import vocab  # noqa: E402
+
+
+def test_every_move_verb_is_an_event():
+    context = [" ".join(f"Event {i}: Mary {verb} the {place}. Filler about the town hall."
+                        for i, (verb, place) in enumerate(zip(vocab.MOVE_VERBS, vocab.LOCATIONS)))]
+    found = events({"context": context})
+    assert found == [(i, "Mary", place) for i, place in enumerate(vocab.LOCATIONS[:len(vocab.MOVE_VERBS)])]
+
+
+def test_references_against_hand_counted_stories(tmp_path):
+    tasks = [  # answer = the asked person's last place
+        {"context": ["Event 0: John went back to the office. Event 1: Mary moved to the park."],
+         "question": "Where is John?", "answer": "office"},  # first mention right, last place wrong
+        {"context": ["Event 0: Mary went to the kitchen.", "Event 1: Mary went back to the garden."],
+         "question": "Where is Mary?", "answer": "garden"},  # first mention wrong, last place right
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    scores = references(tmp_path, "test")
+    assert scores == {"chance": 0.5, "first mention of the person": 0.5, "last place in the story": 0.5, "tasks": 2}
