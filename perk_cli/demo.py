@@ -5,7 +5,9 @@
 Generates qa1 tasks, meta-trains the tiny preset for a few minutes (or uses --checkpoint; no
 checkpoint ships with the package yet), evaluates PERK against the in-context and plain test-time-training baselines at the training
 length and at 4x it, adapts one document and answers a question about it, and prints everything
-beside chance, however good or bad it is.
+beside chance, however good or bad it is. A given checkpoint's tasks are made with its own base's
+tokenizer, and a base other than the tiny preset is also evaluated reading with the story in its
+prompt (`--baselines base`).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _data(out: Path, length: int, train: int, test: int, seed: int) -> Path:
+def _data(out: Path, length: int, train: int, test: int, seed: int, model: str = "tiny") -> Path:
     from perk_cli.data.prepare import prepare
 
     directory = out / "data" / f"qa1-{length}"
-    prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
+    prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64, model=model,
                             train=train, validation=16 if train else 0, test=test, out=str(directory), seed=seed))
     return directory
 
@@ -68,6 +70,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     from perk_cli.data.schema import read_split
     from perk_cli.evaluation.evaluate import evaluate
     from perk_cli.memory import Reader, adapt_segments, adapting_runtime
+    from perk_cli.training.checkpoint import read_checkpoint
     from perk_cli.training.meta_train import meta_train
 
     if out.exists() and any(out.iterdir()) and not (out / "data").is_dir():
@@ -77,9 +80,13 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     trained_here = checkpoint is None
     if trained_here and (out / "run").exists():
         shutil.rmtree(out / "run")  # a previous demo's run: the demo trains afresh
+    # A given checkpoint's tasks are counted and cut with its own base's tokenizer; a base other than the
+    # tiny preset is also shown reading with the story in its prompt (the reference for a base that reads).
+    model = "tiny" if trained_here else read_checkpoint(checkpoint).config.model.name
+    baselines = ["in-context", "plain-ttt"] + ([] if model == "tiny" else ["base"])
     say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens (4x) in {out}/data")
-    train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed)
-    long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1)
+    train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model)
+    long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1, model)
     if trained_here:
         say(f"meta-training the tiny preset for {minutes:g} minutes, then its in-context baseline on the same "
             "step budget")
@@ -94,7 +101,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     for length, directory in zip(lengths, (train_dir, long_dir)):
         say(f"evaluating on {test_tasks} held-out tasks of {length} tokens")
         report = evaluate(EvalSettings(checkpoint=str(checkpoint), task=str(directory), out=str(out / f"eval-{length}"),
-                                       max_new_tokens=6))
+                                       baselines=baselines, max_new_tokens=6))
         for method, metrics in report["methods"].items():
             demo.em.setdefault(method, {})[length] = metrics["em"]
     task = read_split(long_dir, "test")[0]

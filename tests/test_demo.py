@@ -41,3 +41,29 @@ def test_demo_with_a_given_checkpoint_skips_training(tmp_path, capsys):
     assert code == 0, err
     assert "using checkpoint" in err and "meta-training the tiny preset" not in err
     assert "PERK" in stdout and "chance" in stdout
+
+
+def test_demo_on_a_checkpoint_of_another_base_uses_its_tokenizer_and_shows_the_base(tmp_path, capsys):
+    from perk_cli.config import ModelSettings
+    from perk_cli.models.base import load_base
+
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["prepare", "--task", "babi", "--subtask", "qa1", "--facts", "4", "--length", "64",
+                            "--model", str(base), "--train", "4", "--validation", "1", "--test", "0",
+                            "-o", str(tmp_path / "data"), "-q"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["meta-train", "--model", str(base), "--task", str(tmp_path / "data"), "--out", str(run),
+                            "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1", "--lora-top-layers", "1",
+                            "--no-baseline", "-q"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["demo", "--out", str(tmp_path / "demo"), "--checkpoint", str(run), "--test-tasks", "1",
+                                 "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert set(result["em"]) == {"perk", "plain-ttt", "base"}  # no in-context LoRA was trained; the base reads
+    prepared = json.loads((tmp_path / "demo" / "data" / "qa1-512" / "prepare.json").read_text())
+    assert prepared["settings"]["model"] == str(base)
