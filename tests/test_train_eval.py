@@ -447,3 +447,42 @@ def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsy
     code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(qa1), "--baselines",
                             "base,bogus", "--out", str(tmp_path / "ev2")], capsys)
     assert code == 2 and "--baselines" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-in-background"])
+def test_a_signal_stops_the_run_at_a_step_boundary_and_resume_is_exact(qa1, tmp_path, how):
+    import signal
+    import time
+
+    base = [sys.executable, "-m", "perk_cli.cli", "meta-train", "--task", str(qa1), "--tasks-per-batch", "2",
+            "--eval-every", "1000", "--eval-tasks", "1", "--lora-rank", "2", "--inner-steps", "1", "--no-baseline",
+            "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ignore_int = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("SIGINT") else None
+    run = tmp_path / "stopped"
+    total = 40  # a tiny step takes a fraction of a second: the signal comes long before the end
+    child = subprocess.Popen(base + ["--max-steps", str(total), "--out", str(run)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_int)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()[-2000:]
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-2000:]
+    assert "continue with: perk meta-train --resume" in err
+    steps = len(metrics.read_text().splitlines())  # every finished step was logged, and none after it
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    assert state["step"] == steps and 3 <= steps < total
+    if how != "SIGTERM":
+        return  # the stop is the same path; exactness is checked once
+    resumed = subprocess.run(base + ["--resume", str(run), "--max-steps", str(total)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run(base + ["--max-steps", str(total), "--out", str(tmp_path / "straight")], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a = load_file(str(run / "last" / "meta.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "last" / "meta.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

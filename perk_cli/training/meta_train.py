@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,42 @@ StepCallback = Callable[[int, int, dict], None]  # (step, max_steps, metrics)
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training: the last checkpoint was saved at `step`."""
+    """Ctrl-C (or SIGTERM) during training: the last checkpoint was saved at `step`."""
 
     def __init__(self, step: int, path: Path):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {path}")
         self.step, self.path = step, path
+
+
+class StopRequests:
+    """SIGINT and SIGTERM while training: the first asks the run to stop at the end of the current step,
+    where last/ is saved and exactly resumable; a second stops at once (KeyboardInterrupt).
+
+    Installed explicitly, so a run the shell started in the background (SIGINT ignored) or one a job
+    scheduler ends with SIGTERM saves its state too. Only the main thread can take signals; elsewhere
+    nothing is installed.
+    """
+
+    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
+        self.requested = False
+        self._on_request = on_request
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._on_request:
+            self._on_request()
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -216,65 +249,69 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         max_steps = min(max_steps, math.ceil(train.epochs * len(train_tasks) / train.tasks_per_batch))
     metrics: dict = {}
     started_run = time.monotonic()
-    try:
-        while step < max_steps:
-            started = time.perf_counter()
-            schedule_lr(optimizer, scheduler_base, step, config)
-            optimizer.zero_grad(set_to_none=True)
-            indices = batch_indices(step, train.tasks_per_batch, len(train_tasks), train.seed)
-            totals = [0.0, 0.0, 0.0]  # outer loss, first and last inner loss (summed over tasks)
-            mine = [(k, index) for k, index in enumerate(indices) if k % world == rank]
-            for start in range(0, len(mine), train.tasks_per_forward):
-                tasks = [encode_task(runtime.tokenizer, train_tasks[index], config.prompt,
-                                     random.Random(f"{train.seed}/ids/{step}/{k}"),
-                                     max_len=runtime.max_positions).to(runtime.device)
-                         for k, index in mine[start:start + train.tasks_per_forward]]
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
-                    outcomes = runtime.meta.meta_losses(tasks)
-                (sum(loss for loss, _ in outcomes) / train.tasks_per_batch).backward()
-                for loss, result in outcomes:
-                    totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0],
-                              totals[2] + result.losses[-1]]
-            distributed.all_reduce_grads(params)
-            totals = distributed.all_reduce_sum(totals)
-            norm = float(torch.nn.utils.clip_grad_norm_(params, train.clip))
-            recent = history[-20:]
-            spike = (not math.isfinite(norm)) or (train.spike_factor is not None and len(recent) >= 5
-                                                  and norm > train.spike_factor * statistics.median(recent))
-            if not spike:
-                optimizer.step()
-                history.append(norm)
-            step += 1
-            if train.max_minutes is not None:
-                late = time.monotonic() - started_run > 60 * train.max_minutes
-                if distributed.all_reduce_sum([float(late)])[0] > 0:  # every rank stops at the same step
-                    max_steps = step  # out of time: this step is the last (validated and saved below)
-            n = len(indices)
-            metrics = {"step": step, "outer_loss": totals[0] / n, "inner_loss_first": totals[1] / n,
-                       "inner_loss_last": totals[2] / n, "grad_norm": norm, "skipped": spike,
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-                       **_step_sizes(runtime)}
-            if validation_due(step, max_steps, train.eval_every):
-                if val_tasks:
-                    metrics.update(validate(runtime, val_tasks))
-                    improved = better(metrics, best)
-                else:
-                    improved = metrics["outer_loss"] < best["val_loss"]
-                    metrics.update(val_loss=metrics["outer_loss"], val_em=0.0)
-                if improved:
-                    best = {"val_em": metrics["val_em"], "val_loss": metrics["val_loss"], "step": step}
-                    save("best", metrics)
-                save("last", metrics)
-            if rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-            if on_step and rank == 0:
-                on_step(step, max_steps, metrics)
-    except KeyboardInterrupt:
-        save("last", metrics)
-        raise Interrupted(step, out / "last")
-    finally:
-        distributed.barrier()
+    with StopRequests(lambda: say("stopping at the end of this step (last/ is saved there); "
+                                  "interrupt again to stop now")) as stop:
+        try:
+            while step < max_steps:
+                started = time.perf_counter()
+                schedule_lr(optimizer, scheduler_base, step, config)
+                optimizer.zero_grad(set_to_none=True)
+                indices = batch_indices(step, train.tasks_per_batch, len(train_tasks), train.seed)
+                totals = [0.0, 0.0, 0.0]  # outer loss, first and last inner loss (summed over tasks)
+                mine = [(k, index) for k, index in enumerate(indices) if k % world == rank]
+                for start in range(0, len(mine), train.tasks_per_forward):
+                    tasks = [encode_task(runtime.tokenizer, train_tasks[index], config.prompt,
+                                         random.Random(f"{train.seed}/ids/{step}/{k}"),
+                                         max_len=runtime.max_positions).to(runtime.device)
+                             for k, index in mine[start:start + train.tasks_per_forward]]
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
+                        outcomes = runtime.meta.meta_losses(tasks)
+                    (sum(loss for loss, _ in outcomes) / train.tasks_per_batch).backward()
+                    for loss, result in outcomes:
+                        totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0],
+                                  totals[2] + result.losses[-1]]
+                distributed.all_reduce_grads(params)
+                totals = distributed.all_reduce_sum(totals)
+                norm = float(torch.nn.utils.clip_grad_norm_(params, train.clip))
+                recent = history[-20:]
+                spike = (not math.isfinite(norm)) or (train.spike_factor is not None and len(recent) >= 5
+                                                      and norm > train.spike_factor * statistics.median(recent))
+                if not spike:
+                    optimizer.step()
+                    history.append(norm)
+                step += 1
+                if train.max_minutes is not None:
+                    late = time.monotonic() - started_run > 60 * train.max_minutes
+                    if distributed.all_reduce_sum([float(late)])[0] > 0:  # every rank stops at the same step
+                        max_steps = step  # out of time: this step is the last (validated and saved below)
+                n = len(indices)
+                metrics = {"step": step, "outer_loss": totals[0] / n, "inner_loss_first": totals[1] / n,
+                           "inner_loss_last": totals[2] / n, "grad_norm": norm, "skipped": spike,
+                           "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+                           **_step_sizes(runtime)}
+                if validation_due(step, max_steps, train.eval_every):
+                    if val_tasks:
+                        metrics.update(validate(runtime, val_tasks))
+                        improved = better(metrics, best)
+                    else:
+                        improved = metrics["outer_loss"] < best["val_loss"]
+                        metrics.update(val_loss=metrics["outer_loss"], val_em=0.0)
+                    if improved:
+                        best = {"val_em": metrics["val_em"], "val_loss": metrics["val_loss"], "step": step}
+                        save("best", metrics)
+                    save("last", metrics)
+                if rank == 0:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                if on_step and rank == 0:
+                    on_step(step, max_steps, metrics)
+                if step < max_steps and distributed.all_reduce_sum([float(stop.requested)])[0] > 0:
+                    raise KeyboardInterrupt  # every rank stops at this step, its last/ exactly resumable
+        except KeyboardInterrupt:
+            save("last", metrics)
+            raise Interrupted(step, out / "last")
+        finally:
+            distributed.barrier()
     baseline = None
     if train.baseline and rank == 0:
         from perk_cli.training.in_context import train_in_context
