@@ -70,7 +70,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     from perk_cli.data.schema import read_split
     from perk_cli.evaluation.evaluate import evaluate
     from perk_cli.memory import Reader, adapt_segments, adapting_runtime
-    from perk_cli.training.checkpoint import read_checkpoint
+    from perk_cli.training.checkpoint import checkpoint_config
     from perk_cli.training.meta_train import meta_train
 
     if out.exists() and any(out.iterdir()) and not (out / "data").is_dir():
@@ -82,7 +82,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
         shutil.rmtree(out / "run")  # a previous demo's run: the demo trains afresh
     # A given checkpoint's tasks are counted and cut with its own base's tokenizer; a base other than the
     # tiny preset is also shown reading with the story in its prompt (the reference for a base that reads).
-    model = "tiny" if trained_here else read_checkpoint(checkpoint).config.model.name
+    model = "tiny" if trained_here else checkpoint_config(checkpoint).model.name
     baselines = ["in-context", "plain-ttt"] + ([] if model == "tiny" else ["base"])
     say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens (4x) in {out}/data")
     train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model)

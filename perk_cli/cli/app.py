@@ -280,9 +280,9 @@ def meta_train_command(
     model_name = model or base.get("model", {}).get("name", "tiny")
     init_from = init_from or base.get("train", {}).get("init_from")
     if init_from is not None and resume is None:
-        from perk_cli.training.checkpoint import read_checkpoint
+        from perk_cli.training.checkpoint import checkpoint_config
 
-        model_name = read_checkpoint(Path(init_from), "--init-from").config.model.name  # for train_base's default
+        model_name = checkpoint_config(Path(init_from), "--init-from").model.name  # for train_base's default
     if train_base is None:
         train_base = base.get("train", {}).get("train_base", model_name == "tiny")
     flags = {

@@ -95,15 +95,25 @@ class CheckpointFiles:
     optimizer: dict[str, torch.Tensor] | None
 
 
-def read_checkpoint(path: Path, option: str = "--checkpoint") -> CheckpointFiles:
-    path = resolve_checkpoint(path, option)
+def _config_of(path: Path) -> RunConfig:
+    """The RunConfig of a resolved checkpoint directory."""
     for name in (CONFIG, META):
         if not (path / name).is_file():
             raise PerkError(f"{path / name}: missing; the checkpoint is incomplete")
     try:
-        config = RunConfig.model_validate(upgrade_config(json.loads((path / CONFIG).read_text())))
+        return RunConfig.model_validate(upgrade_config(json.loads((path / CONFIG).read_text())))
     except Exception as exc:
         raise PerkError(f"{path / CONFIG}: not a perk checkpoint config ({str(exc).splitlines()[0]})")
+
+
+def checkpoint_config(path: Path, option: str = "--checkpoint") -> RunConfig:
+    """Only the settings of a checkpoint (or a run's best/), without loading its tensors."""
+    return _config_of(resolve_checkpoint(path, option))
+
+
+def read_checkpoint(path: Path, option: str = "--checkpoint") -> CheckpointFiles:
+    path = resolve_checkpoint(path, option)
+    config = _config_of(path)
     try:
         tensors = load_file(str(path / META))
     except (SafetensorError, OSError) as exc:

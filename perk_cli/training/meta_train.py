@@ -30,7 +30,7 @@ from perk_cli.evaluation.scores import mean_scores
 from perk_cli.memory import perk_answer
 from perk_cli.prompts import decode_budget, encode_task
 from perk_cli.training import distributed
-from perk_cli.training.checkpoint import Runtime, build_runtime, read_checkpoint, save_checkpoint
+from perk_cli.training.checkpoint import Runtime, build_runtime, checkpoint_config, read_checkpoint, save_checkpoint
 from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
 
 StepCallback = Callable[[int, int, dict], None]  # (step, max_steps, metrics)
@@ -130,7 +130,7 @@ INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base
 def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     """`config` with the model name and the LoRA, inner-loop and prompt settings of the checkpoint it
     starts from (the meta-parameters only fit, and only mean something, under those)."""
-    source = read_checkpoint(init_from, "--init-from").config
+    source = checkpoint_config(init_from, "--init-from")
     model = config.model.model_copy(update={"name": source.model.name})
     return config.model_copy(update={"model": model, **{name: getattr(source, name) for name in INHERITED}})
 
