@@ -1,12 +1,13 @@
-"""Trivial references for qa1 task sets: what an answer that ignores the question's logic scores.
+"""Trivial references for qa1 (and qa2) task sets: what an answer that ignores the question's logic scores.
 
     python benchmarks/heuristics.py runs/learning-tiny/data --split validation
 
 - chance: 1 / the number of distinct places in the story (averaged over tasks);
 - most common answer of the training split;
-- first mention: the first place the asked person went to;
+- first mention: the first place the asked person went to (qa1 only: a qa2 question asks for an object);
 - last place: the place of the story's last event, whoever moved there.
-The right answer is the asked person's last place.
+The right answer is the asked person's last place (qa1), the place of the object's holder or where it
+was dropped (qa2).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def references(directory: Path, split: str) -> dict:
         scores["chance"] += 1 / max(len(places), 1)
         if common is not None:  # a test-only directory has no training answers
             scores["most common training answer"] += common == task["answer"]
-        scores["first mention of the person"] += bool(mine) and mine[0] == task["answer"]
+        if not task["question"].startswith("Where is the "):  # qa2 asks where an object is
+            scores["first mention of the person"] += bool(mine) and mine[0] == task["answer"]
         scores["last place in the story"] += bool(story) and story[-1][2] == task["answer"]
     return {name: round(value / len(tasks), 3) for name, value in scores.items()} | {"tasks": len(tasks)}
 

@@ -37,23 +37,29 @@ TRAIN_LENGTHS = (None, 128)  # None: a clean story (no filler)
 TEST_LENGTHS = (128, 256)
 
 
-def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str) -> tuple[dict, dict]:
-    """Training sets per length (seeds 201-203) and held-out test sets (seeds 211-212, never trained on)."""
+# Seeds of each subtask's sets: qa1 keeps the first attempt's (201-202 train, 211-212 test).
+SEEDS = {"qa1": (201, 211), "qa2": (221, 231), "qa3": (241, 251)}
+FACTS = {"qa1": 4, "qa2": 6, "qa3": 8}
+
+
+def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str,
+              subtasks: tuple[str, ...] = ("qa1",)) -> tuple[dict, dict]:
+    """Training sets per (subtask, length) and held-out test sets per (subtask, length), never trained on.
+    Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128" and so on."""
     train, test = {}, {}
-    for index, length in enumerate(TRAIN_LENGTHS):
-        directory = out / "data" / f"qa1-train-{length or 'clean'}"
-        if not (directory / "prepare.json").is_file():
-            prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
-                                    model=model, train=train_tasks, validation=0, test=0, seed=201 + index,
-                                    out=str(directory)))
-        train[length] = read_split(directory, "train")
-    for index, length in enumerate(TEST_LENGTHS):
-        directory = out / "data" / f"qa1-test-{length}"
-        if not (directory / "prepare.json").is_file():
-            prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
-                                    model=model, train=0, validation=0, test=test_tasks, seed=211 + index,
-                                    out=str(directory)))
-        test[length] = read_split(directory, "test")
+    for subtask in subtasks:
+        train_seed, test_seed = SEEDS[subtask]
+        for lengths, split, n, seed, into in ((TRAIN_LENGTHS, "train", train_tasks, train_seed, train),
+                                             (TEST_LENGTHS, "test", test_tasks, test_seed, test)):
+            for index, length in enumerate(lengths):
+                directory = out / "data" / f"{subtask}-{split}-{length or 'clean'}"
+                if not (directory / "prepare.json").is_file():
+                    prepare(PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=length,
+                                            segment_tokens=64, model=model, train=n if split == "train" else 0,
+                                            validation=0, test=n if split == "test" else 0, seed=seed + index,
+                                            out=str(directory)))
+                key = length if subtasks == ("qa1",) else f"{subtask}-{length or 'clean'}"
+                into[key] = read_split(directory, split)
     return train, test
 
 
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--train-tasks", type=int, default=1000)
     parser.add_argument("--test-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subtasks", default="qa1", help="Comma list of bAbI subtasks to train on and test "
+                        "(qa1 4 facts, qa2 6, qa3 8), e.g. qa1,qa2: one base that reads both.")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
     parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
@@ -117,7 +125,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reading_base.json").unlink(missing_ok=True)  # a new training run starts a new report
     torch.manual_seed(args.seed)
-    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model)
+    subtasks = tuple(part.strip() for part in args.subtasks.split(",") if part.strip())
+    unknown = [part for part in subtasks if part not in SEEDS]
+    if not subtasks or unknown:
+        parser.error(f"--subtasks {args.subtasks}: expected a comma list of {', '.join(SEEDS)}")
+    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks)
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
     runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
@@ -145,7 +157,8 @@ def main() -> None:
     train_seconds = time.monotonic() - started
     save_base(model, tokenizer, args.out / "model")
     write_report(args.out, recipe={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                   "train_lengths": [l or "clean" for l in TRAIN_LENGTHS], "facts": 4,
+                                   "train_lengths": [l or "clean" for l in TRAIN_LENGTHS],
+                                   "facts": {sub: FACTS[sub] for sub in subtasks},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
                  train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails
@@ -154,7 +167,7 @@ def main() -> None:
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for length, tasks in test.items():
         result = validate_in_context(runtime, tasks, budget=8)
-        print(f"held-out in-context EM at {length} tokens: {result['val_em']:.3f} "
+        print(f"held-out in-context EM at {length} (tokens): {result['val_em']:.3f} "
               f"(answer loss {result['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
         write_report(args.out, held_out={str(length): result})
 

@@ -14,8 +14,9 @@ Tasks are generated on the fly by `--workers` processes with the `perk prepare` 
 and records recall, clean and hidden in filler up to 256 tokens; seeds from 10,000 on, never those of
 the held-out sets, which use 9,000-9,099): a replay buffer per (family, length) grows as they arrive
 and each batch is drawn from one of them (one length a batch, little padding). Every `--eval-every`
-seconds the held-out EM per set is logged (teacher-forced: every answer token and the eos are the
-argmax, which is what greedy decoding then emits) and the base is saved, so a run stopped at any
+seconds the held-out EM per set is logged (teacher-forced: every answer token and the eos the argmax,
+`em`, a lower bound of greedy decoding's, which also stops at a newline; `em_without_eos`, the
+answer tokens alone, an upper bound up to tokenisation) and the base is saved, so a run stopped at any
 moment leaves its last save. The gate itself is measured afterwards with the package's own decoding:
 `python benchmarks/reading_base.py --out DIR --evaluate TASKS` (DIR/model is what this writes).
 
@@ -87,15 +88,24 @@ def collate(rows: list[tuple[list[int], list[bool]]], pad: int, device) -> tuple
     return ids.to(device), attention.to(device), answer.to(device)
 
 
-def losses(model, ids, attention, answer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(answer cross-entropy, whole-sequence next-token loss, per-row exact match of the answer tokens)."""
+def losses(model, ids, attention, answer, eos_id: int) -> tuple[torch.Tensor, ...]:
+    """(answer cross-entropy, whole-sequence next-token loss, per-row hits with the eos, per-row hits
+    without it). A hit is every answer token the argmax given the ones before (teacher forcing); greedy
+    decoding's exact match lies between the two: it also stops at a newline, not only at eos. As in
+decoding, eos cannot be the first answer token."""
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
     targets, ans, real = ids[:, 1:], answer[:, 1:], attention[:, 1:].bool()
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     answer_ce = (ce * ans).sum() / ans.sum().clamp(min=1)
     lm = (ce * real).sum() / real.sum().clamp(min=1)
-    hit = ((logits.argmax(-1) == targets) | ~ans).all(dim=1)
-    return answer_ce, lm, hit
+    # Greedy decoding never ends an answer at its first token (prompts.generate_text): nor does this.
+    first = ans & ~torch.nn.functional.pad(ans[:, :-1], (1, 0))
+    opening = logits.detach().clone()
+    opening[..., eos_id] = float("-inf")
+    right = torch.where(first, opening.argmax(-1), logits.argmax(-1)) == targets
+    with_eos = (right | ~ans).all(dim=1)
+    without_eos = (right | ~(ans & (targets != eos_id))).all(dim=1)
+    return answer_ce, lm, with_eos, without_eos
 
 
 def build_model(tokenizer, layers: int, width: int, heads: int, positions: int):
@@ -129,14 +139,16 @@ def held_out_em(model, held: dict, pad: int, device, batch: int) -> dict:
     model.eval()
     scores = {}
     for name, rows in held.items():
-        hits, loss = 0, 0.0
+        hits, loose, loss = 0, 0, 0.0
         for i in range(0, len(rows), batch):
             ids, attention, answer = collate(rows[i: i + batch], pad, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                answer_ce, _, hit = losses(model, ids, attention, answer)
-            hits += int(hit.sum())
+                answer_ce, _, with_eos, without_eos = losses(model, ids, attention, answer, pad)
+            hits += int(with_eos.sum())
+            loose += int(without_eos.sum())
             loss += float(answer_ce) * len(rows[i: i + batch])
-        scores[name] = {"em": round(hits / len(rows), 4), "answer_loss": round(loss / len(rows), 4)}
+        scores[name] = {"em": round(hits / len(rows), 4), "em_without_eos": round(loose / len(rows), 4),
+                        "answer_loss": round(loss / len(rows), 4)}
     model.train()
     return scores
 
@@ -231,7 +243,7 @@ def main() -> None:
         rows = [rng.choice(buffers[index]) for _ in range(args.batch)]
         ids, attention, answer = collate(rows, pad, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            answer_ce, lm, hit = losses(model, ids, attention, answer)
+            answer_ce, lm, hit, _ = losses(model, ids, attention, answer, pad)
         loss = answer_ce + args.lm_weight * lm
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

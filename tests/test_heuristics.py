@@ -29,3 +29,11 @@ def test_references_against_hand_counted_stories(tmp_path):
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     scores = references(tmp_path, "test")
     assert scores == {"chance": 0.5, "first mention of the person": 0.5, "last place in the story": 0.5, "tasks": 2}
+
+
+def test_an_object_question_has_no_person_reference(tmp_path):
+    task = {"context": ["Event 0: Mary went to the kitchen. Event 1: Mary picked up the apple there. "
+                        "Event 2: John moved to the park."],
+            "question": "Where is the apple?", "answer": "kitchen"}  # qa2: Mary holds it in the kitchen
+    (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")
+    assert references(tmp_path, "test") == {"chance": 0.5, "last place in the story": 0.0, "tasks": 1}
