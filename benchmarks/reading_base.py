@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--train-tasks", type=int, default=1000)
     parser.add_argument("--test-tasks", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Orders the training batches. Continuing a saved "
+                        "base (--model DIR) on the same data with the same seed replays its batches: give a new one.")
     parser.add_argument("--subtasks", default="qa1", help="Comma list of bAbI subtasks to train on and test "
                         "(qa1 4 facts, qa2 6, qa3 8), e.g. qa1,qa2: one base that reads both.")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
