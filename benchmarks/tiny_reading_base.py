@@ -77,15 +77,11 @@ def encode_sets(spec: tuple, n: int, seed: int, tokenizer=None) -> list[tuple[li
 
 
 def collate(rows: list[tuple[list[int], list[bool]]], pad: int, device) -> tuple[torch.Tensor, ...]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    answer = torch.zeros((len(rows), width), dtype=torch.bool)
-    for r, (row, mask) in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row)
-        attention[r, : len(row)] = 1
-        answer[r, : len(row)] = torch.tensor(mask)
-    return ids.to(device), attention.to(device), answer.to(device)
+    """Right-padded (ids, attention mask, answer-token mask) on `device`."""
+    from perk_cli.prompts import pad_rows
+
+    batch = pad_rows(rows, pad)
+    return batch.input_ids.to(device), batch.attention_mask.to(device), batch.target_mask.to(device)
 
 
 def losses(model, ids, attention, answer, eos_id: int) -> tuple[torch.Tensor, ...]:
