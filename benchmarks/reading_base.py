@@ -168,7 +168,7 @@ def main() -> None:
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for length, tasks in test.items():
         result = validate_in_context(runtime, tasks, budget=8)
-        print(f"held-out in-context EM at {length} (tokens): {result['val_em']:.3f} "
+        print(f"held-out in-context EM, {length}{' tokens' if isinstance(length, int) else ''}: {result['val_em']:.3f} "
               f"(answer loss {result['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
         write_report(args.out, held_out={str(length): result})
 

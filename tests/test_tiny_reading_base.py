@@ -103,3 +103,12 @@ def test_a_short_run_ends_with_a_saved_base_and_a_curve(tmp_path):
     assert set(entries[-1]["held_out"]) == {"qa1@128", "qa1@256", "qa2@128", "recall@128"}
     model, _ = load_base(ModelSettings(name=str(out / "model"), dtype="float32", device="cpu"))
     assert model.config.n_embd == 32
+
+
+def test_exactly_one_of_minutes_and_steps_is_asked_for(tmp_path):
+    script = str(ROOT / "benchmarks" / "tiny_reading_base.py")
+    for extra in ([], ["--steps", "2", "--minutes", "1"]):
+        done = subprocess.run([sys.executable, script, "--out", str(tmp_path), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "give exactly one of --minutes and --steps" in done.stderr
+        assert not (tmp_path / "metrics.jsonl").exists()  # refused before anything was written

@@ -1,0 +1,44 @@
+"""benchmarks/reading_base.py: which task sets --subtasks makes (names, seeds, facts) and its one-line error."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from reading_base import task_sets  # noqa: E402
+
+
+def _prepared(directory: Path) -> dict:
+    return json.loads((directory / "prepare.json").read_text())["settings"]
+
+
+def test_qa1_alone_keeps_the_first_attempts_sets_and_keys(tmp_path):
+    train, test = task_sets(tmp_path, 2, 3, "tiny")
+    assert list(train) == [None, 128] and list(test) == [128, 256]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "qa1-test-128", "qa1-test-256", "qa1-train-128", "qa1-train-clean"]
+    settings = _prepared(tmp_path / "data" / "qa1-test-256")
+    assert (settings["seed"], settings["facts"], settings["subtask"]) == (212, 4, "qa1")
+    assert _prepared(tmp_path / "data" / "qa1-train-clean")["seed"] == 201
+    assert len(test[256]) == 3 and len(train[None]) == 2
+
+
+def test_two_subtasks_make_each_its_own_seeded_sets(tmp_path):
+    train, test = task_sets(tmp_path, 2, 2, "tiny", ("qa1", "qa2"))
+    assert list(train) == ["qa1-clean", "qa1-128", "qa2-clean", "qa2-128"]
+    assert list(test) == ["qa1-128", "qa1-256", "qa2-128", "qa2-256"]
+    qa2 = _prepared(tmp_path / "data" / "qa2-train-128")
+    assert (qa2["seed"], qa2["facts"], qa2["subtask"], qa2["length"]) == (222, 6, "qa2", 128)
+    assert _prepared(tmp_path / "data" / "qa2-test-128")["seed"] == 231
+    assert all(t.question.startswith("Where is the ") for t in test["qa2-256"])
+
+
+def test_an_unknown_subtask_is_one_line_naming_the_option(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+                           "--model", "tiny", "--subtasks", "qa1,qa9"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--subtasks qa1,qa9: expected a comma list of qa1, qa2, qa3" in done.stderr
+    assert "Traceback" not in done.stderr
