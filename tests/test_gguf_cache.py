@@ -105,3 +105,22 @@ def test_load_base_reads_a_gguf_through_the_cache_in_cache_dir(gguf, tmp_path, m
     assert convert.calls == 1 and (gguf_cache.entry_for(gguf, tmp_path / "mine") / gguf_cache.MARKER).is_file()
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
     assert not any(p.requires_grad for p in second.parameters())
+
+
+def test_load_tokenizer_reads_a_converted_entry_instead_of_parsing_the_gguf(gguf, tmp_path, monkeypatch):
+    """The file here is not a real GGUF: only the cache entry can give its tokenizer."""
+    from perk_cli.errors import PerkError
+    from perk_cli.models.base import load_tokenizer
+    from perk_cli.models.tiny import build_tiny_tokenizer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(PerkError, match="cannot load its tokenizer"):
+        load_tokenizer(str(gguf))  # no entry yet: the GGUF parse fails on these bytes
+    entry = gguf_cache.entry_for(gguf, None)
+    assert entry.parent.parent == tmp_path / "xdg" / "perk"
+    entry.mkdir(parents=True)
+    build_tiny_tokenizer().save_pretrained(str(entry))
+    with pytest.raises(PerkError):
+        load_tokenizer(str(gguf))  # an entry without its marker never finished: not trusted
+    (entry / gguf_cache.MARKER).write_text("{}")
+    assert load_tokenizer(str(gguf)).get_vocab() == build_tiny_tokenizer().get_vocab()

