@@ -251,7 +251,7 @@ def references(family: str, directory: Path) -> dict:
         return {"document majority (ignores the id)": document_majority(directory)}
     if family != "qa1":
         return {}
-    from heuristics import references as qa1_references  # benchmarks/heuristics.py, beside this script
+    from perk_cli.evaluation.references import references as qa1_references
 
     scores = qa1_references(directory, "test")
     return {name: {"em": scores[name], "f1": None, "n": scores["tasks"], "failures": 0}

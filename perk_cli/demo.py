@@ -32,6 +32,7 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
 SHIPPED_TEST_TASKS = 10  # per length: the default that keeps the shipped demo to a few minutes on 2 cores
 SHIPPED_PLAIN_LR = 1e-2  # plain TTT's lr for the shipped top-8 LoRA, tuned on validation (benchmarks/RESULTS.md)
 Say = Callable[[str], None]
+REFERENCES = ("chance", "first mention of the person", "last place in the story")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class DemoResult:
     lengths: list[int]
     em: dict[str, dict[int, float]] = field(default_factory=dict)  # method -> length -> EM
     chance: float = 1 / len(vocab.LOCATIONS)
+    # length -> trivial reference -> EM on the same held-out tasks (perk_cli.evaluation.references)
+    references: dict[int, dict[str, float]] = field(default_factory=dict)
     document: str = ""
     question: str = ""
     gold: str = ""
@@ -94,6 +97,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     No checkpoint and not `train_here`: the shipped checkpoint, at the training length and 8x it."""
     from perk_cli.data.schema import read_split
     from perk_cli.evaluation.evaluate import evaluate
+    from perk_cli.evaluation.references import references
     from perk_cli.memory import Reader, adapt_segments, adapting_runtime
     from perk_cli.training.checkpoint import checkpoint_config
     from perk_cli.training.meta_train import meta_train
@@ -136,6 +140,8 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
                                        plain_lr=SHIPPED_PLAIN_LR if shipped else None))
         for method, metrics in report["methods"].items():
             demo.em.setdefault(method, {})[length] = metrics["em"]
+        scores = references(directory, "test")
+        demo.references[length] = {name: scores[name] for name in REFERENCES}
     task = read_split(long_dir, "test")[0]
     runtime, origin = adapting_runtime(checkpoint=checkpoint)
     memory = adapt_segments(runtime, origin, task.context)

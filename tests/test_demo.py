@@ -22,6 +22,13 @@ def test_demo_runs_every_stage_and_reports_chance(tmp_path, capsys):
         golds = {json.loads(line)["gold"] for line in (out / f"eval-{length}" / "predictions.jsonl").open()}
         assert golds <= set(vocab.LOCATIONS)
     assert result["chance"] == 1 / len(vocab.LOCATIONS)
+    # and beside the trivial references on the same tasks, each as perk_cli.evaluation.references scores it
+    from perk_cli.evaluation.references import references
+
+    for length in result["lengths"]:
+        scores = references(out / "data" / f"qa1-{length}", "test")
+        assert result["references"][str(length)] == {name: scores[name] for name in (
+            "chance", "first mention of the person", "last place in the story")}
     assert result["question"].startswith("Where is ") and result["gold"]
     for name in ("eval-128/metrics.json", "eval-512/predictions.jsonl", "sample-memory.safetensors",
                  "run/best/meta.safetensors", "run/in-context/meta.safetensors"):
@@ -41,7 +48,7 @@ def test_demo_with_a_given_checkpoint_skips_training(tmp_path, capsys):
                                  "--test-tasks", "1"], capsys)
     assert code == 0, err
     assert "using checkpoint" in err and "meta-training the tiny preset" not in err
-    assert "PERK" in stdout and "chance" in stdout
+    assert "PERK" in stdout and "chance" in stdout and "the story's last place" in stdout
 
 
 def test_demo_on_a_checkpoint_of_another_base_uses_its_tokenizer_and_shows_the_base(tmp_path, capsys):

@@ -1,15 +1,15 @@
-"""benchmarks/heuristics.py: the trivial qa1 references read every event of a story."""
+"""perk_cli.evaluation.references (and benchmarks/heuristics.py, its command line): the trivial qa1
+references read every event of a story."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+from perk_cli.data import vocab
+from perk_cli.evaluation.references import events, references
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from heuristics import events, references  # noqa: E402
-
-from perk_cli.data import vocab  # noqa: E402
 
 
 def test_every_move_verb_is_an_event():
@@ -37,3 +37,12 @@ def test_an_object_question_has_no_person_reference(tmp_path):
             "question": "Where is the apple?", "answer": "kitchen"}  # qa2: Mary holds it in the kitchen
     (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")
     assert references(tmp_path, "test") == {"chance": 0.5, "last place in the story": 0.0, "tasks": 1}
+
+
+def test_the_benchmark_script_prints_the_references(tmp_path):
+    task = {"context": ["Event 0: Mary went to the kitchen."], "question": "Where is Mary?", "answer": "kitchen"}
+    (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heuristics.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == references(tmp_path, "test") == {
+        "chance": 1.0, "first mention of the person": 1.0, "last place in the story": 1.0, "tasks": 1}
