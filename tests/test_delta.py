@@ -120,3 +120,31 @@ def test_make_delta_refuses_models_of_another_shape():
 def test_the_shipped_reader_is_a_delta_of_the_packaged_smollm2():
     metadata = read_delta_metadata(resolve_model_name("smollm2-reader"))
     assert metadata["base"] == "smollm2" and int(metadata["rank"]) >= 1
+
+
+def test_the_benchmark_script_writes_a_delta_that_loads_and_its_report(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, directory = _base_dir(tmp_path)
+    tuned_dir = tmp_path / "tuned"
+    _tuned(base).save_pretrained(tuned_dir)
+    build_tiny_tokenizer().save_pretrained(tuned_dir)
+    out = tmp_path / "shipped" / "reader.safetensors"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reader_delta.py"
+    done = subprocess.run([sys.executable, str(script), "--tuned", str(tuned_dir), "--base", str(directory),
+                           "--rank", "2", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["rank"] == 2 and report["tensors_changed"] == 3 and report["bytes"] == out.stat().st_size
+    assert report["relative_error"]["q_proj"]["max"] < 2e-3
+    loaded, _ = load_base(ModelSettings(name=str(out)))
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        want = load_base(ModelSettings(name=str(tuned_dir)))[0](input_ids=ids).logits
+        assert torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-3)
+    done = subprocess.run([sys.executable, str(script), "--tuned", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not a model directory" in done.stderr
