@@ -46,7 +46,8 @@ def demo_table(result, test_tasks: int) -> Table:
     for method, name in METHOD_NAMES.items():
         if method in result.em:
             table.add_row(name, *[f"{result.em[method].get(n, float('nan')):.3f}" for n in result.lengths])
-    table.add_row("chance (1 of 9 places)", *[f"{result.chance:.3f}" for _ in result.lengths])
+    if not result.references:  # the story-aware chance below replaces the blind one
+        table.add_row("chance (1 of 9 places)", *[f"{result.chance:.3f}" for _ in result.lengths])
     for name, label in (("chance", "chance (1 of the story's places)"),
                         ("first mention of the person", "the person's first place"),
                         ("last place in the story", "the story's last place")):
