@@ -47,7 +47,8 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("checkpoint, name, reported_in, floor", CASES)
+@pytest.mark.parametrize("checkpoint, name, reported_in, floor", CASES,
+                         ids=[f"{Path(c).name}-{n}" for c, n, _, _ in CASES])
 def test_the_committed_checkpoint_scores_its_reported_held_out_em(tmp_path, capsys, monkeypatch, checkpoint, name,
                                                                   reported_in, floor):
     subtask, facts, length, seed, validation, test = SETS[name]
