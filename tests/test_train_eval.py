@@ -112,8 +112,11 @@ def test_two_gloo_processes_equal_one_process_with_the_same_total_batch(qa1, tmp
     a = load_file(str(tmp_path / "single" / "last" / "meta.safetensors"))
     b = load_file(str(tmp_path / "ddp" / "last" / "meta.safetensors"))
     assert a.keys() == b.keys()
+    # Adam divides by sqrt(v) + eps, so on entries whose gradient is near zero it magnifies the float
+    # reassociation of the all-reduce: seen 3e-5 on 9 of 200k entries after 3 steps at lr 3e-3 (a
+    # dependency update moved it past 1e-5). A rank that skipped the all-reduce moves entries by ~lr.
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-4)
     # the equality is about trained values: the run's own initialisation (as meta_train draws it) moved
     from perk_cli.training.checkpoint import build_runtime, read_checkpoint
 
