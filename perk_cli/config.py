@@ -267,9 +267,22 @@ class EvalSettings(_Settings):
         None, gt=0, description="Plain TTT's learning rate; None = the best of plain_lr_grid on the validation split."
     )
     plain_lr_grid: list[float] = Field(
-        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="Learning rates plain TTT is tuned over."
+        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1,
+        description="Learning rates plain TTT is tuned over: a comma list (1e-3,1e-2,3e-2)."
     )
     plain_lr_tasks: int = Field(16, ge=1, description="Validation tasks that tune plain TTT's learning rate.")
     max_tokens_per_group: int = Field(4096, ge=1, description="Tokens per accumulation group: bounds peak memory.")
     max_new_tokens: int | None = Field(None, ge=1, description="Decoding budget (default: the checkpoint's answer cap).")
     model: str | None = Field(None, description="Override the checkpoint's base model path.")
+
+    @field_validator("plain_lr_grid", mode="before")
+    @classmethod
+    def _grid(cls, value):
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"expected a comma list of learning rates, got {value!r}")
+        if isinstance(value, list) and any(isinstance(lr, (int, float)) and lr <= 0 for lr in value):
+            raise ValueError(f"learning rates are > 0, got {value}")
+        return value

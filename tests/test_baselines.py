@@ -94,3 +94,20 @@ def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path)
     on_validation = evaluate(settings.model_copy(update={"split": "validation"}))
     assert on_validation["plain_ttt"]["tuning"] is None  # never tuned on the split it is scored on
     assert any("untuned" in note for note in on_validation["notes"])
+
+
+def test_the_plain_lr_grid_flag_reaches_the_tuning_and_a_bad_grid_is_one_line(qa1, tmp_path, capsys):
+    from perk_cli.training.checkpoint import save_checkpoint
+    from tests.conftest import run_cli
+
+    config = _config()
+    save_checkpoint(tmp_path / "ckpt", config, build_runtime(config).state_tensors())
+    common = ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", str(qa1), "--limit", "1",
+              "--baselines", "plain-ttt", "--max-new-tokens", "2", "--out", str(tmp_path / "eval"), "--json"]
+    code, out, err = run_cli([*common, "--plain-lr-grid", "2e-3, 5e-2"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["plain_ttt"]["tuning"]["grid"] == [2e-3, 5e-2]
+    for bad, says in (("1e-3,fast", "comma list of learning rates"), ("1e-3,-1", "learning rates are > 0"),
+                      ("", "at least 1")):
+        code, _, err = run_cli([*common, "--plain-lr-grid", bad], capsys)
+        assert code == 2 and err.count("\n") <= 2 and "--plain-lr-grid" in err and says in err, (bad, err)

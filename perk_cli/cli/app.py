@@ -352,6 +352,7 @@ def eval_command(
     seed: Optional[int] = setting(EvalSettings, "seed"),
     baselines: Optional[str] = setting(EvalSettings, "baselines"),
     plain_lr: Optional[float] = setting(EvalSettings, "plain_lr", shown="tuned on the validation split"),
+    plain_lr_grid: Optional[str] = setting(EvalSettings, "plain_lr_grid", shown="1e-4,3e-4,1e-3,3e-3,1e-2"),
     max_tokens_per_group: Optional[int] = setting(EvalSettings, "max_tokens_per_group"),
     max_new_tokens: Optional[int] = setting(EvalSettings, "max_new_tokens"),
     model: Optional[str] = setting(EvalSettings, "model"),
@@ -367,7 +368,7 @@ def eval_command(
 
     flags = dict(checkpoint=str(checkpoint) if checkpoint else None, task=str(task) if task else None, split=split,
                  out=str(out_dir) if out_dir else None, limit=limit, seed=seed, plain_lr=plain_lr,
-                 max_tokens_per_group=max_tokens_per_group,
+                 plain_lr_grid=plain_lr_grid, max_tokens_per_group=max_tokens_per_group,
                  max_new_tokens=max_new_tokens, model=model,
                  baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
     settings = build_settings(EvalSettings, config, flags)
