@@ -7,6 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+
+def comma_list(value, convert, expected: str):
+    """A flag's "a,b,c" as [convert(a), ...] (empty parts dropped); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return [convert(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {value!r}")
+
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -150,11 +160,7 @@ class PrepareSettings(_Settings):
     @field_validator("length", mode="before")
     @classmethod
     def _lengths(cls, value):
-        if isinstance(value, str):
-            try:
-                value = [int(part) for part in value.split(",") if part.strip()]
-            except ValueError:
-                raise ValueError(f"expected a length in tokens or a comma list of them, got {value!r}")
+        value = comma_list(value, int, "a length in tokens or a comma list of them")
         if isinstance(value, (list, tuple)):
             if not value:
                 raise ValueError("expected at least one length")
@@ -278,11 +284,7 @@ class EvalSettings(_Settings):
     @field_validator("plain_lr_grid", mode="before")
     @classmethod
     def _grid(cls, value):
-        if isinstance(value, str):
-            try:
-                value = [float(part) for part in value.split(",") if part.strip()]
-            except ValueError:
-                raise ValueError(f"expected a comma list of learning rates, got {value!r}")
+        value = comma_list(value, float, "a comma list of learning rates")
         if isinstance(value, list) and any(isinstance(lr, (int, float)) and lr <= 0 for lr in value):
             raise ValueError(f"learning rates are > 0, got {value}")
         return value
