@@ -117,3 +117,9 @@ def test_hub_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["prepare", "--task", "babilong", "--hub", "RMT-team/babilong", "--hub-config", "1k",
                             "--hub-split", "qa1", "-o", str(tmp_path / "o")], capsys)
     assert code == 2 and "unreachable" in err and "--input" in err
+
+
+def test_a_bad_length_list_is_one_line_naming_the_flag(tmp_path, capsys):
+    code, _, err = run_cli(["prepare", "--task", "babi", "--length", "128,12x", "-o", str(tmp_path / "d")], capsys)
+    assert code == 2 and "--length: expected a length in tokens or a comma list of them, got '128,12x'" in err
+    assert not (tmp_path / "d").exists()
