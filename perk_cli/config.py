@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-
 def comma_list(value, convert, expected: str):
     """A flag's "a,b,c" as [convert(a), ...] (empty parts dropped); anything else unchanged."""
     if not isinstance(value, str):
@@ -16,6 +15,7 @@ def comma_list(value, convert, expected: str):
         return [convert(part) for part in value.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"expected {expected}, got {value!r}")
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

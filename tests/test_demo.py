@@ -87,7 +87,7 @@ def test_the_default_demo_uses_the_shipped_checkpoint_at_8x_with_no_training(tmp
                    capsys)[0] == 0
     monkeypatch.setattr(perk_cli.demo, "shipped_checkpoint", lambda: run / "run")
     out = tmp_path / "shipped"
-    code, stdout, err = run_cli(["demo", "--out", str(out), "--test-tasks", "1", "--json"], capsys)
+    code, stdout, err = run_cli(["demo", "--out", str(out), "--json"], capsys)
     assert code == 0, err
     result = json.loads(stdout)
     assert result["trained_here"] is False and result["lengths"] == [128, 1024]
@@ -95,6 +95,7 @@ def test_the_default_demo_uses_the_shipped_checkpoint_at_8x_with_no_training(tmp
     for length in (128, 1024):
         report = json.loads((out / f"eval-{length}" / "metrics.json").read_text())
         assert report["settings"]["plain_lr"] == perk_cli.demo.SHIPPED_PLAIN_LR  # tuned once, not per demo
+        assert report["n_tasks"] == perk_cli.demo.SHIPPED_TEST_TASKS  # the shipped demo's own default
 
 
 def test_the_default_demo_names_the_install_when_smollm2_is_missing(tmp_path, capsys, monkeypatch):
