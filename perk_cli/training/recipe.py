@@ -1,0 +1,156 @@
+"""Multi-stage meta-training recipes: the commands that made a shipped checkpoint, as one resumable run.
+
+A recipe is a list of stages. Each stage prepares its own generated tasks (a seed of its own) and
+meta-trains on them; every stage after the first starts from the previous stage's best/ checkpoint
+(`--init-from`: its meta-parameters, a fresh outer optimiser). `run_recipe` lays a recipe out as
+
+    OUT/recipe.json            the recipe, validated; a different recipe in OUT is refused
+    OUT/data/<stage>/          the stage's tasks (perk prepare)
+    OUT/<stage>/               the stage's run (perk meta-train), done.json once it has finished
+
+and skips whatever is already there, so a run stopped at any moment continues where it stopped
+(a stage with a last/ checkpoint is resumed; one stopped before its first checkpoint starts again).
+
+`qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader (benchmarks/RESULTS.md has each
+stage as the perk commands that first ran it); `perk demo --retrain` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, Field, model_validator
+
+from perk_cli import __version__
+from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig, \
+    TrainSettings
+from perk_cli.errors import PerkError
+
+StageCallback = Callable[[str, int, int, dict], None]  # stage name, step, total steps, metrics
+
+
+class RecipeStage(BaseModel):
+    """One stage: the tasks it trains on and the run's settings (task and init_from are filled in)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Directory name of the stage.")
+    data: PrepareSettings = Field(description="Its tasks; `out` is replaced by OUT/data/<name>.")
+    config: RunConfig = Field(description="Its run; from the second stage on it starts from the previous best/.")
+
+
+class Recipe(BaseModel):
+    name: str
+    description: str
+    minutes: float = Field(gt=0, description="Measured wall time of the whole recipe on 2 CPU cores.")
+    stages: list[RecipeStage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "Recipe":
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names) or "data" in names:
+            raise ValueError(f"stage names must be distinct and not 'data': {names}")
+        return self
+
+
+@dataclass
+class RecipeResult:
+    out: Path
+    checkpoint: Path  # the last stage's best/
+    stages: list[dict] = field(default_factory=list)  # name, steps, best (validation EM, loss, step)
+
+
+def stage_configs(recipe: Recipe, out: Path) -> list[tuple[RecipeStage, Path, RunConfig]]:
+    """Each stage with its data directory and its run config as `run_recipe` trains it."""
+    planned, previous = [], None
+    for stage in recipe.stages:
+        data_dir = out / "data" / stage.name
+        train = stage.config.train.model_copy(
+            update={"init_from": str(out / previous / "best") if previous else None})
+        planned.append((stage, data_dir, stage.config.model_copy(update={"task": str(data_dir), "train": train})))
+        previous = stage.name
+    return planned
+
+
+def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
+               on_step: StageCallback | None = None) -> RecipeResult:
+    """Run (or continue) every stage of `recipe` in `out`; returns the last stage's best/ checkpoint."""
+    from perk_cli.data.prepare import prepare
+    from perk_cli.training.meta_train import meta_train
+
+    recipe_file = out / "recipe.json"
+    if recipe_file.is_file():
+        try:
+            existing = Recipe.model_validate_json(recipe_file.read_text())
+        except ValueError:
+            raise PerkError(f"{recipe_file}: not a perk recipe; choose another output directory")
+        if existing.model_dump() != recipe.model_dump():
+            raise PerkError(f"{out}: holds the run of another recipe ({existing.name}, {recipe_file}); choose another "
+                            "output directory")
+    elif out.exists() and any(p.name != "data" for p in out.iterdir()):
+        raise PerkError(f"{out}: not empty and holds no recipe.json; choose another output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(recipe.model_dump_json(indent=2) + "\n")
+    result = RecipeResult(out=out, checkpoint=out / recipe.stages[-1].name / "best")
+    for index, (stage, data_dir, config) in enumerate(stage_configs(recipe, out), start=1):
+        run_dir = out / stage.name
+        header = f"stage {index}/{len(recipe.stages)} ({stage.name})"
+        if not (data_dir / "prepare.json").is_file():
+            say(f"{header}: preparing {stage.data.train} training tasks in {data_dir}")
+            prepare(stage.data.model_copy(update={"out": str(data_dir)}))
+        done = run_dir / "done.json"
+        if done.is_file():
+            summary = json.loads(done.read_text())
+            say(f"{header}: done before ({summary['steps']} steps, best at step {summary['best']['step']})")
+        else:
+            resume = (run_dir / "last").is_dir()
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to continue from
+            say(f"{header}: {'continuing' if resume else 'meta-training'} for {config.train.max_steps} steps "
+                f"into {run_dir}")
+            trained = meta_train(config, data_dir, run_dir, resume=resume,
+                                 on_step=(lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None,
+                                 on_event=say)
+            summary = {"steps": trained.step, "best": trained.best}
+            done.write_text(json.dumps(summary) + "\n")
+        result.stages.append({"name": stage.name, **summary})
+    return result
+
+
+def _qa1_data(length: int | list[int], train: int, seed: int) -> PrepareSettings:
+    return PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
+                           model="smollm2-reader", train=train, validation=16, test=0, seed=seed, out="-")
+
+
+def _reader_config(max_steps: int, lr: float, step_size_lr: float, warmup_steps: int) -> RunConfig:
+    return RunConfig(
+        perk_version=__version__,
+        model=ModelSettings(name="smollm2-reader"),
+        lora=LoraSettings(rank=16, alpha=32, top_layers=8),
+        inner=InnerLoopSettings(steps=2, optimizer="adamw", lr_init=3e-3, lr_max=1.0, unroll="truncated",
+                                unroll_start=1),
+        prompt=PromptSettings(segment_tokens=64),
+        train=TrainSettings(max_steps=max_steps, tasks_per_batch=4, tasks_per_forward=4, lr=lr,
+                            step_size_lr=step_size_lr, warmup_steps=warmup_steps, schedule="constant",
+                            eval_every=10, eval_tasks=16, train_base=False, baseline=False, seed=0),
+    )
+
+
+def qa1_reader_recipe() -> Recipe:
+    """perk_cli/shipped/qa1-reader's three stages on the shipped reading base, frozen."""
+    return Recipe(
+        name="qa1-reader",
+        description="PERK on qa1 over smollm2-reader: 120 steps on 128-token stories, 80 on a curriculum of "
+                    "128/512/1,024 tokens, 50 more on fresh curriculum tasks at a third of the learning rate",
+        minutes=120,
+        stages=[
+            RecipeStage(name="1-qa1-128", data=_qa1_data(128, 1000, 301),
+                        config=_reader_config(120, lr=1e-3, step_size_lr=1e-2, warmup_steps=5)),
+            RecipeStage(name="2-curriculum", data=_qa1_data([128, 512, 1024], 300, 501),
+                        config=_reader_config(80, lr=1e-3, step_size_lr=1e-2, warmup_steps=5)),
+            RecipeStage(name="3-curriculum-low-lr", data=_qa1_data([128, 512, 1024], 600, 511),
+                        config=_reader_config(50, lr=3e-4, step_size_lr=3e-3, warmup_steps=3)),
+        ],
+    )

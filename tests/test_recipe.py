@@ -1,0 +1,160 @@
+"""perk_cli.training.recipe: stages chained by their best/ checkpoints, resumable, and the shipped recipe."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from perk_cli import __version__
+from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
+                             RunConfig, TrainSettings)
+from perk_cli.errors import PerkError
+from perk_cli.training.checkpoint import read_checkpoint
+from perk_cli.training.recipe import Recipe, RecipeStage, qa1_reader_recipe, run_recipe
+from tests.conftest import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_stage(name: str, seed: int, lr: float = 1e-2, steps: int = 2) -> RecipeStage:
+    return RecipeStage(
+        name=name,
+        data=PrepareSettings(task="babi", subtask="qa1", facts=4, length=64, segment_tokens=32, model="tiny", train=4,
+                             validation=1, test=0, seed=seed, out="-"),
+        config=RunConfig(perk_version=__version__, model=ModelSettings(name="tiny", dtype="float32"),
+                         lora=LoraSettings(rank=2, alpha=4, top_layers=1),
+                         inner=InnerLoopSettings(steps=1, optimizer="adamw", lr_init=1e-2),
+                         prompt=PromptSettings(segment_tokens=32, max_answer_tokens=8),
+                         train=TrainSettings(max_steps=steps, tasks_per_batch=1, lr=lr, step_size_lr=lr, warmup_steps=0,
+                                             schedule="constant", eval_every=1, eval_tasks=1, baseline=False,
+                                             train_base=False, seed=0)))
+
+
+def tiny_recipe(second_lr: float = 1e-2) -> Recipe:
+    return Recipe(name="tiny-two-stages", description="two tiny stages", minutes=0.1,
+                  stages=[tiny_stage("one", seed=11), tiny_stage("two", seed=12, lr=second_lr)])
+
+
+def meta_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path).tensors
+
+
+def test_each_stage_starts_from_the_previous_stage_best(tmp_path):
+    # the second stage at a vanishing learning rate ends where it started: at the first stage's best/
+    result = run_recipe(tiny_recipe(second_lr=1e-12), tmp_path / "r", say=lambda m: None)
+    assert result.checkpoint == tmp_path / "r" / "two" / "best"
+    assert [s["name"] for s in result.stages] == ["one", "two"] and all(s["steps"] == 2 for s in result.stages)
+    config = json.loads((tmp_path / "r" / "two" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(tmp_path / "r" / "one" / "best")
+    assert config["task"] == str(tmp_path / "r" / "data" / "two")
+    first, second = meta_tensors(tmp_path / "r" / "one" / "best"), meta_tensors(result.checkpoint)
+    fresh = meta_tensors(tmp_path / "r" / "one" / "last")  # trained: differs from best unless best is last
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], atol=1e-8, rtol=0)
+    # and the first stage did train: its tensors moved from a fresh initialisation
+    from perk_cli.training.meta_train import build_runtime
+
+    torch.manual_seed(0)
+    init = build_runtime(tiny_stage("one", 11).config).state_tensors()
+    assert max(float((init[k] - fresh[k]).abs().max()) for k in init if init[k].is_floating_point()) > 1e-3
+    # each stage's tasks are its own: prepared with its seed
+    for name, seed in (("one", 11), ("two", 12)):
+        assert json.loads((tmp_path / "r" / "data" / name / "prepare.json").read_text())["settings"]["seed"] == seed
+
+
+def test_a_stopped_recipe_continues_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
+    whole = run_recipe(tiny_recipe(), tmp_path / "whole", say=lambda m: None)
+
+    def stop_in_stage_two(stage, step, total, metrics):
+        if stage == "two" and step == 1:
+            raise KeyboardInterrupt
+
+    from perk_cli.training.meta_train import Interrupted
+
+    with pytest.raises(Interrupted):
+        run_recipe(tiny_recipe(), tmp_path / "split", say=lambda m: None, on_step=stop_in_stage_two)
+    assert (tmp_path / "split" / "one" / "done.json").is_file() and not (tmp_path / "split" / "two" / "done.json").exists()
+    said = []
+    resumed = run_recipe(tiny_recipe(), tmp_path / "split", say=said.append)
+    assert any("stage 1/2 (one): done before" in m for m in said)
+    assert any("stage 2/2 (two): continuing" in m for m in said)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "two" / "metrics.jsonl").open()]
+    assert steps == [1, 2]  # no step trained twice
+    assert resumed.stages == whole.stages
+    a, b = meta_tensors(whole.checkpoint), meta_tensors(resumed.checkpoint)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+    # done: a third call trains nothing
+    said.clear()
+    run_recipe(tiny_recipe(), tmp_path / "split", say=said.append)
+    assert not any("meta-training" in m or "continuing" in m for m in said)
+
+
+def test_a_directory_of_another_recipe_or_of_anything_else_is_refused(tmp_path):
+    run_recipe(tiny_recipe(), tmp_path / "r", say=lambda m: None)
+    with pytest.raises(PerkError, match="another recipe"):
+        run_recipe(tiny_recipe(second_lr=3e-3), tmp_path / "r", say=lambda m: None)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(PerkError, match="no recipe.json"):
+        run_recipe(tiny_recipe(), tmp_path / "mine", say=lambda m: None)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    with pytest.raises(ValueError, match="distinct"):
+        Recipe(name="x", description="x", minutes=1, stages=[tiny_stage("one", 1), tiny_stage("one", 2)])
+
+
+# The recipe of the shipped checkpoint against the configs its three stages recorded when they first ran
+# (the first two on the full reading base, runs/reading-base-2/model, of which smollm2-reader is the delta).
+SHIPPED_STAGES = {
+    "1-qa1-128": REPO / "benchmarks/results/perk-reading-base-2/checkpoint-top8-step110",
+    "2-curriculum": REPO / "benchmarks/results/perk-reading-base-2/checkpoint-top8-curriculum-step70",
+    "3-curriculum-low-lr": REPO / "perk_cli/shipped/qa1-reader",
+}
+
+
+def _comparable(config: dict) -> dict:
+    config = {k: v for k, v in config.items() if k not in ("task", "perk_version")}
+    config["model"] = {k: v for k, v in config["model"].items() if k != "name"}
+    config["train"] = {k: v for k, v in config["train"].items() if k not in ("init_from", "max_steps")}
+    return config
+
+
+def test_the_shipped_recipe_is_what_made_the_shipped_checkpoint():
+    recipe = qa1_reader_recipe()
+    assert [s.name for s in recipe.stages] == list(SHIPPED_STAGES)
+    for stage in recipe.stages:
+        recorded = json.loads((SHIPPED_STAGES[stage.name] / "config.json").read_text())
+        assert _comparable(stage.config.model_dump(mode="json")) == _comparable(recorded), stage.name
+        assert stage.config.model.name == "smollm2-reader"
+    # the steps each stage ran: best/ of the first two was at 110 of 120 and 70 of 80; the third's at 50 of 50
+    assert [s.config.train.max_steps for s in recipe.stages] == [120, 80, 50]
+    state = json.loads((SHIPPED_STAGES["3-curriculum-low-lr"] / "trainer_state.json").read_text())
+    assert state["step"] == 50
+    # the tasks: 1,000 of 128 tokens (seed 301), 300 of the curriculum (seed 501), 600 fresh ones (seed 511)
+    assert [(s.data.length, s.data.train, s.data.seed) for s in recipe.stages] == [
+        (128, 1000, 301), ([128, 512, 1024], 300, 501), ([128, 512, 1024], 600, 511)]
+
+
+def test_perk_demo_retrain_runs_the_recipe_then_evaluates_what_it_made(tmp_path, capsys, monkeypatch):
+    import perk_cli.demo
+    import perk_cli.training.recipe
+
+    monkeypatch.setattr(perk_cli.training.recipe, "qa1_reader_recipe", tiny_recipe)  # the real one takes hours
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["demo", "--retrain", "--out", str(out), "--test-tasks", "1", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["checkpoint"] == str(out / "retrain" / "two" / "best")
+    assert [s["name"] for s in result["retrained"]] == ["one", "two"]
+    assert result["trained_here"] is False and result["lengths"] == [128, 1024]  # as the shipped checkpoint
+    report = json.loads((out / "eval-1024" / "metrics.json").read_text())
+    assert report["settings"]["checkpoint"] == result["checkpoint"]
+    assert report["settings"]["plain_lr"] == perk_cli.demo.SHIPPED_PLAIN_LR
+    # rerun: the recipe is done, only the evaluation runs again
+    code, stdout, err = run_cli(["demo", "--retrain", "--out", str(out), "--test-tasks", "1"], capsys)
+    assert code == 0, err
+    assert "done before" in err and "retrained two: 2 steps" in stdout
+    code, _, err = run_cli(["demo", "--retrain", "--train-here", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "choose one" in err
