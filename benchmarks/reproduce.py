@@ -6,7 +6,7 @@
 On a base that reads (stage 1, `benchmarks/reading_base.py`; README has its two commands), with the
 recipe that reads at the training length and a curriculum over longer stories:
 
-    python benchmarks/reproduce.py --family qa1 --base runs/reading-base-2/model --length 128 \
+    python benchmarks/reproduce.py --family qa1 --base smollm2-reader --length 128 \
         --segment-tokens 64 --top-layers 8 --steps 110 --tasks-per-forward 4 \
         --curriculum 128,512,1024 --curriculum-steps 80 --out runs/repro-qa1-rb2
 
@@ -108,6 +108,24 @@ def curriculum_config(truncated: RunConfig, args: argparse.Namespace, start: Pat
     return truncated.model_copy(update={"train": train, "task": str(data)})
 
 
+def base_problem(base: str) -> str | None:
+    """Why `base` cannot be a --base (None when it can): a shipped reader, a base delta, a model directory."""
+    from perk_cli.errors import PerkError
+    from perk_cli.models.base import SHIPPED_DELTAS, delta_base
+
+    path = Path(base)
+    if base in SHIPPED_DELTAS or (path / "config.json").is_file():
+        return None
+    if path.suffix == ".safetensors":
+        try:
+            delta_base(path, base)
+        except PerkError as exc:
+            return str(exc).replace("--model", "--base", 1)
+        return None
+    return (f"--base {base}: not a model directory (no config.json), a base delta (.safetensors) or a shipped "
+            f"reader ({', '.join(SHIPPED_DELTAS)}); build one with benchmarks/reading_base.py")
+
+
 def document_majority(directory: Path) -> dict:
     """Recall's id-blind reference: answer with the asked attribute's most common value in the document.
 
@@ -151,10 +169,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="recall")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="A base model directory that reads (benchmarks/reading_base.py), used frozen instead of "
-                             "--model; the in-context reference is then the base itself with the context in its "
-                             "prompt (nothing is fine-tuned for it).")
+    parser.add_argument("--base", default=None,
+                        help="A base that reads, used frozen instead of --model: smollm2-reader (shipped), a base "
+                             "delta file, or a model directory (benchmarks/reading_base.py). The in-context "
+                             "reference is then the base itself with the context in its prompt (nothing is "
+                             "fine-tuned for it).")
     parser.add_argument("--minutes", type=float, default=30.0, help="Truncated PERK's training budget.")
     parser.add_argument("--steps", type=int, default=None, help="Truncated PERK's outer steps (instead of --minutes).")
     parser.add_argument("--length", type=int, default=None, help="Training length (1x) in tokens, babi families.")
@@ -175,9 +194,8 @@ def main() -> None:
     recipe.add_argument("--tasks-per-batch", type=int, default=4)
     recipe.add_argument("--tasks-per-forward", type=int, default=1)
     args = parser.parse_args()
-    if args.base is not None and not (args.base / "config.json").is_file():
-        parser.error(f"--base {args.base}: not a model directory (no config.json); build it with "
-                     "benchmarks/reading_base.py")
+    if args.base is not None and (problem := base_problem(args.base)):
+        parser.error(problem)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "reproduce.log", "a")

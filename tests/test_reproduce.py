@@ -49,16 +49,50 @@ def test_reproduce_runs_every_stage_and_resumes(tmp_path):
     assert "eval " not in second
 
 
-def test_reproduce_on_a_base_directory_with_a_curriculum(tmp_path):
-    """--base: a local base used frozen, the base itself as the in-context reference, qa1's trivial
-    references, and the curriculum stage started from truncated PERK's best/."""
+def _tiny_delta(tmp_path: Path) -> Path:
+    """A base delta (as smollm2-reader is one) over a saved tiny base directory."""
+    import copy
+
+    import torch
+
     from perk_cli.config import ModelSettings
     from perk_cli.models.base import load_base
+    from perk_cli.models.delta import make_delta, save_delta
 
     model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
-    base = tmp_path / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    directory = tmp_path / "base"
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        next(p for p in tuned.parameters() if p.ndim == 1).add_(0.1)  # a norm or bias vector
+    tensors, report = make_delta(model, tuned, rank=2)
+    save_delta(tmp_path / "reader.safetensors", tensors, base=str(directory), rank=2, report=report)
+    return tmp_path / "reader.safetensors"
+
+
+def test_base_problem_names_what_a_base_can_be(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from reproduce import base_problem
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert base_problem("smollm2-reader") is None  # shipped with the package
+    assert "not a model directory" in base_problem("runs/no-such-base")
+    assert "shipped reader (smollm2-reader)" in base_problem("runs/no-such-base")
+    assert base_problem("no-such.safetensors") == "--base no-such.safetensors: no such file"
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
+    assert "not a perk base delta" in base_problem(str(tmp_path / "weights.safetensors"))
+    assert base_problem(str(_tiny_delta(tmp_path))) is None
+
+
+def test_reproduce_on_a_base_delta_with_a_curriculum(tmp_path):
+    """--base: a base delta used frozen, the base itself as the in-context reference, qa1's trivial
+    references, and the curriculum stage started from truncated PERK's best/."""
+    base = _tiny_delta(tmp_path)
     out = tmp_path / "repro"
     args = [sys.executable, str(SCRIPT), "--family", "qa1", "--base", str(base), "--length", "48", "--segment-tokens",
             "24", "--steps", "2", "--curriculum", "48,96", "--curriculum-steps", "1", "--train-tasks", "8",
