@@ -38,27 +38,46 @@ TEST_LENGTHS = (128, 256)
 
 
 # Seeds of each subtask's sets: qa1 keeps the first attempt's (201-202 train, 211-212 test).
-SEEDS = {"qa1": (201, 211), "qa2": (221, 231), "qa3": (241, 251)}
+SEEDS = {"qa1": (201, 211), "qa2": (221, 231), "qa3": (241, 251), "recall": (261, 271)}
 FACTS = {"qa1": 4, "qa2": 6, "qa3": 8}
+# recall (student records, one record a segment) is sized by its records: trained on databases of 3
+# and 6, tested on 6 (reproduce.py's 1x) and 12.
+RECORDS = {"train": (3, 6), "test": (6, 12)}
+
+
+def _sizes(subtask: str, split: str) -> tuple:
+    if subtask == "recall":
+        return RECORDS[split]
+    return TRAIN_LENGTHS if split == "train" else TEST_LENGTHS
+
+
+def _label(subtask: str, size: int | None) -> str:
+    if size is None:
+        return "clean"
+    return f"{size}rec" if subtask == "recall" else str(size)
+
+
+def _settings(subtask: str, size: int | None, **fields) -> PrepareSettings:
+    if subtask == "recall":
+        return PrepareSettings(task="records", subtask="recall", records=size, **fields)
+    return PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=size, segment_tokens=64,
+                           **fields)
 
 
 def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str,
               subtasks: tuple[str, ...] = ("qa1",)) -> tuple[dict, dict]:
-    """Training sets per (subtask, length) and held-out test sets per (subtask, length), never trained on.
-    Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128" and so on."""
+    """Training sets per (subtask, size) and held-out test sets per (subtask, size), never trained on.
+    Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128", "recall-6rec" and so on."""
     train, test = {}, {}
     for subtask in subtasks:
         train_seed, test_seed = SEEDS[subtask]
-        for lengths, split, n, seed, into in ((TRAIN_LENGTHS, "train", train_tasks, train_seed, train),
-                                             (TEST_LENGTHS, "test", test_tasks, test_seed, test)):
-            for index, length in enumerate(lengths):
-                directory = out / "data" / f"{subtask}-{split}-{length or 'clean'}"
+        for split, n, seed, into in (("train", train_tasks, train_seed, train), ("test", test_tasks, test_seed, test)):
+            for index, size in enumerate(_sizes(subtask, split)):
+                directory = out / "data" / f"{subtask}-{split}-{_label(subtask, size)}"
                 if not (directory / "prepare.json").is_file():
-                    prepare(PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=length,
-                                            segment_tokens=64, model=model, train=n if split == "train" else 0,
-                                            validation=0, test=n if split == "test" else 0, seed=seed + index,
-                                            out=str(directory)))
-                key = length if subtasks == ("qa1",) else f"{subtask}-{length or 'clean'}"
+                    prepare(_settings(subtask, size, model=model, train=n if split == "train" else 0, validation=0,
+                                      test=n if split == "test" else 0, seed=seed + index, out=str(directory)))
+                key = size if subtasks == ("qa1",) else f"{subtask}-{_label(subtask, size)}"
                 into[key] = read_split(directory, split)
     return train, test
 
@@ -113,8 +132,9 @@ def main() -> None:
     parser.add_argument("--test-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0, help="Orders the training batches. Continuing a saved "
                         "base (--model DIR) on the same data with the same seed replays its batches: give a new one.")
-    parser.add_argument("--subtasks", default="qa1", help="Comma list of bAbI subtasks to train on and test "
-                        "(qa1 4 facts, qa2 6, qa3 8), e.g. qa1,qa2: one base that reads both.")
+    parser.add_argument("--subtasks", default="qa1", help="Comma list of subtasks to train on and test: bAbI "
+                        "qa1 (4 facts), qa2 (6), qa3 (8), and recall (student records: 3 and 6 a database in "
+                        "training, 6 and 12 held out), e.g. qa1,qa2: one base that reads both.")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
     parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
@@ -159,7 +179,8 @@ def main() -> None:
     save_base(model, tokenizer, args.out / "model")
     write_report(args.out, recipe={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                    "train_lengths": [l or "clean" for l in TRAIN_LENGTHS],
-                                   "facts": {sub: FACTS[sub] for sub in subtasks},
+                                   "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
+                                   "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
                  train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails

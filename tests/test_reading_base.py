@@ -36,9 +36,22 @@ def test_two_subtasks_make_each_its_own_seeded_sets(tmp_path):
     assert all(t.question.startswith("Where is the ") for t in test["qa2-256"])
 
 
+def test_recall_is_sized_by_records_with_sets_of_its_own(tmp_path):
+    train, test = task_sets(tmp_path, 2, 2, "tiny", ("qa1", "recall"))
+    assert list(train) == ["qa1-clean", "qa1-128", "recall-3rec", "recall-6rec"]
+    assert list(test) == ["qa1-128", "qa1-256", "recall-6rec", "recall-12rec"]
+    held_out = _prepared(tmp_path / "data" / "recall-test-12rec")
+    assert (held_out["task"], held_out["subtask"], held_out["records"], held_out["seed"]) == (
+        "records", "recall", 12, 272)
+    assert _prepared(tmp_path / "data" / "recall-train-3rec")["seed"] == 261
+    for key, records in (("recall-3rec", 3), ("recall-6rec", 6)):
+        assert all(len(t.context) == records and t.context[0].startswith("Student ") for t in train[key])
+    assert all(t.question.startswith("What is the ") and len(t.context) == 12 for t in test["recall-12rec"])
+
+
 def test_an_unknown_subtask_is_one_line_naming_the_option(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
                            "--model", "tiny", "--subtasks", "qa1,qa9"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "--subtasks qa1,qa9: expected a comma list of qa1, qa2, qa3" in done.stderr
+    assert "--subtasks qa1,qa9: expected a comma list of qa1, qa2, qa3, recall" in done.stderr
     assert "Traceback" not in done.stderr
