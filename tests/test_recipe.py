@@ -32,7 +32,7 @@ def tiny_stage(name: str, seed: int, lr: float = 1e-2, steps: int = 2) -> Recipe
 
 
 def tiny_recipe(second_lr: float = 1e-2) -> Recipe:
-    return Recipe(name="tiny-two-stages", description="two tiny stages", minutes=0.1,
+    return Recipe(name="tiny-two-stages", description="two tiny stages", minutes=1.5,
                   stages=[tiny_stage("one", seed=11), tiny_stage("two", seed=12, lr=second_lr)])
 
 
@@ -96,6 +96,12 @@ def test_a_directory_of_another_recipe_or_of_anything_else_is_refused(tmp_path):
     run_recipe(tiny_recipe(), tmp_path / "r", say=lambda m: None)
     with pytest.raises(PerkError, match="another recipe"):
         run_recipe(tiny_recipe(second_lr=3e-3), tmp_path / "r", say=lambda m: None)
+    # a new description or time estimate of the same stages is the same recipe: nothing is retrained
+    said = []
+    run_recipe(tiny_recipe().model_copy(update={"minutes": 5.0, "description": "re-measured"}), tmp_path / "r",
+               say=said.append)
+    assert sum("done before" in m for m in said) == 2
+    assert Recipe.model_validate_json((tmp_path / "r" / "recipe.json").read_text()).minutes == 5.0
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(PerkError, match="no recipe.json"):
@@ -155,6 +161,7 @@ def test_perk_demo_retrain_runs_the_recipe_then_evaluates_what_it_made(tmp_path,
     # rerun: the recipe is done, only the evaluation runs again
     code, stdout, err = run_cli(["demo", "--retrain", "--out", str(out), "--test-tasks", "1"], capsys)
     assert code == 0, err
+    assert "About 2 minutes on 2 CPU cores" in err  # the cost, said before any work
     assert "done before" in err and "retrained two: 2 steps" in stdout
     code, _, err = run_cli(["demo", "--retrain", "--train-here", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "choose one" in err
