@@ -152,17 +152,12 @@ def document_majority(directory: Path) -> dict:
 
 def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     """Meta-train (or resume) into `out`; returns the steps done."""
-    from perk_cli.training.meta_train import meta_train
+    from perk_cli.training.recipe import run_stage
 
-    done = out / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())["steps"]
-    resume = (out / "last").is_dir()
-    result = meta_train(config, data, out, resume=resume,
-                        on_step=lambda s, t, m: log(f"{out.name} step {s}: loss {m['outer_loss']:.3f}"
-                                                    + (f" val EM {m['val_em']:.2f}" if "val_em" in m else "")))
-    done.write_text(json.dumps({"steps": result.step, "best": result.best}) + "\n")
-    return result.step
+    summary, _ = run_stage(config, data, out, say=log, header=out.name,
+                           on_step=lambda s, t, m: log(f"{out.name} step {s}: loss {m['outer_loss']:.3f}"
+                                                       + (f" val EM {m['val_em']:.2f}" if "val_em" in m else "")))
+    return summary["steps"]
 
 
 def main() -> None:

@@ -23,14 +23,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from perk_cli import __version__
 from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig,
                              TrainSettings)
 from perk_cli.data import vocab
 from perk_cli.errors import PerkError
-from perk_cli.training.recipe import Recipe, RecipeResult, StageCallback
+
+if TYPE_CHECKING:  # the recipe module loads only with --retrain
+    from perk_cli.training.recipe import Recipe, RecipeResult, StageCallback
 
 TRAIN_LENGTH = 128
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"

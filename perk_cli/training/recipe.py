@@ -74,11 +74,31 @@ def stage_configs(recipe: Recipe, out: Path) -> list[tuple[RecipeStage, Path, Ru
     return planned
 
 
+def run_stage(config: RunConfig, data_dir: Path, run_dir: Path, say: Callable[[str], None] = print,
+              header: str = "", on_step: Callable[[int, int, dict], None] | None = None) -> tuple[dict, bool]:
+    """Meta-train `config` on `data_dir` into `run_dir`, or continue it: a finished run (done.json) is
+    read back, one with a last/ checkpoint resumed, one stopped before its first checkpoint started
+    again. Returns ({"steps", "best"}, whether it was done before)."""
+    from perk_cli.training.meta_train import meta_train
+
+    done = run_dir / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text()), True
+    resume = (run_dir / "last").is_dir()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to continue from
+    say(f"{header + ': ' if header else ''}{'continuing' if resume else 'meta-training'} for "
+        f"{config.train.max_steps} steps into {run_dir}")
+    trained = meta_train(config, data_dir, run_dir, resume=resume, on_step=on_step, on_event=say)
+    summary = {"steps": trained.step, "best": trained.best}
+    done.write_text(json.dumps(summary) + "\n")
+    return summary, False
+
+
 def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
                on_step: StageCallback | None = None) -> RecipeResult:
     """Run (or continue) every stage of `recipe` in `out`; returns the last stage's best/ checkpoint."""
     from perk_cli.data.prepare import prepare
-    from perk_cli.training.meta_train import meta_train
 
     recipe_file = out / "recipe.json"
     if recipe_file.is_file():
@@ -101,21 +121,10 @@ def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
         if not (data_dir / "prepare.json").is_file():
             say(f"{header}: preparing {stage.data.train} training tasks in {data_dir}")
             prepare(stage.data.model_copy(update={"out": str(data_dir)}))
-        done = run_dir / "done.json"
-        if done.is_file():
-            summary = json.loads(done.read_text())
+        summary, before = run_stage(config, data_dir, run_dir, say, header,
+                                    (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None)
+        if before:
             say(f"{header}: done before ({summary['steps']} steps, best at step {summary['best']['step']})")
-        else:
-            resume = (run_dir / "last").is_dir()
-            if not resume and run_dir.exists():
-                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to continue from
-            say(f"{header}: {'continuing' if resume else 'meta-training'} for {config.train.max_steps} steps "
-                f"into {run_dir}")
-            trained = meta_train(config, data_dir, run_dir, resume=resume,
-                                 on_step=(lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None,
-                                 on_event=say)
-            summary = {"steps": trained.step, "best": trained.best}
-            done.write_text(json.dumps(summary) + "\n")
         result.stages.append({"name": stage.name, **summary})
     return result
 
