@@ -126,30 +126,6 @@ def base_problem(base: str) -> str | None:
             f"reader ({', '.join(SHIPPED_DELTAS)}); build one with benchmarks/reading_base.py")
 
 
-def document_majority(directory: Path) -> dict:
-    """Recall's id-blind reference: answer with the asked attribute's most common value in the document.
-
-    A model that learnt which values occur but not which student holds them scores about this.
-    """
-    import collections
-    import re
-
-    from perk_cli.data.records import ATTRIBUTES
-    from perk_cli.data.schema import read_split
-    from perk_cli.evaluation.scores import exact_match
-
-    tasks = read_split(directory, "test")
-    correct = 0.0
-    for task in tasks:
-        attribute = re.match(r"What is the (\w+) of", task.question).group(1)
-        label = ATTRIBUTES[attribute]
-        values = [m.group(1).strip() for segment in task.context
-                  if (m := re.search(rf"{label}: ([^,]+)", segment))]
-        guess = collections.Counter(values).most_common(1)[0][0] if values else ""
-        correct += exact_match(guess, task.answer)
-    return {"em": correct / len(tasks), "f1": None, "n": len(tasks), "failures": 0}
-
-
 def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     """Meta-train (or resume) into `out`; returns the steps done."""
     from perk_cli.training.recipe import run_stage
@@ -258,17 +234,14 @@ def main() -> None:
 
 
 def references(family: str, directory: Path) -> dict:
-    """What an answer that ignores the question's logic scores on the test set: recall's id-blind
-    document majority; qa1's chance, first mention of the person and last place in the story."""
-    if family == "recall":
-        return {"document majority (ignores the id)": document_majority(directory)}
-    if family != "qa1":
-        return {}
-    from perk_cli.evaluation.references import references as qa1_references
+    """What an answer that ignores the question's logic scores on the test set (perk_cli.evaluation.references):
+    recall's id-blind document majority; qa1's chance, first mention of the person and last place in the story."""
+    from perk_cli.evaluation.references import references as trivial_references
 
-    scores = qa1_references(directory, "test")
-    return {name: {"em": scores[name], "f1": None, "n": scores["tasks"], "failures": 0}
-            for name in ("chance", "first mention of the person", "last place in the story")}
+    kept = {"recall": ("document majority (ignores the id)",),
+            "qa1": ("chance", "first mention of the person", "last place in the story")}.get(family, ())
+    scores = trivial_references(directory, "test")
+    return {name: {"em": scores[name], "f1": None, "n": scores["tasks"], "failures": 0} for name in kept}
 
 
 def _plot(results: dict, table: dict, path: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from perk_cli.data import vocab
-from perk_cli.evaluation.references import events, references
+from perk_cli.evaluation.references import events, recall_attribute, references
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +46,37 @@ def test_the_benchmark_script_prints_the_references(tmp_path):
                           capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == references(tmp_path, "test") == {
         "chance": 1.0, "first mention of the person": 1.0, "last place in the story": 1.0, "tasks": 1}
+
+
+def _records(*rows: tuple[str, str, str]) -> list[str]:
+    return [f"Student {sid}, Name: {name}, Year: Junior, School: School of Engineering, Major: {major}, Grade: 50"
+            for sid, name, major in rows]
+
+
+def test_recall_references_against_hand_counted_databases(tmp_path):
+    database = _records(("1000001", "Ann Lee", "Physics"), ("1000002", "Bo Kim", "History"),
+                        ("1000003", "Cy Ray", "Physics"))
+    tasks = [  # majors: Physics twice, History once
+        {"context": database, "question": "What is the major of student 1000002?", "answer": "History"},
+        {"context": database, "question": "What major is student with ID 1000003 studying?", "answer": "Physics"},
+        {"context": database, "question": "Which school is the student with ID 1000001 enrolled in?",
+         "answer": "School of Engineering"},  # one school for all three: chance 1
+        {"context": database, "question": "Does student 1000001 have a higher grade than student 1000002?",
+         "answer": "No"},  # relation: no reference, not counted
+        {"context": database, "question": "What is the highest grade among all students?", "answer": "50"},
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    (tmp_path / "train.jsonl").write_text(json.dumps(tasks[1]) + "\n")  # most common training answer: Physics
+    scores = references(tmp_path, "test")
+    assert scores == {"chance": round((1 / 2 + 1 / 2 + 1) / 3, 3),
+                      "most common training answer": round(1 / 3, 3),
+                      "document majority (ignores the id)": round(2 / 3, 3), "tasks": 3}
+
+
+def test_recall_attribute_reads_both_question_styles():
+    assert recall_attribute("What is the grade of student 8884968?") == "grade"
+    assert recall_attribute("What is the name of the student with ID 3109998?") == "name"
+    assert recall_attribute("Which year is student with ID 4918490 in?") == "year"
+    assert recall_attribute("Do student 1 and student 2 study the same major?") is None  # no 5-digit id
+    assert recall_attribute("Are student 8746953 and student 8732675 in the same year?") is None  # two ids
+    assert recall_attribute("Where is Mary?") is None

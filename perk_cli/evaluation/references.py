@@ -1,4 +1,4 @@
-"""Trivial references for qa1 (and qa2) task sets: what an answer that ignores the question's logic scores.
+"""Trivial references for qa1, qa2 and recall task sets: what an answer that ignores the question's logic scores.
 
     references(Path("runs/learning-tiny/data"), "validation")
     python benchmarks/heuristics.py runs/learning-tiny/data --split validation   # the same, as JSON
@@ -11,6 +11,14 @@ Every accuracy perk reports stands beside these (perk demo prints them under its
 - last place: the place of the story's last event, whoever moved there.
 The right answer is the asked person's last place (qa1), the place of the object's holder or where it
 was dropped (qa2).
+
+Student-records recall (one student id and one attribute in the question: "What is the major of student
+3109998?", "Which school is the student with ID 7077015 enrolled in?") gets its own, all blind to the id:
+- chance: 1 / the number of distinct values of the asked attribute in the database;
+- most common training answer, as above;
+- document majority: the asked attribute's most common value in the database (ties: the first listed).
+Other questions (records relation and aggregation) have none: they are left out, and `tasks` counts
+the tasks scored.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ import json
 import re
 from pathlib import Path
 
+from perk_cli.data.records import ATTRIBUTES
+from perk_cli.evaluation.scores import exact_match
+
+STUDENT_ID = re.compile(r"\b\d{5,}\b")
 EVENT = re.compile(r"Event (\d+): (\w+) [a-z ]+? to the (\w+)\.")  # every verb of vocab.MOVE_VERBS
 
 
@@ -33,7 +45,15 @@ def references(directory: Path, split: str) -> dict:
     train = [json.loads(line) for line in train_file.read_text().splitlines()] if train_file.is_file() else []
     common = collections.Counter(t["answer"] for t in train).most_common(1)[0][0] if train else None
     scores = collections.defaultdict(float)
+    scored = 0
     for task in tasks:
+        if attribute := recall_attribute(task["question"]):
+            _score_recall(task, attribute, common, scores)
+            scored += 1
+            continue
+        if not task["question"].startswith("Where is "):
+            continue
+        scored += 1
         story = events(task)
         person = task["question"].removeprefix("Where is ").rstrip("?")
         places = {where for _, _, where in story}
@@ -44,4 +64,28 @@ def references(directory: Path, split: str) -> dict:
         if not task["question"].startswith("Where is the "):  # qa2 asks where an object is
             scores["first mention of the person"] += bool(mine) and mine[0] == task["answer"]
         scores["last place in the story"] += bool(story) and story[-1][2] == task["answer"]
-    return {name: round(value / len(tasks), 3) for name, value in scores.items()} | {"tasks": len(tasks)}
+    return {name: round(value / scored, 3) for name, value in scores.items()} | {"tasks": scored}
+
+
+def recall_attribute(question: str) -> str | None:
+    """The attribute a recall question asks for (None when the question is not recall's)."""
+    if len(STUDENT_ID.findall(question)) != 1:
+        return None
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    asked = [attribute for attribute in ATTRIBUTES if attribute in words]
+    return asked[0] if len(asked) == 1 else None
+
+
+def attribute_values(task: dict, attribute: str) -> list[str]:
+    """The asked attribute's value in every record of the database, in order."""
+    field = re.compile(rf"\b{ATTRIBUTES[attribute]}: ([^,]+)")
+    return [m.group(1).strip() for segment in task["context"] for m in field.finditer(segment)]
+
+
+def _score_recall(task: dict, attribute: str, common: str | None, scores: dict) -> None:
+    values = attribute_values(task, attribute)
+    majority = collections.Counter(values).most_common(1)[0][0] if values else ""
+    scores["chance"] += 1 / max(len(set(values)), 1)
+    if common is not None:
+        scores["most common training answer"] += exact_match(common, task["answer"])
+    scores["document majority (ignores the id)"] += exact_match(majority, task["answer"])
