@@ -1,6 +1,10 @@
-"""Trivial references for qa1 (and qa2) task sets, as JSON (perk_cli.evaluation.references).
+"""Trivial references for qa1, qa2 and recall task sets, as JSON (perk_cli.evaluation.references).
 
     python benchmarks/heuristics.py runs/learning-tiny/data --split validation
+    python benchmarks/heuristics.py runs/recall-heldout-6 --predictions runs/ev-k4-6/predictions.jsonl
+
+With --predictions (perk eval's predictions.jsonl on that split), recall answers are sorted per method
+into right, another student's value of the asked attribute, and neither.
 """
 
 from __future__ import annotations
@@ -9,15 +13,24 @@ import argparse
 import json
 from pathlib import Path
 
-from perk_cli.evaluation.references import references
+from perk_cli.evaluation.references import recall_errors, references
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
     parser.add_argument("--split", default="test")
+    parser.add_argument("--predictions", type=Path, default=None,
+                        help="perk eval's predictions.jsonl on this split: recall's answers sorted by kind of error")
     args = parser.parse_args()
-    print(json.dumps(references(args.directory, args.split), indent=2))
+    if not (args.directory / f"{args.split}.jsonl").is_file():
+        parser.error(f"{args.directory}: no {args.split}.jsonl (a task directory from perk prepare)")
+    if args.predictions is not None and not args.predictions.is_file():
+        parser.error(f"--predictions {args.predictions}: no such file (perk eval writes predictions.jsonl)")
+    result = references(args.directory, args.split)
+    if args.predictions is not None:
+        result = {"references": result, "recall errors": recall_errors(args.directory, args.split, args.predictions)}
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

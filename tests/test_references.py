@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from perk_cli.data import vocab
-from perk_cli.evaluation.references import events, recall_attribute, references
+from perk_cli.evaluation.references import events, recall_attribute, recall_errors, references
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,22 @@ def test_recall_attribute_reads_both_question_styles():
     assert recall_attribute("Do student 1 and student 2 study the same major?") is None  # no 5-digit id
     assert recall_attribute("Are student 8746953 and student 8732675 in the same year?") is None  # two ids
     assert recall_attribute("Where is Mary?") is None
+
+
+def test_recall_errors_sort_answers_by_kind(tmp_path):
+    database = _records(("1000001", "Ann Lee", "Physics"), ("1000002", "Bo Kim", "History"))
+    tasks = [{"id": f"t{i}", "context": database, "question": "What is the major of student 1000002?",
+              "answer": "History"} for i in range(3)]
+    tasks.append({"id": "t3", "context": database, "question": "What is the highest grade among all students?",
+                  "answer": "50"})  # not recall: not counted
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    rows = [("perk", "t0", "history"), ("perk", "t1", "Physics"), ("perk", "t2", "Chemistry"), ("perk", "t3", "9"),
+            ("base", "t0", "History"), ("base", "t1", ""), ("base", "t2", "History")]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"method": m, "id": i, "prediction": p}) + "\n" for m, i, p in rows))
+    assert recall_errors(tmp_path, "test", predictions) == {
+        "perk": {"right": 0.333, "another student's value": 0.333, "not in the database": 0.333, "tasks": 3},
+        "base": {"right": 0.667, "another student's value": 0.0, "not in the database": 0.333, "tasks": 3}}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heuristics.py"), str(tmp_path),
+                           "--predictions", str(predictions)], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["recall errors"] == recall_errors(tmp_path, "test", predictions)

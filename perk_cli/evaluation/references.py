@@ -19,6 +19,9 @@ Student-records recall (one student id and one attribute in the question: "What 
 - document majority: the asked attribute's most common value in the database (ties: the first listed).
 Other questions (records relation and aggregation) have none: they are left out, and `tasks` counts
 the tasks scored.
+
+`recall_errors` sorts a method's recall answers (perk eval's predictions.jsonl) into right, another
+student's value of the asked attribute (the value was read, its owner was not), and anything else.
 """
 
 from __future__ import annotations
@@ -89,3 +92,25 @@ def _score_recall(task: dict, attribute: str, common: str | None, scores: dict) 
     if common is not None:
         scores["most common training answer"] += exact_match(common, task["answer"])
     scores["document majority (ignores the id)"] += exact_match(majority, task["answer"])
+
+
+def recall_errors(directory: Path, split: str, predictions: Path) -> dict:
+    """Per method: the share of recall answers that are right, another student's value of the asked
+    attribute in the same database, or neither (not a value of it there, or empty)."""
+    tasks = {task["id"]: task for task in map(json.loads, (directory / f"{split}.jsonl").read_text().splitlines())}
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for row in map(json.loads, predictions.read_text().splitlines()):
+        task = tasks.get(row["id"])
+        attribute = recall_attribute(task["question"]) if task else None
+        if attribute is None:
+            continue
+        if exact_match(row["prediction"], task["answer"]):
+            kind = "right"
+        elif any(exact_match(row["prediction"], value) for value in attribute_values(task, attribute)):
+            kind = "another student's value"
+        else:
+            kind = "not in the database"
+        counts[row["method"]][kind] += 1
+    kinds = ("right", "another student's value", "not in the database")
+    return {method: {kind: round(c[kind] / sum(c.values()), 3) for kind in kinds} | {"tasks": sum(c.values())}
+            for method, c in counts.items()}
