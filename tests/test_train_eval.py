@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
@@ -420,6 +421,30 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
     assert code == 2 and "--init-from" in err and "missing" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(start + ["--resume", str(tmp_path / "b")], capsys)
     assert code == 2 and "--init-from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path, capsys):
+    args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+            "--no-baseline", "-q", "--lora-rank", "3", "--inner-steps", "2"]
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    start = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+             "--no-baseline", "-q", "--init-from", str(tmp_path / "a")]
+    source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
+    for section, key, value in (("prompt", "answer_format", "support"), ("inner", "steps", 4),
+                                ("model", "name", "gpt2")):
+        file = tmp_path / f"{key}.yaml"
+        file.write_text(yaml.safe_dump({section: {key: value}}))
+        code, _, err = run_cli(start + ["--config", str(file), "--out", str(tmp_path / "c")], capsys)
+        assert code == 2 and err.strip().startswith(f"error: --config {file}: sets {section}.{key}="), err
+        assert repr(source[section][key]) in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "c").exists()
+    # the checkpoint's own values, written out in full (a saved config.json as the file), are accepted
+    file = tmp_path / "same.yaml"
+    file.write_text(yaml.safe_dump({name: source[name] for name in ("model", "lora", "inner", "prompt")}))
+    code, _, err = run_cli(start + ["--config", str(file), "--out", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "d" / "last" / "config.json").read_text())["prompt"] == source["prompt"]
 
 
 def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsys):

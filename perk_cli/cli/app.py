@@ -222,6 +222,23 @@ def _refuse_inherited_flags(flags: dict, init_from: str, model_given: bool) -> N
                         f"settings (they are the checkpoint's); drop {flag}")
 
 
+def _refuse_inherited_file_settings(base: dict, init_from: str, config: Path) -> None:
+    """The same for a --config file: a model, LoRA, inner-loop or prompt value it writes that differs from
+    the checkpoint's would be silently replaced by the checkpoint's (equal values are fine)."""
+    from perk_cli.training.checkpoint import checkpoint_config
+    from perk_cli.training.meta_train import INHERITED
+
+    source = checkpoint_config(Path(init_from), "--init-from")
+    for section in ("model", *INHERITED):
+        theirs = getattr(source, section).model_dump(mode="json")
+        keys = ("name",) if section == "model" else theirs  # the device and dtype are this run's to choose
+        for key, value in (base.get(section) or {}).items():
+            if key in keys and value != theirs[key]:
+                raise PerkError(f"--config {config}: sets {section}.{key}={value!r}, but --init-from {init_from} "
+                                f"was trained with {theirs[key]!r} and fixes it; remove it from the file or start "
+                                "without --init-from")
+
+
 @app.command("meta-train")
 def meta_train_command(
     model: Optional[str] = setting(ModelSettings, "name", "--model"),
@@ -303,6 +320,8 @@ def meta_train_command(
     }
     if init_from is not None:
         _refuse_inherited_flags(flags, init_from, model_given=model is not None)
+        if config:
+            _refuse_inherited_file_settings(base, init_from, config)
     task = task or base.get("task")
     rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0
