@@ -399,13 +399,17 @@ def test_init_from_starts_a_fresh_run_from_a_checkpoints_meta_parameters(qa1, tm
         plan_run(_config(init_from=str(tmp_path / "nowhere")), str(qa1), tmp_path / "third")
 
 
-def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa1, tmp_path, capsys):
-    args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
-            "--no-baseline", "-q", "--lora-rank", "3", "--inner-steps", "2"]
-    code, _, err = run_cli(args + ["--out", str(tmp_path / "a")], capsys)
+def _source_run(qa1: Path, tmp_path: Path, capsys) -> list[str]:
+    """Trains a 1-step source run into tmp_path/a; returns a meta-train command line starting from it."""
+    one_step = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+                "--no-baseline", "-q"]
+    code, _, err = run_cli(one_step + ["--lora-rank", "3", "--inner-steps", "2", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
-    start = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
-             "--no-baseline", "-q", "--init-from", str(tmp_path / "a")]
+    return one_step + ["--init-from", str(tmp_path / "a")]
+
+
+def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa1, tmp_path, capsys):
+    start = _source_run(qa1, tmp_path, capsys)
     code, _, err = run_cli(start + ["--out", str(tmp_path / "b"), "--lr", "0.002"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
@@ -424,12 +428,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
 
 
 def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path, capsys):
-    args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
-            "--no-baseline", "-q", "--lora-rank", "3", "--inner-steps", "2"]
-    code, _, err = run_cli(args + ["--out", str(tmp_path / "a")], capsys)
-    assert code == 0, err
-    start = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
-             "--no-baseline", "-q", "--init-from", str(tmp_path / "a")]
+    start = _source_run(qa1, tmp_path, capsys)
     source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
     for section, key, value in (("prompt", "answer_format", "support"), ("inner", "steps", 4),
                                 ("model", "name", "gpt2")):
