@@ -39,6 +39,14 @@ def test_an_object_question_has_no_person_reference(tmp_path):
     assert references(tmp_path, "test") == {"chance": 0.5, "last place in the story": 0.0, "tasks": 1}
 
 
+def test_a_qa3_question_is_scored_as_a_story(tmp_path):
+    task = {"context": ["Event 0: Mary went to the kitchen. Event 1: Mary picked up the apple there. "
+                        "Event 2: Mary went to the park."],
+            "question": "Where was the apple before the park?", "answer": "kitchen"}
+    (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")
+    assert references(tmp_path, "test") == {"chance": 0.5, "last place in the story": 0.0, "tasks": 1}
+
+
 def test_the_benchmark_script_prints_the_references(tmp_path):
     task = {"context": ["Event 0: Mary went to the kitchen."], "question": "Where is Mary?", "answer": "kitchen"}
     (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")

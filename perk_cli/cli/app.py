@@ -222,13 +222,11 @@ def _refuse_inherited_flags(flags: dict, init_from: str, model_given: bool) -> N
                         f"settings (they are the checkpoint's); drop {flag}")
 
 
-def _refuse_inherited_file_settings(base: dict, init_from: str, config: Path) -> None:
+def _refuse_inherited_file_settings(base: dict, source, init_from: str, config: Path) -> None:
     """The same for a --config file: a model, LoRA, inner-loop or prompt value it writes that differs from
-    the checkpoint's would be silently replaced by the checkpoint's (equal values are fine)."""
-    from perk_cli.training.checkpoint import checkpoint_config
+    the checkpoint's (`source`, its RunConfig) would be silently replaced by it (equal values are fine)."""
     from perk_cli.training.meta_train import INHERITED
 
-    source = checkpoint_config(Path(init_from), "--init-from")
     for section in ("model", *INHERITED):
         theirs = getattr(source, section).model_dump(mode="json")
         keys = ("name",) if section == "model" else theirs  # the device and dtype are this run's to choose
@@ -297,10 +295,12 @@ def meta_train_command(
     base = read_config_file(config) if config else {}
     model_name = model or base.get("model", {}).get("name", "tiny")
     init_from = init_from or base.get("train", {}).get("init_from")
+    source = None  # the --init-from checkpoint's config
     if init_from is not None and resume is None:
         from perk_cli.training.checkpoint import checkpoint_config
 
-        model_name = checkpoint_config(Path(init_from), "--init-from").model.name  # for train_base's default
+        source = checkpoint_config(Path(init_from), "--init-from")
+        model_name = source.model.name  # for train_base's default
     if train_base is None:
         train_base = base.get("train", {}).get("train_base", model_name == "tiny")
     flags = {
@@ -320,8 +320,8 @@ def meta_train_command(
     }
     if init_from is not None:
         _refuse_inherited_flags(flags, init_from, model_given=model is not None)
-        if config:
-            _refuse_inherited_file_settings(base, init_from, config)
+        if config and source is not None:
+            _refuse_inherited_file_settings(base, source, init_from, config)
     task = task or base.get("task")
     rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0

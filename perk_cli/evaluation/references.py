@@ -7,7 +7,7 @@ Every accuracy perk reports stands beside these (perk demo prints them under its
 
 - chance: 1 / the number of distinct places in the story (averaged over tasks);
 - most common answer of the training split;
-- first mention: the first place the asked person went to (qa1 only: a qa2 question asks for an object);
+- first mention: the first place the asked person went to (qa1 only: qa2 and qa3 questions ask about an object);
 - last place: the place of the story's last event, whoever moved there.
 The right answer is the asked person's last place (qa1), the place of the object's holder or where it
 was dropped (qa2).
@@ -17,8 +17,8 @@ Student-records recall (one student id and one attribute in the question: "What 
 - chance: 1 / the number of distinct values of the asked attribute in the database;
 - most common training answer, as above;
 - document majority: the asked attribute's most common value in the database (ties: the first listed).
-Other questions (records relation and aggregation) have none: they are left out, and `tasks` counts
-the tasks scored.
+Other tasks without a story of events (records relation and aggregation) have none: they are left
+out, and `tasks` counts the tasks scored.
 
 `recall_errors` sorts a method's recall answers (perk eval's predictions.jsonl) into right, another
 student's value of the asked attribute (the value was read, its owner was not), and anything else.
@@ -54,17 +54,17 @@ def references(directory: Path, split: str) -> dict:
             _score_recall(task, attribute, common, scores)
             scored += 1
             continue
-        if not task["question"].startswith("Where is "):
+        story = events(task)
+        if not story:  # not a story of events (records relation or aggregation): no reference
             continue
         scored += 1
-        story = events(task)
         person = task["question"].removeprefix("Where is ").rstrip("?")
         places = {where for _, _, where in story}
         mine = [where for _, who, where in story if who == person]
         scores["chance"] += 1 / max(len(places), 1)
         if common is not None:  # a test-only directory has no training answers
             scores["most common training answer"] += common == task["answer"]
-        if not task["question"].startswith("Where is the "):  # qa2 asks where an object is
+        if not task["question"].startswith(("Where is the ", "Where was the ")):  # qa2/qa3 ask about an object
             scores["first mention of the person"] += bool(mine) and mine[0] == task["answer"]
         scores["last place in the story"] += bool(story) and story[-1][2] == task["answer"]
     return {name: round(value / scored, 3) for name, value in scores.items()} | {"tasks": scored}
