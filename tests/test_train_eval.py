@@ -430,7 +430,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
 def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path, capsys):
     start = _source_run(qa1, tmp_path, capsys)
     source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
-    for section, key, value in (("prompt", "answer_format", "support"), ("inner", "steps", 4),
+    for section, key, value in (("prompt", "segment_tokens", 16), ("inner", "steps", 4),
                                 ("model", "name", "gpt2")):
         file = tmp_path / f"{key}.yaml"
         file.write_text(yaml.safe_dump({section: {key: value}}))
@@ -444,6 +444,24 @@ def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path
     code, _, err = run_cli(start + ["--config", str(file), "--out", str(tmp_path / "d")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "d" / "last" / "config.json").read_text())["prompt"] == source["prompt"]
+
+
+def test_init_from_lets_a_new_stage_choose_its_answer_format(qa1, tmp_path, capsys):
+    """The outer target and decoding cap are the new run's (plain -> support is a curriculum step); the rest of
+    the prompt stays the checkpoint's."""
+    start = _source_run(qa1, tmp_path, capsys)
+    source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
+    assert source["prompt"]["answer_format"] == "plain"
+    file = tmp_path / "support.yaml"
+    file.write_text(yaml.safe_dump({"prompt": {"answer_format": "support", "max_answer_tokens": 48}}))
+    for extra, out in ((["--config", str(file)], "file"), (["--answer-format", "support"], "flag")):
+        code, _, err = run_cli(start + extra + ["--out", str(tmp_path / out)], capsys)
+        assert code == 0, err
+        prompt = json.loads((tmp_path / out / "last" / "config.json").read_text())["prompt"]
+        assert prompt["answer_format"] == "support"
+        assert prompt["max_answer_tokens"] == (48 if out == "file" else source["prompt"]["max_answer_tokens"])
+        assert {k: v for k, v in prompt.items() if k not in ("answer_format", "max_answer_tokens")} == {
+            k: v for k, v in source["prompt"].items() if k not in ("answer_format", "max_answer_tokens")}
 
 
 def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsys):

@@ -125,21 +125,30 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
 
 
 INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base model's name
+# ... except these: the outer loss's target and the decoding cap are no meta-parameters (the LoRA init, step
+# sizes and weighter act on the document), so a new stage may change them, e.g. plain answers -> support.
+STAGE_CHOICES = {"prompt": ("answer_format", "max_answer_tokens")}
 
 
 def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     """`config` with the model name and the LoRA, inner-loop and prompt settings of the checkpoint it
-    starts from (the meta-parameters only fit, and only mean something, under those)."""
+    starts from (the meta-parameters only fit, and only mean something, under those), except the
+    STAGE_CHOICES that `config` sets explicitly."""
     source = checkpoint_config(init_from, "--init-from")
     model = config.model.model_copy(update={"name": source.model.name})
-    return config.model_copy(update={"model": model, **{name: getattr(source, name) for name in INHERITED}})
+    sections = {}
+    for name in INHERITED:
+        mine = getattr(config, name)
+        chosen = {key: getattr(mine, key) for key in STAGE_CHOICES.get(name, ()) if key in mine.model_fields_set}
+        sections[name] = getattr(source, name).model_copy(update=chosen)
+    return config.model_copy(update={"model": model, **sections})
 
 
 def _check_inherited(config: RunConfig, source: RunConfig, path: Path) -> None:
     for name in INHERITED:
         mine, theirs = getattr(config, name).model_dump(), getattr(source, name).model_dump()
         for key in mine:
-            if mine[key] != theirs.get(key):
+            if mine[key] != theirs.get(key) and key not in STAGE_CHOICES.get(name, ()):
                 raise PerkError(f"--init-from {path}: trained with {name}.{key}={theirs.get(key)!r}, this run has "
                                 f"{mine[key]!r}; leave the {name} settings to the checkpoint")
     if config.model.name != source.model.name:
