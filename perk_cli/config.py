@@ -239,7 +239,7 @@ class TrainSettings(_Settings):
         None, description="Start from this checkpoint's meta-parameters (LoRA init, step sizes, token weighter; a "
         "run directory means its best/) instead of a fresh initialisation, with a fresh outer optimiser from step "
         "0: the next stage of a curriculum. The run takes the checkpoint's model, LoRA, inner-loop and prompt "
-        "settings.",
+        "settings, except prompt.answer_format and prompt.max_answer_tokens, which it may set.",
     )
 
 
