@@ -23,7 +23,8 @@ from pathlib import Path
 
 from perk_cli.config import ModelSettings
 from perk_cli.data.schema import read_split
-from perk_cli.models.base import load_base
+from perk_cli.errors import PerkError
+from perk_cli.models.base import load_base, resolve_model_name
 from perk_cli.models.delta import make_delta, save_delta
 from perk_cli.training.in_context import validate_in_context
 
@@ -58,6 +59,12 @@ def main() -> None:
     if not (args.tuned / "config.json").is_file():
         parser.error(f"--tuned {args.tuned}: not a model directory (no config.json); make one with "
                      "benchmarks/reading_base.py")
+    try:
+        if Path(resolve_model_name(args.base)).suffix == ".safetensors":  # refused before minutes of work
+            parser.error(f"--base {args.base}: is itself a delta, and a delta must name a full base; pass the "
+                         "base that one applies to (e.g. smollm2): the difference is taken from it")
+    except PerkError as exc:
+        parser.error(str(exc).replace("--model", "--base", 1))
     started = time.monotonic()
     base, _ = load_base(ModelSettings(name=args.base, dtype="float32"))
     tuned, tuned_tokenizer = load_base(ModelSettings(name=str(args.tuned), dtype="float32"))

@@ -148,3 +148,8 @@ def test_the_benchmark_script_writes_a_delta_that_loads_and_its_report(tmp_path)
     done = subprocess.run([sys.executable, str(script), "--tuned", str(tmp_path), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "not a model directory" in done.stderr
+    again = tmp_path / "again.safetensors"  # a delta as the base: refused up front, nothing written
+    done = subprocess.run([sys.executable, str(script), "--tuned", str(tuned_dir), "--base", str(out),
+                           "--out", str(again)], capture_output=True, text=True)
+    assert done.returncode == 2 and "is itself a delta" in done.stderr and not again.exists(), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("reader_delta.py: error: --base ")  # after the usage
