@@ -5,7 +5,7 @@ qa2 (PERK on the sixth reading base, which reads qa1 and qa2; 60 tasks at 128 to
 on the base the package ships (`smollm2-reader`: the second reading base as a rank-16 delta from the
 packaged SmolLM2 GGUF): the one it ships (perk_cli/shipped/qa1-reader, a second curriculum stage) and the
 one it shipped before (the first curriculum checkpoint under that base's name); and recall (PERK on the
-recall reading base, 60 six-record databases), on that base as a committed rank-32 delta from the packaged
+recall reading base, 60 six-record databases, plain answers (C) and the support format (D)), on that base as a committed rank-32 delta from the packaged
 GGUF (benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
@@ -49,6 +49,7 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
     ("perk-reading-base-6-qa2/checkpoint-qa2-step70", "qa2-heldout-128",
      "perk-reading-base-6-qa2/qa2-heldout-128-step70-metrics.json", 0.55),
     ("perk-recall-reader/checkpoint-C", "recall-heldout-6", "perk-recall-reader/eval-C-6rec.json", 0.50),
+    ("perk-recall-reader/checkpoint-D", "recall-heldout-6", "perk-recall-reader/eval-D-6rec.json", 0.85),
 ]
 
 pytestmark = pytest.mark.slow
