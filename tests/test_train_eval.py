@@ -494,6 +494,22 @@ def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsy
     assert code == 2 and "--baselines" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_reads_the_base_baselines_answer_as_plain_text_under_a_support_format_run(qa1, tmp_path, capsys):
+    """A support-format run's base was never taught the tags: its answer is the first line of what it
+    decodes, not an empty <output> match (which scored a reading base 0.00 instead of 0.97)."""
+    config = _config(max_steps=1, eval_every=1, baseline=False)
+    config = config.model_copy(update={"prompt": config.prompt.model_copy(update={"answer_format": "support"})})
+    meta_train(config, qa1, tmp_path / "run")
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(qa1), "--limit", "4",
+                            "--max-new-tokens", "4", "--baselines", "base", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    base = [r for r in rows if r["method"] == "base"]
+    assert len(base) == 4 and all("<output>" not in r["raw"] for r in base)
+    assert [r["prediction"] for r in base] == [r["raw"].strip().split("\n", 1)[0].strip() for r in base]
+    assert any(r["prediction"] for r in base)  # the old reading gave "" for every one of these
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-in-background"])
 def test_a_signal_stops_the_run_at_a_step_boundary_and_resume_is_exact(qa1, tmp_path, how):
     import signal

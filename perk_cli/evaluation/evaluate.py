@@ -106,8 +106,10 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
         for method, reader in (("in-context", in_context), ("base", runtime if "base" in settings.baselines else None)):
             if reader is None:
                 continue
+            # the base was never trained on the run's answer format (a support-format run's base still
+            # answers plainly), so its answer is read as plain text; the in-context LoRA was trained on it
             with reader.model.disable_adapter() if method == "base" else contextlib.nullcontext():
-                answered = answer_in_context(reader, task, budget)
+                answered = answer_in_context(reader, task, budget, "plain" if method == "base" else None)
             if answered is None:
                 record(method, "", "", note=f"context exceeds the model's {reader.max_positions} positions")
             else:

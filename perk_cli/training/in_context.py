@@ -34,12 +34,17 @@ def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> 
 
 
 @torch.no_grad()
-def answer_in_context(runtime: Runtime, task: Task, budget: int) -> tuple[str, str] | None:
-    """(answer, raw) decoded greedily with the whole context in the prompt, as every method is decoded;
-    None when the context does not fit the model's positions."""
+def answer_in_context(runtime: Runtime, task: Task, budget: int,
+                      answer_format: str | None = None) -> tuple[str, str] | None:
+    """(answer, raw) decoded greedily with the whole context in the prompt, as every method is decoded,
+    read in the run's answer format or `answer_format`; None when the context does not fit the model's
+    positions."""
     if in_context_batch(runtime, task, with_answer=False) is None:
         return None
-    return answer_question(runtime.model, runtime.tokenizer, task.question, len(task.context), runtime.config.prompt,
+    prompt = runtime.config.prompt
+    if answer_format is not None:
+        prompt = prompt.model_copy(update={"answer_format": answer_format})
+    return answer_question(runtime.model, runtime.tokenizer, task.question, len(task.context), prompt,
                            max_new_tokens=budget, context=task.context)
 
 
