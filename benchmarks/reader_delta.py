@@ -24,7 +24,7 @@ from pathlib import Path
 from perk_cli.config import ModelSettings
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
-from perk_cli.models.base import load_base, resolve_model_name
+from perk_cli.models.base import load_base, names_a_delta
 from perk_cli.models.delta import make_delta, save_delta
 from perk_cli.training.in_context import validate_in_context
 
@@ -60,7 +60,7 @@ def main() -> None:
         parser.error(f"--tuned {args.tuned}: not a model directory (no config.json); make one with "
                      "benchmarks/reading_base.py")
     try:
-        if Path(resolve_model_name(args.base)).suffix == ".safetensors":  # refused before minutes of work
+        if names_a_delta(args.base):  # refused before minutes of work
             parser.error(f"--base {args.base}: is itself a delta, and a delta must name a full base; pass the "
                          "base that one applies to (e.g. smollm2): the difference is taken from it")
     except PerkError as exc:

@@ -5,8 +5,9 @@ qa2 (PERK on the sixth reading base, which reads qa1 and qa2; 60 tasks at 128 to
 on the base the package ships (`smollm2-reader`: the second reading base as a rank-16 delta from the
 packaged SmolLM2 GGUF): the one it ships (perk_cli/shipped/qa1-reader, a second curriculum stage) and the
 one it shipped before (the first curriculum checkpoint under that base's name); and recall (PERK on the
-recall reading base, 60 six-record databases, plain answers (C) and the support format (D)), on that base as a committed rank-32 delta from the packaged
-GGUF (benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
+recall reading base, 60 six-record databases, plain answers (C) and the support format (D)), on that
+base as a committed rank-32 delta from the packaged GGUF
+(benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point

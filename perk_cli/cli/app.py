@@ -212,11 +212,11 @@ def _refuse_inherited_flags(flags: dict, init_from: str, model_given: bool) -> N
     """--init-from fixes the base model and the LoRA, inner-loop and prompt settings: a flag that sets one
     would be silently overridden, so it is an error."""
     from perk_cli.config import RunConfig
-    from perk_cli.training.meta_train import INHERITED, STAGE_CHOICES
+    from perk_cli.training.meta_train import INHERITED, fixed_by_checkpoint
 
     given = [("model", "name")] if model_given else []
     given += [(section, key) for section in INHERITED for key, value in flags[section].items()
-              if value is not None and key not in STAGE_CHOICES.get(section, ())]
+              if value is not None and fixed_by_checkpoint(section, key)]
     if given:
         flag = option_name(RunConfig, given[0])
         raise PerkError(f"{flag}: --init-from {init_from} fixes the model, LoRA, inner-loop and prompt "
@@ -227,13 +227,14 @@ def _refuse_inherited_file_settings(base: dict, source, init_from: str, config: 
     """The same for a --config file: a model, LoRA, inner-loop or prompt value it writes that differs from
     the checkpoint's (`source`, its RunConfig) would be silently replaced by it (equal values are fine;
     STAGE_CHOICES are the new run's to set)."""
-    from perk_cli.training.meta_train import INHERITED, STAGE_CHOICES
+    from perk_cli.training.meta_train import INHERITED, fixed_by_checkpoint
 
     for section in ("model", *INHERITED):
         theirs = getattr(source, section).model_dump(mode="json")
-        keys = ("name",) if section == "model" else theirs  # the device and dtype are this run's to choose
         for key, value in (base.get(section) or {}).items():
-            if key in keys and value != theirs[key] and key not in STAGE_CHOICES.get(section, ()):
+            # the model's device and dtype are this run's to choose, its name is not
+            fixed = key == "name" if section == "model" else key in theirs and fixed_by_checkpoint(section, key)
+            if fixed and value != theirs[key]:
                 raise PerkError(f"--config {config}: sets {section}.{key}={value!r}, but --init-from {init_from} "
                                 f"was trained with {theirs[key]!r} and fixes it; remove it from the file or start "
                                 "without --init-from")

@@ -154,6 +154,11 @@ def load_tiny(settings: ModelSettings, weights: Path | None = None, seed: int = 
     return model, tokenizer
 
 
+def names_a_delta(spec: str) -> bool:
+    """Whether a --model spec is a delta file (a path or a shipped preset such as smollm2-reader)."""
+    return Path(resolve_model_name(spec)).suffix == ".safetensors"
+
+
 def delta_base(path: Path, spec: str) -> str:
     """The base a delta file applies to (its metadata's `base`), checked: a PerkError for a file that
     is not a delta, or a delta of a delta."""
@@ -166,7 +171,7 @@ def delta_base(path: Path, spec: str) -> str:
         raise PerkError(f"--model {spec}: a safetensors file that is not a perk base delta; pass a model "
                         "directory (config.json and weights) or a delta file")
     base = metadata["base"]
-    if Path(resolve_model_name(base)).suffix == ".safetensors":
+    if names_a_delta(base):
         raise PerkError(f"--model {spec}: its base {base!r} is itself a delta; a delta must name a full base")
     return base
 

@@ -130,6 +130,12 @@ INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base
 STAGE_CHOICES = {"prompt": ("answer_format", "max_answer_tokens")}
 
 
+def fixed_by_checkpoint(section: str, key: str) -> bool:
+    """Whether --init-from fixes `section.key` to the checkpoint's value (the INHERITED settings less the
+    STAGE_CHOICES)."""
+    return section in INHERITED and key not in STAGE_CHOICES.get(section, ())
+
+
 def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     """`config` with the model name and the LoRA, inner-loop and prompt settings of the checkpoint it
     starts from (the meta-parameters only fit, and only mean something, under those), except the
@@ -148,7 +154,7 @@ def _check_inherited(config: RunConfig, source: RunConfig, path: Path) -> None:
     for name in INHERITED:
         mine, theirs = getattr(config, name).model_dump(), getattr(source, name).model_dump()
         for key in mine:
-            if mine[key] != theirs.get(key) and key not in STAGE_CHOICES.get(name, ()):
+            if mine[key] != theirs.get(key) and fixed_by_checkpoint(name, key):
                 raise PerkError(f"--init-from {path}: trained with {name}.{key}={theirs.get(key)!r}, this run has "
                                 f"{mine[key]!r}; leave the {name} settings to the checkpoint")
     if config.model.name != source.model.name:
