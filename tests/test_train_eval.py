@@ -1,6 +1,7 @@
 """meta-train and eval: learning, exact resume, DDP equality, metrics, outputs, bad input."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -52,6 +53,32 @@ def test_meta_training_lowers_the_validation_answer_loss(qa1, tmp_path):
         files = sorted(p.name for p in (tmp_path / "run" / name).iterdir())
         assert {"config.json", "meta.safetensors", "trainer_state.json"} <= set(files)
     assert (tmp_path / "run" / "last" / "optimizer.safetensors").is_file()
+
+
+def test_teacher_forced_validation_decodes_nothing_and_keeps_the_answer_loss(qa1, tmp_path, monkeypatch):
+    from perk_cli.data.schema import read_split
+
+    val = read_split(qa1, "validation")
+    torch.manual_seed(1)
+    runtime = build_runtime(_config(max_steps=20))
+    decoded = validate(runtime, val)
+    runtime.config = _config(max_steps=20, eval_decode=False)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("teacher-forced validation decoded an answer")
+
+    monkeypatch.setattr("perk_cli.prompts.generate_text", no_decoding)
+    forced = validate(runtime, val)
+    torch.testing.assert_close(forced["val_loss"], decoded["val_loss"], rtol=1e-9, atol=1e-12)
+    assert forced["val_em"] <= decoded["val_em"] and (forced["val_em"] * len(val)).is_integer()
+    # a whole run, the in-context baseline's validation included, validates without decoding
+    result = meta_train(_config(max_steps=2, eval_every=1, eval_decode=False, baseline=True), qa1, tmp_path / "run")
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"val_loss", "val_em"} <= set(line) for line in lines)
+    baseline = json.loads((result.baseline / "trainer_state.json").read_text())
+    assert baseline["best"]["step"] in (1, 2) and math.isfinite(baseline["best"]["val_loss"])
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert saved["train"]["eval_decode"] is False
 
 
 def test_checkpoint_holds_no_hub_base_weights(qa1, tmp_path):
@@ -239,16 +266,18 @@ def test_meta_train_step_size_lr_and_cache_prefix_flags_reach_the_config(qa1, tm
     args = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
             "--no-baseline", "-q"]
     code, _, err = run_cli(args + ["--out", str(tmp_path / "a"), "--step-size-lr", "0.05", "--no-cache-prefix",
-                                   "--max-minutes", "30", "--tasks-per-forward", "2"], capsys)
+                                   "--max-minutes", "30", "--tasks-per-forward", "2", "--eval-forced"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 0.05 and saved["inner"]["cache_prefix"] is False
+    assert saved["train"]["eval_decode"] is False
     assert saved["train"]["max_minutes"] == 30 and saved["train"]["tasks_per_forward"] == 2
     code, _, err = run_cli(args + ["--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
     assert saved["train"]["step_size_lr"] == 1e-2 and saved["inner"]["cache_prefix"] is True
     assert saved["train"]["max_minutes"] is None and saved["train"]["tasks_per_forward"] == 1
+    assert saved["train"]["eval_decode"] is True
     code, _, err = run_cli(args + ["--out", str(tmp_path / "f"), "--tasks-per-forward", "0"], capsys)
     assert code == 2 and "--tasks-per-forward" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(args + ["--out", str(tmp_path / "c"), "--step-size-lr", "-1"], capsys)

@@ -278,6 +278,10 @@ def meta_train_command(
     epochs: Optional[float] = setting(TrainSettings, "epochs"),
     eval_every: Optional[int] = setting(TrainSettings, "eval_every"),
     eval_tasks: Optional[int] = setting(TrainSettings, "eval_tasks"),
+    eval_decode: Optional[bool] = setting(TrainSettings, "eval_decode", "--eval-decode/--eval-forced",
+                                          help="Validate by decoding answers, or by teacher-forced exact match "
+                                          "(no decoding: cheap enough for many validation tasks).",
+                                          shown="decode"),
     train_base: Optional[bool] = setting(TrainSettings, "train_base", "--train-base/--no-train-base",
                                          help="Train the base model too.", shown="on for tiny, off otherwise"),
     baseline: Optional[bool] = setting(TrainSettings, "baseline", "--baseline/--no-baseline"),
@@ -318,7 +322,7 @@ def meta_train_command(
         "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
                   "clip": clip, "tasks_per_batch": tasks_per_batch, "tasks_per_forward": tasks_per_forward,
                   "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs, "eval_every": eval_every,
-                  "eval_tasks": eval_tasks, "baseline": baseline, "seed": seed, "train_base": train_base,
+                  "eval_tasks": eval_tasks, "eval_decode": eval_decode, "baseline": baseline, "seed": seed, "train_base": train_base,
                   "init_from": init_from},
     }
     if init_from is not None:

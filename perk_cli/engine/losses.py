@@ -109,5 +109,16 @@ def inner_loss(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | Non
 
 def answer_loss(call: ModelCall, batch: TokenBatch) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (the outer loss)."""
+    return answer_scores(call, batch)[0]
+
+
+def answer_scores(call: ModelCall, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the answer loss, [B] bool: every target token of the row is the model's top token given the
+    targets before it). The second is teacher-forced exact match: true exactly when greedy decoding
+    from the row's prompt reproduces its whole target, the closing eos included."""
     logits, _ = _scored(call, batch, with_hidden=False)
-    return _nll(logits, batch).sum() / max(batch.n_targets, 1)
+    loss = _nll(logits, batch).sum() / max(batch.n_targets, 1)
+    mask = batch.target_mask[:, 1:]
+    missed = logits.argmax(-1) != batch.input_ids[:, 1:][mask]
+    missed_rows = mask.new_zeros(mask.shape).masked_scatter(mask, missed).any(1)
+    return loss, mask.any(1) & ~missed_rows

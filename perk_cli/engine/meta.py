@@ -15,7 +15,7 @@ from perk_cli.engine.batches import MetaTask, TokenBatch, task_of_rows
 from perk_cli.engine.inner_loop import GroupCallback, InnerResult, keeps_graph, run_inner_loop
 from perk_cli.engine.learned import LearnedStepSizes, TokenWeighter
 from perk_cli.engine.lora import lora_parameters, per_task_lora
-from perk_cli.engine.losses import answer_loss, functional_model_call, weighted_token_nll
+from perk_cli.engine.losses import answer_loss, answer_scores, functional_model_call, weighted_token_nll
 from perk_cli.engine.prefix import FrozenPrefix, find_frozen_prefix
 
 
@@ -134,6 +134,10 @@ class MetaLearner(nn.Module):
 
     def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch) -> torch.Tensor:
         return answer_loss(functional_model_call(self.model, params), question)
+
+    def answer_scores(self, params: dict[str, torch.Tensor], question: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer loss, [B] teacher-forced exact match) with `params` as the LoRA: see losses.answer_scores."""
+        return answer_scores(functional_model_call(self.model, params), question)
 
     def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None,
               max_tokens_per_group: int | None = None) -> InnerResult:

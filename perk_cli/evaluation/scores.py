@@ -42,6 +42,14 @@ def mean_scores(scored: list[tuple[str, str, float]]) -> dict:
             "val_em": statistics.mean(exact_match(prediction, gold) for prediction, gold, _ in scored)}
 
 
+def mean_forced_scores(scored: list[tuple[bool, float]]) -> dict:
+    """{"val_loss", "val_em"} over (teacher-forced exact match, answer loss) pairs; inf and 0 when empty."""
+    if not scored:
+        return {"val_loss": math.inf, "val_em": 0.0}
+    return {"val_loss": statistics.mean(loss for _, loss in scored),
+            "val_em": statistics.mean(float(exact) for exact, _ in scored)}
+
+
 def length_bucket(tokens: int | None) -> str:
     return "unknown" if not tokens else str(2 ** round(math.log2(max(tokens, 1))))
 

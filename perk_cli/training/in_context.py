@@ -14,8 +14,8 @@ import torch
 from perk_cli.config import RunConfig
 from perk_cli.data.schema import Task
 from perk_cli.engine.batches import TokenBatch
-from perk_cli.engine.losses import answer_loss, functional_model_call
-from perk_cli.evaluation.scores import mean_scores
+from perk_cli.engine.losses import answer_loss, answer_scores, functional_model_call
+from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
 from perk_cli.prompts import answer_question, decode_budget, encode_question
 from perk_cli.training.checkpoint import Runtime, build_runtime, read_checkpoint, save_checkpoint
 from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
@@ -54,7 +54,14 @@ def _loss(runtime: Runtime, batch: TokenBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dict:
-    """Answer loss and EM of the in-context LoRA on the tasks whose context fits the model's positions."""
+    """Answer loss and EM of the in-context LoRA on the tasks whose context fits the model's positions:
+    decoded, or teacher-forced under `train.eval_decode` false (as PERK's validation)."""
+    if not runtime.config.train.eval_decode:
+        forced = []
+        for batch in filter(None, (in_context_batch(runtime, task) for task in tasks)):
+            loss, exact = answer_scores(functional_model_call(runtime.model, {}), batch.to(runtime.device))
+            forced.append((bool(exact.all()), float(loss)))
+        return mean_forced_scores(forced)
     scored = []
     for task in tasks:
         batch, answered = in_context_batch(runtime, task), answer_in_context(runtime, task, budget)

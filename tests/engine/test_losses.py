@@ -107,3 +107,30 @@ def test_the_frozen_prefix_path_projects_only_the_targets_too(micro_task):
     # per call: one row per sequence from the model (logits_to_keep=1), then the targets alone
     context, question = micro_task.context, micro_task.question
     assert rows == [context.input_ids.shape[0], context.n_targets] * 2 + [1, question.n_targets]
+
+
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_teacher_forced_exact_match_is_true_exactly_when_greedy_decoding_reproduces_the_target(peft):
+    from perk_cli.engine.losses import answer_scores
+    from perk_cli.prompts import pad_rows
+
+    prompt = [3, 9, 4, 11, 2]
+    greedy = _greedy(peft, prompt, 5)
+    wrong_last = greedy[:-1] + [(greedy[-1] + 1) % 16]
+    wrong_first = [(greedy[0] + 1) % 16] + greedy[1:]
+    rows = [(prompt + target, [False] * len(prompt) + [True] * len(target))
+            for target in (greedy, wrong_last, greedy[:2], wrong_first)]
+    batch = pad_rows(rows, 0)  # the third row is shorter: padded, and its padding never scored
+    call = functional_model_call(peft, {})
+    loss, exact = answer_scores(call, batch)
+    assert exact.tolist() == [True, False, True, False]
+    torch.testing.assert_close(loss, answer_loss(call, batch), rtol=0, atol=0)
+    # one row alone scores as it does in the batch
+    assert answer_scores(call, pad_rows(rows[1:2], 0))[1].tolist() == [False]
