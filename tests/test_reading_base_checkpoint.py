@@ -5,7 +5,8 @@ qa2 (PERK on the sixth reading base, which reads qa1 and qa2; 60 tasks at 128 to
 on the base the package ships (`smollm2-reader`: the second reading base as a rank-16 delta from the
 packaged SmolLM2 GGUF): the one it ships (perk_cli/shipped/qa1-reader, a second curriculum stage) and the
 one it shipped before (the first curriculum checkpoint under that base's name); and recall (PERK on the
-recall reading base, 60 six-record databases, plain answers (C) and the support format (D)), on that
+recall reading base, 60 six-record databases, plain answers (C), the support format (D), and D continued
+at a lower rate with checkpoints chosen on 64 validation tasks (G, also on a second set of 60)), on that
 base as a committed rank-32 delta from the packaged GGUF
 (benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
 
@@ -38,6 +39,7 @@ SETS = {  # name -> (family, prepare arguments, seed, validation, test): the pre
     "heldout2-1024": ("qa1", BABI + ["qa1", "--facts", "4", "--length", "1024"], 403, 0, 20),
     "qa2-heldout-128": ("qa2", BABI + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
     "recall-heldout-6": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 612, 16, 60),
+    "recall-heldout-6b": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 614, 16, 60),
 }
 CASES = [  # checkpoint, held-out set, the metrics file its reported figure is in, the least that figure is
     (str(SHIPPED), "heldout2-128", "perk-shipped-reader-curriculum-2/heldout2-128-metrics.json", 0.85),
@@ -51,6 +53,8 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
      "perk-reading-base-6-qa2/qa2-heldout-128-step70-metrics.json", 0.55),
     ("perk-recall-reader/checkpoint-C", "recall-heldout-6", "perk-recall-reader/eval-C-6rec.json", 0.50),
     ("perk-recall-reader/checkpoint-D", "recall-heldout-6", "perk-recall-reader/eval-D-6rec.json", 0.85),
+    ("perk-recall-reader/checkpoint-G", "recall-heldout-6", "perk-recall-reader/eval-G-6rec.json", 0.85),
+    ("perk-recall-reader/checkpoint-G", "recall-heldout-6b", "perk-recall-reader/eval-G-6rec-seed614.json", 0.85),
 ]
 
 pytestmark = pytest.mark.slow
