@@ -233,10 +233,10 @@ class TrainSettings(_Settings):
     eval_every: int = Field(50, ge=1, description="Validate every N steps.")
     eval_tasks: int = Field(32, ge=1, description="Validation tasks per validation pass.")
     eval_decode: bool = Field(
-        True, description="Validation EM of greedily decoded answers. False: teacher-forced EM, with no decoding: a task "
-        "counts when every target token (support facts and eos included) is the top token given the target before "
-        "it, i.e. when greedy decoding would reproduce the target exactly. A lower bound on the decoded EM that costs "
-        "one forward pass instead of a decode.")
+        True, description="Validation EM of greedily decoded answers. False: teacher-forced EM, with no decoding: "
+        "a task counts when every target token (support facts and eos included) is the top token given the target "
+        "before it, i.e. when greedy decoding would reproduce the target exactly. A lower bound on the decoded EM "
+        "that costs one forward pass instead of a decode.")
     train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")
     baseline: bool = Field(True, description="Also train the in-context baseline LoRA into the run.")
     seed: int = Field(0, description="Seed of the initialisation and the data order.")

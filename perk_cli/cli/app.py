@@ -322,8 +322,8 @@ def meta_train_command(
         "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
                   "clip": clip, "tasks_per_batch": tasks_per_batch, "tasks_per_forward": tasks_per_forward,
                   "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs, "eval_every": eval_every,
-                  "eval_tasks": eval_tasks, "eval_decode": eval_decode, "baseline": baseline, "seed": seed, "train_base": train_base,
-                  "init_from": init_from},
+                  "eval_tasks": eval_tasks, "eval_decode": eval_decode, "baseline": baseline, "seed": seed,
+                  "train_base": train_base, "init_from": init_from},
     }
     if init_from is not None:
         _refuse_inherited_flags(flags, init_from, model_given=model is not None)
