@@ -22,8 +22,8 @@ import torch
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
 from perk_cli.evaluation.scores import exact_match
-from perk_cli.memory import perk_answer
-from perk_cli.prompts import decode_budget, encode_task
+from perk_cli.memory import perk_answer, perk_forced
+from perk_cli.prompts import decode_budget
 from perk_cli.training.checkpoint import build_runtime, read_checkpoint
 
 
@@ -31,15 +31,11 @@ def compare(runtime, tasks) -> list[dict]:
     budget = decode_budget(runtime.tokenizer, tasks, runtime.config.prompt)
     rows = []
     for task in tasks:
-        encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt,
-                              max_len=runtime.max_positions).to(runtime.device)
         started = time.perf_counter()
-        with torch.no_grad():
-            lora = runtime.meta.adapt(encoded.context).params
-            loss, exact = runtime.meta.answer_scores(lora, encoded.question)
+        exact, loss, lora = perk_forced(runtime, task)
         forced_at = time.perf_counter()
         answer, raw, _ = perk_answer(runtime, task, budget, lora=lora)
-        rows.append({"forced": bool(exact.all()), "em": exact_match(answer, task.answer), "loss": float(loss),
+        rows.append({"forced": exact, "em": exact_match(answer, task.answer), "loss": loss,
                      "answer": answer, "gold": task.answer, "raw": raw, "forced_s": forced_at - started,
                      "decode_s": time.perf_counter() - forced_at})
     return rows

@@ -237,6 +237,17 @@ def perk_answer(runtime: Runtime, task: Task, budget: int, max_tokens_per_group:
     return answer, raw, loss
 
 
+@torch.no_grad()
+def perk_forced(runtime: Runtime, task: Task) -> tuple[bool, float, dict[str, torch.Tensor]]:
+    """(teacher-forced exact match, answer loss, the memory) of a task from a fresh PERK memory of its
+    context, with no decoding: what `--eval-forced` validation scores."""
+    encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt, max_len=runtime.max_positions)
+    encoded = encoded.to(runtime.device)
+    lora = runtime.meta.adapt(encoded.context).params
+    loss, exact = runtime.meta.answer_scores(lora, encoded.question)
+    return bool(exact.all()), float(loss), lora
+
+
 # --- ask: answers from a memory ------------------------------------------------------------------
 
 class Reader:

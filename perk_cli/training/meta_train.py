@@ -27,7 +27,7 @@ from perk_cli.data.prepare import task_directory
 from perk_cli.data.schema import Task, read_split
 from perk_cli.errors import PerkError
 from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
-from perk_cli.memory import perk_answer
+from perk_cli.memory import perk_answer, perk_forced
 from perk_cli.prompts import decode_budget, encode_task
 from perk_cli.training import distributed
 from perk_cli.training.checkpoint import Runtime, build_runtime, checkpoint_config, read_checkpoint, save_checkpoint
@@ -192,13 +192,7 @@ def validate(runtime: Runtime, tasks: list[Task]) -> dict:
     """Post-adaptation answer loss and exact match on the given tasks: of the greedily decoded answer,
     or teacher-forced (`train.eval_decode` false: the whole target is the greedy continuation)."""
     if not runtime.config.train.eval_decode:
-        forced = []
-        for task in tasks:
-            encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt,
-                                  max_len=runtime.max_positions).to(runtime.device)
-            loss, exact = runtime.meta.answer_scores(runtime.meta.adapt(encoded.context).params, encoded.question)
-            forced.append((bool(exact.all()), float(loss)))
-        return mean_forced_scores(forced)
+        return mean_forced_scores([perk_forced(runtime, task)[:2] for task in tasks])
     budget = decode_budget(runtime.tokenizer, tasks, runtime.config.prompt)
     scored = []
     for task in tasks:
