@@ -396,9 +396,9 @@ def test_init_from_starts_a_fresh_run_from_a_checkpoints_meta_parameters(qa1, tm
     first = _config(max_steps=3, eval_every=3)
     meta_train(first, qa1, tmp_path / "first")
     trained = load_file(str(tmp_path / "first" / "last" / "meta.safetensors"))
-    # Another rank, K and segment length, and outer rates so small that one step moves nothing.
+    # Another rank, inner optimiser and segment length, and outer rates so small that one step moves nothing.
     other = _config(max_steps=1, eval_every=1, lr=1e-12, step_size_lr=1e-12, init_from=str(tmp_path / "first" / "last"))
-    other = other.model_copy(update={"lora": LoraSettings(rank=2, alpha=8), "inner": InnerLoopSettings(steps=3),
+    other = other.model_copy(update={"lora": LoraSettings(rank=2, alpha=8), "inner": InnerLoopSettings(optimizer="sgd"),
                                      "prompt": PromptSettings(segment_tokens=16)})
     with pytest.raises(PerkError, match=r"--init-from .*lora\.rank=4.*leave the lora settings"):
         meta_train(other, qa1, tmp_path / "refused")  # a library caller who skipped plan_run
@@ -445,7 +445,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
     assert saved["lora"]["rank"] == 3 and saved["inner"]["steps"] == 2 and saved["train"]["lr"] == 0.002
     assert saved["train"]["init_from"] == str(tmp_path / "a") and saved["train"]["train_base"] is True
     assert saved["model"]["name"] == "tiny"
-    for extra, flag in ((["--lora-rank", "4"], "--lora-rank"), (["--inner-lr", "0.1"], "--inner-lr"),
+    for extra, flag in ((["--lora-rank", "4"], "--lora-rank"), (["--inner-optimizer", "sgd"], "--inner-optimizer"),
                         (["--model", "tiny"], "--model"), (["--segment-tokens", "16"], "--segment-tokens")):
         code, _, err = run_cli(start + ["--out", str(tmp_path / "c")] + extra, capsys)
         assert code == 2 and err.strip().startswith(f"error: {flag}:") and "--init-from" in err, err
@@ -459,7 +459,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
 def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path, capsys):
     start = _source_run(qa1, tmp_path, capsys)
     source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
-    for section, key, value in (("prompt", "segment_tokens", 16), ("inner", "steps", 4),
+    for section, key, value in (("prompt", "segment_tokens", 16), ("inner", "optimizer", "sgd"),
                                 ("model", "name", "gpt2")):
         file = tmp_path / f"{key}.yaml"
         file.write_text(yaml.safe_dump({section: {key: value}}))
@@ -491,6 +491,40 @@ def test_init_from_lets_a_new_stage_choose_its_answer_format(qa1, tmp_path, caps
         assert prompt["max_answer_tokens"] == (48 if out == "file" else source["prompt"]["max_answer_tokens"])
         assert {k: v for k, v in prompt.items() if k not in ("answer_format", "max_answer_tokens")} == {
             k: v for k, v in source["prompt"].items() if k not in ("answer_format", "max_answer_tokens")}
+
+
+def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys):
+    """K is a stage's choice: the source's K=2 step sizes carry over and the added steps start at the run's
+    lr_init (the checkpoint's unless --inner-lr sets it); the rest of the inner loop stays the checkpoint's,
+    and an impossible or meaningless choice is one line."""
+    import math
+
+    from safetensors.torch import load_file
+
+    start = _source_run(qa1, tmp_path, capsys)
+    source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())["inner"]
+    eta = load_file(str(tmp_path / "a" / "last" / "meta.safetensors"))["step_sizes.log_eta"]
+    assert eta.shape[0] == 2 and not torch.allclose(eta, torch.full_like(eta, math.log(source["lr_init"])))
+    frozen = ["--lr", "1e-12", "--step-size-lr", "1e-12"]  # an outer step this small moves nothing we compare
+    for extra, out, added in ((["--inner-lr", "1e-4"], "k4", 1e-4), ([], "k4-default", source["lr_init"])):
+        code, _, err = run_cli(start + ["--inner-steps", "4", "--unroll-start", "2", *frozen, *extra,
+                                        "--out", str(tmp_path / out)], capsys)
+        assert code == 0, err
+        inner = json.loads((tmp_path / out / "last" / "config.json").read_text())["inner"]
+        assert inner["steps"] == 4 and inner["unroll_start"] == 2 and inner["lr_init"] == added
+        assert {k: v for k, v in inner.items() if k not in ("steps", "unroll_start", "lr_init")} == {
+            k: v for k, v in source.items() if k not in ("steps", "unroll_start", "lr_init")}
+        fitted = load_file(str(tmp_path / out / "last" / "meta.safetensors"))["step_sizes.log_eta"]
+        expected = torch.cat([eta, torch.full_like(eta, math.log(added))])
+        torch.testing.assert_close(fitted, expected, atol=1e-6, rtol=0)
+    # valid on its own (the default K is 4), not with the checkpoint's K=2
+    code, _, err = run_cli(start + ["--unroll-start", "3", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--init-from" in err and "unroll_start (3) must be at most steps (2)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    # the checkpoint's 2 steps keep their learned sizes: --inner-lr would change nothing
+    code, _, err = run_cli(start + ["--inner-lr", "0.1", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--inner-lr" in err and "--inner-steps" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from perk_cli.config import RunConfig
+from perk_cli.engine.learned import inverse_softplus
 from perk_cli.engine.meta import MetaLearner
 from perk_cli.errors import PerkError
 from perk_cli.files import staged_directory
@@ -148,6 +150,27 @@ class Runtime:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.meta.trainable_state_dict(include_base=self.config.model.name == "tiny")
+
+
+STEP_SIZES = "step_sizes.log_eta"
+
+
+def fit_step_sizes(tensors: dict[str, torch.Tensor], steps: int, lr_init: float) -> dict[str, torch.Tensor]:
+    """`tensors` with the learned step sizes (one row an inner step) fitted to `steps` inner steps: the
+    first `steps` rows, or every row followed by new ones at `lr_init` (steps the checkpoint never took
+    start where a fresh run's would; measured on recall, repeating the last trained sizes for 4 more steps
+    took the memory from 0.84 to 0.06). Unchanged when the count already fits."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, not {steps}")
+    key = STEP_SIZES if STEP_SIZES in tensors else "step_sizes.raw"
+    if key not in tensors or tensors[key].shape[0] == steps:
+        return tensors
+    table = tensors[key]
+    if steps < table.shape[0]:
+        return {**tensors, key: table[:steps].clone()}
+    start = math.log(lr_init) if key == STEP_SIZES else inverse_softplus(lr_init)
+    added = torch.full((steps - table.shape[0], table.shape[1]), start, dtype=table.dtype, device=table.device)
+    return {**tensors, key: torch.cat([table, added])}
 
 
 def build_runtime(config: RunConfig, tensors: dict[str, torch.Tensor] | None = None, source: str = "") -> Runtime:

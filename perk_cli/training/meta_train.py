@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
 import torch
 
 from perk_cli.config import RunConfig
@@ -30,7 +31,8 @@ from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
 from perk_cli.memory import perk_answer, perk_forced
 from perk_cli.prompts import decode_budget, encode_task
 from perk_cli.training import distributed
-from perk_cli.training.checkpoint import Runtime, build_runtime, checkpoint_config, read_checkpoint, save_checkpoint
+from perk_cli.training.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes, read_checkpoint,
+                                        save_checkpoint)
 from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
 
 StepCallback = Callable[[int, int, dict], None]  # (step, max_steps, metrics)
@@ -127,7 +129,10 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
 INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base model's name
 # ... except these: the outer loss's target and the decoding cap are no meta-parameters (the LoRA init, step
 # sizes and weighter act on the document), so a new stage may change them, e.g. plain answers -> support.
-STAGE_CHOICES = {"prompt": ("answer_format", "max_answer_tokens")}
+# So may the number of inner steps (the step sizes follow it, steps the checkpoint lacks starting at the
+# run's lr_init: fit_step_sizes) and how the meta-gradient flows through them.
+STAGE_CHOICES = {"prompt": ("answer_format", "max_answer_tokens"),
+                 "inner": ("steps", "lr_init", "unroll", "unroll_start")}
 
 
 def fixed_by_checkpoint(section: str, key: str) -> bool:
@@ -146,7 +151,17 @@ def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     for name in INHERITED:
         mine = getattr(config, name)
         chosen = {key: getattr(mine, key) for key in STAGE_CHOICES.get(name, ()) if key in mine.model_fields_set}
-        sections[name] = getattr(source, name).model_copy(update=chosen)
+        theirs = getattr(source, name)
+        if name == "inner" and chosen.get("lr_init", theirs.lr_init) != theirs.lr_init \
+                and chosen.get("steps", theirs.steps) <= theirs.steps:
+            raise PerkError(f"--init-from {init_from}: the step sizes are the checkpoint's; inner.lr_init "
+                            f"(--inner-lr) only sets the steps it lacks, so it needs more than its {theirs.steps} "
+                            "inner steps (--inner-steps)")
+        try:  # validated again: a choice must fit the settings it joins (unroll_start <= steps)
+            sections[name] = type(theirs).model_validate({**theirs.model_dump(), **chosen})
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise PerkError(f"--init-from {init_from}: {reason} (with the checkpoint's other {name} settings)")
     return config.model_copy(update={"model": model, **sections})
 
 
@@ -239,7 +254,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         torch.manual_seed(config.train.seed)
         files = read_checkpoint(Path(config.train.init_from), "--init-from")
         _check_inherited(config, files.config, Path(config.train.init_from))
-        runtime = build_runtime(config, files.tensors, source=str(files.path))
+        runtime = build_runtime(config, fit_step_sizes(files.tensors, config.inner.steps, config.inner.lr_init), source=str(files.path))
         optimizer = outer_optimizer(runtime)
         say(f"starting from the meta-parameters of {files.path} (trained {(files.trainer_state or {}).get('step', '?')} steps)")
     else:
