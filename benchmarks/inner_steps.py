@@ -1,0 +1,115 @@
+"""A checkpoint adapted with more (or fewer) inner steps than it was meta-trained with: the curve, and the
+checkpoint that takes the chosen count.
+
+    python benchmarks/inner_steps.py benchmarks/results/perk-recall-reader/checkpoint-G runs/recall-train-3 \
+        --steps 4,6,8 --added-lr 3e-4,1e-3,2.9e-3            # teacher-forced EM on the validation split
+    python benchmarks/inner_steps.py benchmarks/results/perk-recall-reader/checkpoint-G --save 6:1e-3 \
+        --out runs/G-k6                                       # G taking 6 steps, the 2 added at 1e-3
+
+Steps past the checkpoint's K take `--added-lr` as their size (`fit_step_sizes`: the same rule as an
+`--init-from` stage that raises K); fewer steps keep the first ones. Each (K, size) pair is scored as
+`--eval-forced` validation scores a run (teacher-forced exact match and answer loss), so choose the pair
+here on validation tasks and measure the saved checkpoint held out with `perk eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from perk_cli.data.schema import read_split
+from perk_cli.errors import PerkError
+from perk_cli.training.checkpoint import CheckpointFiles, build_runtime, fit_step_sizes, read_checkpoint, save_checkpoint
+from perk_cli.training.meta_train import validate
+
+
+def with_steps(files: CheckpointFiles, steps: int, added_lr: float):
+    """(config, tensors) of `files`' checkpoint taking `steps` inner steps, those it lacks at `added_lr`."""
+    config = files.config
+    inner = config.inner.model_copy(update={"steps": steps, "lr_init": added_lr,
+                                            "unroll_start": min(config.inner.unroll_start, steps)})
+    return config.model_copy(update={"inner": inner}), fit_step_sizes(files.tensors, steps, added_lr)
+
+
+def pairs(steps: list[int], added: list[float], trained: int) -> list[tuple[int, float]]:
+    """Every (K, size) to score; a K at or below the trained one has no added steps, so it is scored once."""
+    out = []
+    for k in steps:
+        for lr in (added if k > trained else added[:1]):
+            out.append((k, lr))
+    return out
+
+
+def sweep(files: CheckpointFiles, tasks, steps: list[int], added: list[float], model: str | None = None) -> list[dict]:
+    rows = []
+    for k, lr in pairs(steps, added, files.config.inner.steps):
+        config, tensors = with_steps(files, k, lr)
+        config = config.model_copy(update={"train": config.train.model_copy(update={"eval_decode": False})})
+        if model:
+            config = config.model_copy(update={"model": config.model.model_copy(update={"name": model})})
+        started = time.perf_counter()
+        scores = validate(build_runtime(config, tensors, source=str(files.path)), tasks)
+        rows.append({"steps": k, "added_lr": lr if k > files.config.inner.steps else None,
+                     "forced_em": scores["val_em"], "loss": scores["val_loss"],
+                     "seconds_a_task": (time.perf_counter() - started) / len(tasks)})
+    return rows
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("tasks", type=Path, nargs="?", help="task directory to score on (not with --save)")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--limit", type=int, default=64, help="tasks of the split to score")
+    parser.add_argument("--steps", default="", help="comma-separated inner step counts (default: the trained K)")
+    parser.add_argument("--added-lr", default="1e-3", help="comma-separated sizes for the added steps")
+    parser.add_argument("--model", help="another --model for the checkpoint's base (a delta file, ...)")
+    parser.add_argument("--save", metavar="K:LR", help="write the checkpoint taking K steps, the added at LR")
+    parser.add_argument("--out", type=Path, help="with --save: the new checkpoint's directory; "
+                        "without: where the rows go (jsonl)")
+    args = parser.parse_args(argv)
+    try:
+        files = read_checkpoint(args.checkpoint)
+        if args.save:
+            try:
+                k, lr = int(args.save.split(":")[0]), float(args.save.split(":")[1])
+            except (ValueError, IndexError):
+                parser.error(f"--save {args.save}: expected K:LR, e.g. 6:1e-3")
+            if args.out is None:
+                parser.error("--save: needs --out, the new checkpoint's directory")
+            if k < 1 or lr <= 0:
+                parser.error(f"--save {args.save}: K must be at least 1 and LR positive")
+            config, tensors = with_steps(files, k, lr)
+            state = {"step": (files.trainer_state or {}).get("step"), "inner_steps_from": str(files.path),
+                     "trained_steps": files.config.inner.steps, "steps": k, "added_lr": lr}
+            save_checkpoint(args.out, config, tensors, state)
+            print(f"{args.out}: {files.path} taking {k} inner steps (trained with {files.config.inner.steps}; "
+                  f"added steps at {lr:g})")
+            return
+        if args.tasks is None:
+            parser.error("tasks: a task directory to score on (or --save K:LR --out DIR)")
+        steps = [int(x) for x in args.steps.split(",") if x] or [files.config.inner.steps]
+        added = _floats(args.added_lr)
+        if min(steps) < 1 or not added or min(added) <= 0:
+            parser.error("--steps must be at least 1 and --added-lr positive")
+        tasks = read_split(args.tasks, args.split)[: args.limit]
+        rows = sweep(files, tasks, steps, added, args.model)
+    except PerkError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"{files.path}, trained with K={files.config.inner.steps}; {len(tasks)} {args.split} tasks of {args.tasks}")
+    print(f"{'K':>3} {'added steps at':>15} {'forced EM':>10} {'loss':>8} {'s a task':>9}")
+    for row in rows:
+        size = "-" if row["added_lr"] is None else f"{row['added_lr']:g}"
+        print(f"{row['steps']:>3} {size:>15} {row['forced_em']:>10.3f} {row['loss']:>8.4f} {row['seconds_a_task']:>9.2f}")
+    if args.out:
+        args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+if __name__ == "__main__":
+    main()
