@@ -21,7 +21,8 @@ from pathlib import Path
 
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
-from perk_cli.training.checkpoint import CheckpointFiles, build_runtime, fit_step_sizes, read_checkpoint, save_checkpoint
+from perk_cli.training.checkpoint import (CheckpointFiles, build_runtime, fit_step_sizes, read_checkpoint,
+                                        save_checkpoint)
 from perk_cli.training.meta_train import validate
 
 
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'K':>3} {'added steps at':>15} {'forced EM':>10} {'loss':>8} {'s a task':>9}")
     for row in rows:
         size = "-" if row["added_lr"] is None else f"{row['added_lr']:g}"
-        print(f"{row['steps']:>3} {size:>15} {row['forced_em']:>10.3f} {row['loss']:>8.4f} {row['seconds_a_task']:>9.2f}")
+        print(f"{row['steps']:>3} {size:>15} {row['forced_em']:>10.3f} {row['loss']:>8.4f} "
+              f"{row['seconds_a_task']:>9.2f}")
     if args.out:
         args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
 

@@ -68,8 +68,8 @@ def test_the_sweep_scores_as_validation_does_and_save_writes_that_checkpoint(tmp
     extended, _ = load_runtime(tmp_path / "k3")
     assert math.isclose(validate(extended, tasks)["val_loss"], rows[2]["loss"], rel_tol=1e-5)
 
-    for bad, said in ((["--save", "three"], "--save three: expected K:LR"), (["--save", "3:1e-3"], "--save: needs --out"),
-                      ([], "tasks: a task directory")):
+    for bad, said in ((["--save", "three"], "--save three: expected K:LR"),
+                      (["--save", "3:1e-3"], "--save: needs --out"), ([], "tasks: a task directory")):
         done = _run([str(tmp_path / "run"), *bad])
         assert done.returncode == 2 and said in done.stderr.strip().splitlines()[-1], done.stderr
     done = _run([str(tmp_path / "nowhere"), str(data)])

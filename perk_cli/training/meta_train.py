@@ -254,7 +254,8 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         torch.manual_seed(config.train.seed)
         files = read_checkpoint(Path(config.train.init_from), "--init-from")
         _check_inherited(config, files.config, Path(config.train.init_from))
-        runtime = build_runtime(config, fit_step_sizes(files.tensors, config.inner.steps, config.inner.lr_init), source=str(files.path))
+        tensors = fit_step_sizes(files.tensors, config.inner.steps, config.inner.lr_init)
+        runtime = build_runtime(config, tensors, source=str(files.path))
         optimizer = outer_optimizer(runtime)
         say(f"starting from the meta-parameters of {files.path} (trained {(files.trainer_state or {}).get('step', '?')} steps)")
     else:
