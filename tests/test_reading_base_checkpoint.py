@@ -6,7 +6,8 @@ on the base the package ships (`smollm2-reader`: the second reading base as a ra
 packaged SmolLM2 GGUF): the one it ships (perk_cli/shipped/qa1-reader, a second curriculum stage) and the
 one it shipped before (the first curriculum checkpoint under that base's name); and recall (PERK on the
 recall reading base, 60 six-record databases, plain answers (C), the support format (D), and D continued
-at a lower rate with checkpoints chosen on 64 validation tasks (G, also on a second set of 60)), on that
+at a lower rate with checkpoints chosen on 64 validation tasks (G, also on a second set of 60), and G taking
+two more inner steps at a smaller size (G-k6, benchmarks/inner_steps.py, on both sets)), on that
 base as a committed rank-32 delta from the packaged GGUF
 (benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
 
@@ -55,6 +56,9 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
     ("perk-recall-reader/checkpoint-D", "recall-heldout-6", "perk-recall-reader/eval-D-6rec.json", 0.85),
     ("perk-recall-reader/checkpoint-G", "recall-heldout-6", "perk-recall-reader/eval-G-6rec.json", 0.85),
     ("perk-recall-reader/checkpoint-G", "recall-heldout-6b", "perk-recall-reader/eval-G-6rec-seed614.json", 0.85),
+    ("perk-recall-reader/checkpoint-G-k6", "recall-heldout-6", "perk-recall-reader/eval-G-k6-6rec.json", 0.90),
+    ("perk-recall-reader/checkpoint-G-k6", "recall-heldout-6b", "perk-recall-reader/eval-G-k6-6rec-seed614.json",
+     0.90),
 ]
 
 pytestmark = pytest.mark.slow
