@@ -11,6 +11,13 @@ truncation costs (relative error per matrix; in-context EM of the delta-loaded m
 sets, decoded as every method is, beside the tuned model's own EM when --compare-tuned), and writes
 <out> and its report beside it (the .json of the same name: recipe, sizes, errors, EM). `--model <out>`
 then loads the reading base.
+
+    python benchmarks/reader_delta.py --expand benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors \
+        --out runs/reading-base-recall-4/model
+
+`--expand` goes the other way: it writes the model a delta file loads as (its base plus the stored
+difference, float32) out as a model directory, e.g. under the path a checkpoint trained on the full base
+records, so `--init-from` that checkpoint works without the 538 MB original.
 """
 
 from __future__ import annotations
@@ -46,9 +53,27 @@ def summarise(report: dict) -> dict:
             for kind, errors in sorted(kinds.items())}
 
 
+def expand(parser: argparse.ArgumentParser, delta: str, out: Path) -> None:
+    """Write the model `delta` loads as into the directory `out` (refused if `out` holds anything)."""
+    from reading_base import save_base  # benchmarks/ is on sys.path when run as a script
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--out {out}: already exists and is not an empty directory; choose another")
+    try:
+        if not names_a_delta(delta):
+            parser.error(f"--expand {delta}: not a delta file or shipped delta preset")
+        model, tokenizer = load_base(ModelSettings(name=delta, dtype="float32", device="cpu"))
+    except PerkError as exc:
+        parser.error(str(exc).replace("--model", "--expand", 1))
+    save_base(model, tokenizer, out)
+    print(f"{out}: the model {delta} loads as")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tuned", type=Path, required=True, help="the fine-tuned base directory")
+    parser.add_argument("--tuned", type=Path, help="the fine-tuned base directory")
+    parser.add_argument("--expand", metavar="DELTA", help="instead: write the model this delta file (or "
+                        "shipped preset) loads as into the directory --out")
     parser.add_argument("--base", default="smollm2", help="the --model spec it was tuned from (recorded in the file)")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
@@ -56,6 +81,11 @@ def main() -> None:
                         help="task directories whose test split the delta-loaded model is scored on")
     parser.add_argument("--compare-tuned", action="store_true", help="score the tuned directory on them too")
     args = parser.parse_args()
+    if args.expand:
+        expand(parser, args.expand, args.out)
+        return
+    if args.tuned is None:
+        parser.error("--tuned: missing; the fine-tuned base directory to store as a delta (or --expand DELTA)")
     if not (args.tuned / "config.json").is_file():
         parser.error(f"--tuned {args.tuned}: not a model directory (no config.json); make one with "
                      "benchmarks/reading_base.py")

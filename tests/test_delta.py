@@ -153,3 +153,33 @@ def test_the_benchmark_script_writes_a_delta_that_loads_and_its_report(tmp_path)
                            "--out", str(again)], capture_output=True, text=True)
     assert done.returncode == 2 and "is itself a delta" in done.stderr and not again.exists(), done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("reader_delta.py: error: --base ")  # after the usage
+
+
+def test_the_benchmark_script_expands_a_delta_into_the_model_it_loads_as(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, directory = _base_dir(tmp_path)
+    tensors, report = make_delta(base, _tuned(base), rank=2)
+    delta = tmp_path / "reader.safetensors"
+    save_delta(delta, tensors, base=str(directory), rank=2, report=report)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reader_delta.py"
+    out = tmp_path / "expanded"
+    done = subprocess.run([sys.executable, str(script), "--expand", str(delta), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expanded, tokenizer = load_base(ModelSettings(name=str(out)))
+    from_delta, _ = load_base(ModelSettings(name=str(delta)))
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():  # the same float32 weights: the same logits, exactly
+        assert torch.equal(expanded(input_ids=ids).logits, from_delta(input_ids=ids).logits)
+        assert not torch.allclose(expanded(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-4)
+    assert tokenizer("Mary went")["input_ids"] == load_tokenizer(str(directory))("Mary went")["input_ids"]
+    for bad, said in ((["--expand", str(delta), "--out", str(out)], "already exists"),
+                      (["--expand", str(directory), "--out", str(tmp_path / "x")], "not a delta file"),
+                      (["--expand", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")], "none"),
+                      (["--out", str(tmp_path / "x")], "--tuned: missing")):
+        done = subprocess.run([sys.executable, str(script), *bad], capture_output=True, text=True)
+        assert done.returncode == 2 and said in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (tmp_path / "x").exists()
