@@ -10,6 +10,14 @@ recipe that reads at the training length and a curriculum over longer stories:
         --segment-tokens 64 --top-layers 8 --steps 110 --tasks-per-forward 4 \
         --curriculum 128,512,1024 --curriculum-steps 80 --out runs/repro-qa1-rb2
 
+Recall on its reading base, with the settings recall's checkpoint G ended with (the support answer
+format, checkpoints chosen on 64 validation tasks by teacher-forced exact match); G itself came from five
+stages (benchmarks/RESULTS.md), and this one-stage command has not been run end to end:
+
+    python benchmarks/reproduce.py --family recall --base runs/reading-base-recall-4/model --segment-tokens 64 \
+        --top-layers 8 --inner-steps 4 --answer-format support --validation-tasks 64 --eval-forced \
+        --steps 200 --tasks-per-forward 4 --out runs/repro-recall-rb
+
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
   1. data: training length L, held-out test sets at 1x, 2x, 4x, 8x L (fresh seeds, never trained on);
   2. PERK meta-training with truncated unrolling for --minutes or --steps (checkpointed, resumable);
@@ -50,7 +58,7 @@ def family_size(family: str, length: int | None) -> dict:
 
 
 def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000,
-                 length: int | None = None, segment_tokens: int = 128) -> dict[int, Path]:
+                 length: int | None = None, segment_tokens: int = 128, validation_tasks: int = 16) -> dict[int, Path]:
     from perk_cli.data.prepare import prepare
 
     task, subtask, _ = FAMILIES[family]
@@ -63,14 +71,15 @@ def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_task
             continue
         scaled = {k: (v * m if k in ("records", "length") else v) for k, v in size.items()}
         prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
-                                train=train_tasks if m == 1 else 0, validation=16 if m == 1 else 0, test=test_tasks,
+                                train=train_tasks if m == 1 else 0, validation=validation_tasks if m == 1 else 0,
+                                test=test_tasks,
                                 out=str(directory), seed=100 + m, **scaled))
     return dirs
 
 
 def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], train_tasks: int,
-                       segment_tokens: int) -> Path:
-    """Training tasks cycling over `lengths` (and 16 validation tasks likewise), a seed of their own."""
+                       segment_tokens: int, validation_tasks: int = 16) -> Path:
+    """Training tasks cycling over `lengths` (and the validation tasks likewise), a seed of their own."""
     from perk_cli.data.prepare import prepare
 
     task, subtask, _ = FAMILIES[family]
@@ -78,7 +87,8 @@ def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], t
     if not (directory / "prepare.json").is_file():
         size = {**family_size(family, None), "length": lengths}
         prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
-                                train=train_tasks, validation=16, test=0, out=str(directory), seed=200, **size))
+                                train=train_tasks, validation=validation_tasks, test=0, out=str(directory), seed=200,
+                                **size))
     return directory
 
 
@@ -92,11 +102,13 @@ def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max
         lora=LoraSettings(rank=16, alpha=32, top_layers=None if tiny else args.top_layers),
         inner=InnerLoopSettings(steps=args.inner_steps, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll,
                                 unroll_start=1),
-        prompt=PromptSettings(segment_tokens=args.segment_tokens, max_answer_tokens=16),
+        prompt=PromptSettings(segment_tokens=args.segment_tokens, answer_format=args.answer_format,
+                              max_answer_tokens=64 if args.answer_format == "support" else 16),
         train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=args.tasks_per_batch,
                             tasks_per_forward=args.tasks_per_forward, lr=args.lr, step_size_lr=args.step_size_lr,
                             warmup_steps=10 if args.base is None else 5, schedule="constant",
-                            eval_every=25 if args.base is None else 10, eval_tasks=16, train_base=tiny,
+                            eval_every=25 if args.base is None else 10, eval_tasks=args.validation_tasks,
+                            eval_decode=not args.eval_forced, train_base=tiny,
                             baseline=unroll == "truncated" and args.base is None, seed=0),
     )
 
@@ -155,7 +167,14 @@ def main() -> None:
     parser.add_argument("--curriculum-steps", type=int, default=80)
     parser.add_argument("--test-tasks", type=int, default=20)
     parser.add_argument("--train-tasks", type=int, default=2000)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="Decoding cap at evaluation [default: 16; 72 with --answer-format support].")
+    parser.add_argument("--validation-tasks", type=int, default=16,
+                        help="Validation tasks that choose each run's best/ (64 chose recall's checkpoint G).")
+    parser.add_argument("--eval-forced", action="store_true",
+                        help="Validate by teacher-forced exact match (no decoding: many validation tasks are cheap).")
+    parser.add_argument("--answer-format", choices=("plain", "support"), default="plain",
+                        help="support: the outer loss asks the memory to recite the supporting facts, then answer.")
     parser.add_argument("--out", type=Path, default=Path("runs/repro"))
     recipe = parser.add_argument_group("recipe (defaults: recipe 3 of benchmarks/RESULTS.md)")
     recipe.add_argument("--top-layers", type=int, default=4, help="LoRA on the top k layers.")
@@ -165,6 +184,10 @@ def main() -> None:
     recipe.add_argument("--tasks-per-batch", type=int, default=4)
     recipe.add_argument("--tasks-per-forward", type=int, default=1)
     args = parser.parse_args()
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 72 if args.answer_format == "support" else 16
+    if args.validation_tasks < 1:
+        parser.error(f"--validation-tasks {args.validation_tasks}: must be at least 1")
     if args.base is not None and (problem := base_problem(args.base)):
         parser.error(problem)
     out = args.out
@@ -180,7 +203,7 @@ def main() -> None:
 
     tokenizer = str(args.base) if args.base else args.model
     dirs = prepare_sets(args.family, tokenizer, out, args.test_tasks, args.train_tasks, args.length,
-                        args.segment_tokens)
+                        args.segment_tokens, args.validation_tasks)
     train_dir = dirs[1]
     truncated = run_config(args, "truncated", None if args.steps else args.minutes, args.steps or 100_000, train_dir)
     steps = train_stage(truncated, train_dir, out / "perk-truncated", log)
@@ -188,7 +211,8 @@ def main() -> None:
     runs = {"PERK (truncated)": "perk-truncated"}
     if args.curriculum:
         lengths = [int(v) for v in args.curriculum.split(",")]
-        mixture = prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens)
+        mixture = prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
+                                     args.validation_tasks)
         curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
         more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
         log(f"curriculum over {args.curriculum} tokens: {more} more steps")
@@ -203,7 +227,7 @@ def main() -> None:
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     # What truncated PERK was trained with, from its own config (a rerun's flags may differ from it).
     trained = json.loads((out / "perk-truncated" / "config.json").read_text())
-    results["recipe"] = {"outer_steps": steps, **{k: trained[k] for k in ("model", "lora", "inner", "train")}}
+    results["recipe"] = {"outer_steps": steps, **{k: trained[k] for k in ("model", "lora", "inner", "prompt", "train")}}
     for m, directory in dirs.items():
         for run in runs.values():
             key = f"{run}/x{m}"

@@ -97,12 +97,18 @@ def test_reproduce_on_a_base_delta_with_a_curriculum(tmp_path):
     args = [sys.executable, str(SCRIPT), "--family", "qa1", "--base", str(base), "--length", "48", "--segment-tokens",
             "24", "--steps", "2", "--curriculum", "48,96", "--curriculum-steps", "1", "--train-tasks", "8",
             "--test-tasks", "2", "--top-layers", "1", "--tasks-per-batch", "2", "--tasks-per-forward", "2",
-            "--max-new-tokens", "3", "--out", str(out)]
+            "--validation-tasks", "3", "--eval-forced", "--answer-format", "support", "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["recipe"]["outer_steps"] == 2 and results["recipe"]["model"]["name"] == str(base)
     assert results["recipe"]["lora"]["top_layers"] == 1 and results["recipe"]["train"]["tasks_per_forward"] == 2
+    train, prompt = results["recipe"]["train"], results["recipe"]["prompt"]
+    assert (train["eval_tasks"], train["eval_decode"], prompt["answer_format"]) == (3, False, "support")
+    for data in ("qa1-x1", "qa1-curriculum"):  # the validation tasks that choose best/, in both stages
+        assert len((out / "data" / data / "validation.jsonl").read_text().splitlines()) == 3
+    settings = json.loads((out / "eval" / "perk-truncated" / "x1" / "metrics.json").read_text())["settings"]
+    assert settings["max_new_tokens"] == 72  # room for the recited facts, the support format's default
     for m in (1, 2, 4, 8):
         assert set(results[f"perk-truncated/x{m}"]) == {"perk", "base", "plain-ttt"}
         assert set(results[f"perk-curriculum/x{m}"]) == set(results[f"perk-first-order/x{m}"]) == {"perk"}
