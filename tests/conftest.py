@@ -120,3 +120,17 @@ def prepared_qa1(tmp_path_factory, **sizes):
     out = tmp_path_factory.mktemp("data") / "qa1"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, out=str(out), segment_tokens=32, **sizes))
     return out
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (its functions, without running main)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    directory = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, directory)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(directory)

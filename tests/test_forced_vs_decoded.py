@@ -8,18 +8,9 @@ from pathlib import Path
 from perk_cli import __version__
 from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.training.meta_train import meta_train
-from tests.conftest import prepared_qa1
+from tests.conftest import benchmark_module, prepared_qa1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "forced_vs_decoded.py"
-
-
-def _summary():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from forced_vs_decoded import summary
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return summary
 
 
 def test_summary_counts_each_kind_of_disagreement():
@@ -27,7 +18,7 @@ def test_summary_counts_each_kind_of_disagreement():
             {"forced": False, "em": 1.0, "forced_s": 2.0, "decode_s": 2.0},
             {"forced": False, "em": 0.0, "forced_s": 3.0, "decode_s": 5.0},
             {"forced": False, "em": 0.0, "forced_s": 2.0, "decode_s": 4.0}]
-    result = _summary()(rows)
+    result = benchmark_module("forced_vs_decoded").summary(rows)
     assert (result["forced_em"], result["decoded_em"]) == (0.25, 0.5)
     assert (result["right_only_forced"], result["right_only_decoded"]) == (0, 1)
     assert (result["forced_s"], result["decoded_s"], result["speedup"]) == (2.0, 5.5, 2.75)  # medians 2 and 3.5

@@ -15,22 +15,14 @@ from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, Run
 from perk_cli.data.schema import read_split
 from perk_cli.training.checkpoint import load_runtime
 from perk_cli.training.meta_train import meta_train, validate
-from tests.conftest import prepared_qa1
+from tests.conftest import benchmark_module, prepared_qa1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inner_steps.py"
 
 
-def _pairs():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from inner_steps import pairs
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return pairs
-
-
 def test_a_count_without_added_steps_is_scored_once():
-    assert _pairs()([2, 4, 6], [1e-3, 3e-4], trained=4) == [(2, 1e-3), (4, 1e-3), (6, 1e-3), (6, 3e-4)]
+    pairs = benchmark_module("inner_steps").pairs
+    assert pairs([2, 4, 6], [1e-3, 3e-4], trained=4) == [(2, 1e-3), (4, 1e-3), (6, 1e-3), (6, 3e-4)]
 
 
 def _run(script_args: list[str]) -> subprocess.CompletedProcess:

@@ -75,11 +75,9 @@ def test_base_problem_names_what_a_base_can_be(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from reproduce import base_problem
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    from tests.conftest import benchmark_module
+
+    base_problem = benchmark_module("reproduce").base_problem
     assert base_problem("smollm2-reader") is None  # shipped with the package
     assert "not a model directory" in base_problem("runs/no-such-base")
     assert "shipped reader (smollm2-reader)" in base_problem("runs/no-such-base")
