@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import torch
 
-from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings
+from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings, TrainSettings
 from perk_cli.data.prepare import prepare
 from perk_cli.data.schema import read_split
 from perk_cli.engine.losses import answer_loss
@@ -97,7 +97,9 @@ def save_base(model, tokenizer, directory: Path) -> None:
 
 def in_context_runtime(model, tokenizer) -> SimpleNamespace:
     """What validate_in_context needs of a runtime, for a bare base (no LoRA, the default prompt)."""
-    return SimpleNamespace(model=model, tokenizer=tokenizer, config=SimpleNamespace(prompt=PromptSettings()),
+    # train: validate_in_context reads train.eval_decode (the default: a base is scored by decoding)
+    return SimpleNamespace(model=model, tokenizer=tokenizer,
+                           config=SimpleNamespace(prompt=PromptSettings(), train=TrainSettings()),
                            device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
 
 

@@ -55,3 +55,27 @@ def test_an_unknown_subtask_is_one_line_naming_the_option(tmp_path):
     assert done.returncode == 2
     assert "--subtasks qa1,qa9: expected a comma list of qa1, qa2, qa3, recall" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_evaluate_saved_scores_a_saved_base_by_decoding(tmp_path, tmp_path_factory):
+    """`--evaluate` (and the gate after training) on a saved base directory: decoded in-context EM, as
+    perk eval's `base` reads it, recorded in the report."""
+    from perk_cli.config import ModelSettings
+    from perk_cli.evaluation.scores import exact_match
+    from perk_cli.models.base import load_base
+    from perk_cli.training.in_context import answer_in_context
+    from reading_base import evaluate_saved, in_context_runtime
+    from tests.conftest import prepared_qa1
+
+    data = prepared_qa1(tmp_path_factory, train=0, validation=0, test=3, seed=5)
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    evaluate_saved(tmp_path, data)
+    result = json.loads((tmp_path / "reading_base.json").read_text())["held_out_in_context"][str(data)]
+    saved, saved_tokenizer = load_base(ModelSettings(name=str(tmp_path / "model"), dtype="float32"))
+    runtime = in_context_runtime(saved, saved_tokenizer)
+    from perk_cli.data.schema import read_split
+    answers = [answer_in_context(runtime, task, 8)[0] for task in read_split(data, "test")]
+    expected = sum(exact_match(a, t.answer) for a, t in zip(answers, read_split(data, "test"))) / 3
+    assert result["n"] == 3 and result["val_em"] == expected and result["val_loss"] > 0
