@@ -29,8 +29,10 @@ from perk_cli.training.meta_train import validate
 def with_steps(files: CheckpointFiles, steps: int, added_lr: float):
     """(config, tensors) of `files`' checkpoint taking `steps` inner steps, those it lacks at `added_lr`."""
     config = files.config
-    inner = config.inner.model_copy(update={"steps": steps, "lr_init": added_lr,
-                                            "unroll_start": min(config.inner.unroll_start, steps)})
+    update = {"steps": steps, "unroll_start": min(config.inner.unroll_start, steps)}
+    if steps > config.inner.steps:  # lr_init records the added steps' size; none added, the checkpoint's stays
+        update["lr_init"] = added_lr
+    inner = config.inner.model_copy(update=update)
     return config.model_copy(update={"inner": inner}), fit_step_sizes(files.tensors, steps, added_lr)
 
 
@@ -95,8 +97,12 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.tasks is None:
             parser.error("tasks: a task directory to score on (or --save K:LR --out DIR)")
-        steps = [int(x) for x in args.steps.split(",") if x] or [files.config.inner.steps]
-        added = _floats(args.added_lr)
+        try:
+            steps = [int(x) for x in args.steps.split(",") if x] or [files.config.inner.steps]
+            added = _floats(args.added_lr)
+        except ValueError:
+            parser.error(f"--steps {args.steps!r} / --added-lr {args.added_lr!r}: expected comma-separated numbers, "
+                         "e.g. --steps 4,6 --added-lr 3e-4,1e-3")
         if min(steps) < 1 or not added or min(added) <= 0:
             parser.error("--steps must be at least 1 and --added-lr positive")
         tasks = read_split(args.tasks, args.split)[: args.limit]

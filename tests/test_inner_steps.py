@@ -60,7 +60,14 @@ def test_the_sweep_scores_as_validation_does_and_save_writes_that_checkpoint(tmp
     extended, _ = load_runtime(tmp_path / "k3")
     assert math.isclose(validate(extended, tasks)["val_loss"], rows[2]["loss"], rel_tol=1e-5)
 
+    done = _run([str(tmp_path / "run"), "--save", "1:3e-1", "--out", str(tmp_path / "k1")])
+    assert done.returncode == 0, done.stderr
+    fewer = json.loads((tmp_path / "k1" / "config.json").read_text())["inner"]
+    assert (fewer["steps"], fewer["lr_init"]) == (1, 1e-2)  # no step added: the checkpoint's lr_init stays
+    assert torch.equal(load_file(str(tmp_path / "k1" / "meta.safetensors"))["step_sizes.log_eta"], source[:1])
+
     for bad, said in ((["--save", "three"], "--save three: expected K:LR"),
+                      ([str(data), "--steps", "six"], "expected comma-separated numbers"),
                       (["--save", "3:1e-3"], "--save: needs --out"), ([], "tasks: a task directory")):
         done = _run([str(tmp_path / "run"), *bad])
         assert done.returncode == 2 and said in done.stderr.strip().splitlines()[-1], done.stderr
