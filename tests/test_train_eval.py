@@ -517,6 +517,11 @@ def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys)
         fitted = load_file(str(tmp_path / out / "last" / "meta.safetensors"))["step_sizes.log_eta"]
         expected = torch.cat([eta, torch.full_like(eta, math.log(added))])
         torch.testing.assert_close(fitted, expected, atol=1e-6, rtol=0)
+    # how the meta-gradient flows is the stage's too
+    code, _, err = run_cli(start + ["--unroll", "second-order", *frozen, "--out", str(tmp_path / "so")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "so" / "last" / "config.json").read_text())["inner"]["unroll"] == "second-order"
+    assert source["unroll"] == "truncated"
     # valid on its own (the default K is 4), not with the checkpoint's K=2
     code, _, err = run_cli(start + ["--unroll-start", "3", "--out", str(tmp_path / "bad")], capsys)
     assert code == 2 and "--init-from" in err and "unroll_start (3) must be at most steps (2)" in err, err
