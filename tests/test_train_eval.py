@@ -446,7 +446,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
     assert saved["train"]["init_from"] == str(tmp_path / "a") and saved["train"]["train_base"] is True
     assert saved["model"]["name"] == "tiny"
     for extra, flag in ((["--lora-rank", "4"], "--lora-rank"), (["--inner-optimizer", "sgd"], "--inner-optimizer"),
-                        (["--model", "tiny"], "--model"), (["--segment-tokens", "16"], "--segment-tokens")):
+                        (["--segment-tokens", "16"], "--segment-tokens")):
         code, _, err = run_cli(start + ["--out", str(tmp_path / "c")] + extra, capsys)
         assert code == 2 and err.strip().startswith(f"error: {flag}:") and "--init-from" in err, err
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
@@ -459,8 +459,7 @@ def test_init_from_cli_records_the_source_and_refuses_flags_it_would_override(qa
 def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path, capsys):
     start = _source_run(qa1, tmp_path, capsys)
     source = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
-    for section, key, value in (("prompt", "segment_tokens", 16), ("inner", "optimizer", "sgd"),
-                                ("model", "name", "gpt2")):
+    for section, key, value in (("prompt", "segment_tokens", 16), ("inner", "optimizer", "sgd")):
         file = tmp_path / f"{key}.yaml"
         file.write_text(yaml.safe_dump({section: {key: value}}))
         code, _, err = run_cli(start + ["--config", str(file), "--out", str(tmp_path / "c")], capsys)
@@ -473,6 +472,62 @@ def test_init_from_refuses_a_config_file_setting_it_would_override(qa1, tmp_path
     code, _, err = run_cli(start + ["--config", str(file), "--out", str(tmp_path / "d")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "d" / "last" / "config.json").read_text())["prompt"] == source["prompt"]
+
+
+def _saved_base(directory: Path, noise: float = 0.0, gpt2_micro: bool = False) -> Path:
+    """The tiny preset (or a narrower GPT-2), with every weight moved by `noise` x N(0, 1), saved as a base."""
+    from perk_cli.config import ModelSettings
+    from perk_cli.models.base import load_base
+    from perk_cli.models.tiny import build_tiny_tokenizer
+    from tests.conftest import micro_gpt2
+
+    model = micro_gpt2(dtype=torch.float32) if gpt2_micro else load_base(ModelSettings(name="tiny", dtype="float32"))[0]
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(noise * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def test_init_from_may_name_another_base_of_its_architecture(qa1, tmp_path, capsys):
+    """A frozen-base checkpoint's meta-parameters start a run on another base of the same shape (a transfer:
+    qa2's base continued the qa1 reader); its own base reproduces its validation loss, the other base is really
+    used, and a base of another shape, or a checkpoint whose base was trained, is one line."""
+    first, second = _saved_base(tmp_path / "base-a"), _saved_base(tmp_path / "base-b", noise=0.02)
+    one_step = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "4",
+                "--eval-every", "1", "--no-baseline", "-q"]
+    code, _, err = run_cli(one_step + ["--model", str(first), "--no-train-base", "--lora-rank", "3",
+                                       "--out", str(tmp_path / "source")], capsys)
+    assert code == 0, err
+    source = json.loads((tmp_path / "source" / "last" / "trainer_state.json").read_text())["metrics"]
+    frozen = ["--lr", "1e-12", "--step-size-lr", "1e-12", "--init-from", str(tmp_path / "source")]
+    losses = {}
+    for name, base in (("same", first), ("other", second)):
+        code, _, err = run_cli(one_step + frozen + ["--model", str(base), "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        saved = json.loads((tmp_path / name / "last" / "config.json").read_text())
+        assert saved["model"]["name"] == str(base) and saved["lora"]["rank"] == 3
+        losses[name] = json.loads((tmp_path / name / "last" / "trainer_state.json").read_text())["metrics"]["val_loss"]
+        started = load_file(str(tmp_path / name / "last" / "meta.safetensors"))
+        trained = load_file(str(tmp_path / "source" / "best" / "meta.safetensors"))
+        for key in trained:
+            torch.testing.assert_close(started[key], trained[key], rtol=1e-6, atol=1e-9)
+    assert losses["same"] == pytest.approx(source["val_loss"], rel=1e-5)
+    assert abs(losses["other"] - source["val_loss"]) > 1e-3
+    narrow = _saved_base(tmp_path / "base-narrow", gpt2_micro=True)
+    code, _, err = run_cli(one_step + frozen + ["--model", str(narrow), "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and str(tmp_path / "source") in err and "does not fit model" in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(one_step + ["--model", str(first), "--train-base", "--lora-rank", "3",
+                                       "--out", str(tmp_path / "trained")],
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(one_step + ["--init-from", str(tmp_path / "trained"), "--model", str(second),
+                                       "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.strip().startswith(f"error: --model {second}:") and "trained its base" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_init_from_lets_a_new_stage_choose_its_answer_format(qa1, tmp_path, capsys):

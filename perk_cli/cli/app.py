@@ -208,33 +208,30 @@ def ask(
         answer(question)
 
 
-def _refuse_inherited_flags(flags: dict, init_from: str, model_given: bool) -> None:
-    """--init-from fixes the base model and the LoRA, inner-loop and prompt settings: a flag that sets one
-    would be silently overridden, so it is an error."""
+def _refuse_inherited_flags(flags: dict, init_from: str) -> None:
+    """--init-from fixes the LoRA, inner-loop and prompt settings (less the STAGE_CHOICES): a flag that sets
+    one would be silently overridden, so it is an error. --model may name another base of its architecture."""
     from perk_cli.config import RunConfig
     from perk_cli.training.meta_train import INHERITED, fixed_by_checkpoint
 
-    given = [("model", "name")] if model_given else []
-    given += [(section, key) for section in INHERITED for key, value in flags[section].items()
-              if value is not None and fixed_by_checkpoint(section, key)]
+    given = [(section, key) for section in INHERITED for key, value in flags[section].items()
+             if value is not None and fixed_by_checkpoint(section, key)]
     if given:
         flag = option_name(RunConfig, given[0])
-        raise PerkError(f"{flag}: --init-from {init_from} fixes the model, LoRA, inner-loop and prompt "
+        raise PerkError(f"{flag}: --init-from {init_from} fixes the LoRA, inner-loop and prompt "
                         f"settings (they are the checkpoint's); drop {flag}")
 
 
 def _refuse_inherited_file_settings(base: dict, source, init_from: str, config: Path) -> None:
-    """The same for a --config file: a model, LoRA, inner-loop or prompt value it writes that differs from
+    """The same for a --config file: a LoRA, inner-loop or prompt value it writes that differs from
     the checkpoint's (`source`, its RunConfig) would be silently replaced by it (equal values are fine;
     STAGE_CHOICES are the new run's to set)."""
     from perk_cli.training.meta_train import INHERITED, fixed_by_checkpoint
 
-    for section in ("model", *INHERITED):
+    for section in INHERITED:  # the model (its name too) is this run's to choose
         theirs = getattr(source, section).model_dump(mode="json")
         for key, value in (base.get(section) or {}).items():
-            # the model's device and dtype are this run's to choose, its name is not
-            fixed = key == "name" if section == "model" else key in theirs and fixed_by_checkpoint(section, key)
-            if fixed and value != theirs[key]:
+            if key in theirs and fixed_by_checkpoint(section, key) and value != theirs[key]:
                 raise PerkError(f"--config {config}: sets {section}.{key}={value!r}, but --init-from {init_from} "
                                 f"was trained with {theirs[key]!r} and fixes it; remove it from the file or start "
                                 "without --init-from")
@@ -307,7 +304,8 @@ def meta_train_command(
         from perk_cli.training.checkpoint import checkpoint_config
 
         source = checkpoint_config(Path(init_from), "--init-from")
-        model_name = source.model.name  # for train_base's default
+        # the checkpoint's base unless --model (or the file) names another; also train_base's default
+        model_name = model or base.get("model", {}).get("name") or source.model.name
     if train_base is None:
         train_base = base.get("train", {}).get("train_base", model_name == "tiny")
     flags = {
@@ -326,7 +324,7 @@ def meta_train_command(
                   "train_base": train_base, "init_from": init_from},
     }
     if init_from is not None:
-        _refuse_inherited_flags(flags, init_from, model_given=model is not None)
+        _refuse_inherited_flags(flags, init_from)
         if config and source is not None:
             _refuse_inherited_file_settings(base, source, init_from, config)
     task = task or base.get("task")

@@ -126,7 +126,7 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
                    Path(task_dir) != Path(task))
 
 
-INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes, with the base model's name
+INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes (the base is the checkpoint's unless named)
 # ... except these: the outer loss's target and the decoding cap are no meta-parameters (the LoRA init, step
 # sizes and weighter act on the document), so a new stage may change them, e.g. plain answers -> support.
 # So may the number of inner steps (the step sizes follow it, steps the checkpoint lacks starting at the
@@ -146,7 +146,10 @@ def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     starts from (the meta-parameters only fit, and only mean something, under those), except the
     STAGE_CHOICES that `config` sets explicitly."""
     source = checkpoint_config(init_from, "--init-from")
-    model = config.model.model_copy(update={"name": source.model.name})
+    # Another base of the checkpoint's architecture may be named (a transfer, e.g. to a base trained further).
+    name = config.model.name if "name" in config.model.model_fields_set else source.model.name
+    _check_model(name, source, init_from)
+    model = config.model.model_copy(update={"name": name})
     sections = {}
     for name in INHERITED:
         mine = getattr(config, name)
@@ -172,9 +175,17 @@ def _check_inherited(config: RunConfig, source: RunConfig, path: Path) -> None:
             if mine[key] != theirs.get(key) and fixed_by_checkpoint(name, key):
                 raise PerkError(f"--init-from {path}: trained with {name}.{key}={theirs.get(key)!r}, this run has "
                                 f"{mine[key]!r}; leave the {name} settings to the checkpoint")
-    if config.model.name != source.model.name:
-        raise PerkError(f"--init-from {path}: trained on model {source.model.name!r}, this run has "
-                        f"{config.model.name!r}; leave --model to the checkpoint")
+    _check_model(config.model.name, source, path)
+
+
+def _check_model(name: str, source: RunConfig, path: Path) -> None:
+    """A checkpoint's meta-parameters may start a run on another base of its architecture (the LoRA init,
+    step sizes and weighter are shaped by it; build_runtime refuses a misfit), unless the checkpoint trained
+    its base too: then its tensors carry that base, and loading them would replace the one named."""
+    if name != source.model.name and source.train.train_base:
+        raise PerkError(f"--model {name}: --init-from {path} trained its base ({source.model.name}) too, so its "
+                        "meta-parameters carry that base; drop --model, or start from a checkpoint whose base "
+                        "was frozen (--no-train-base)")
 
 
 def outer_optimizer(runtime: Runtime) -> torch.optim.AdamW:
@@ -257,7 +268,10 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         tensors = fit_step_sizes(files.tensors, config.inner.steps, config.inner.lr_init)
         runtime = build_runtime(config, tensors, source=str(files.path))
         optimizer = outer_optimizer(runtime)
-        say(f"starting from the meta-parameters of {files.path} (trained {(files.trainer_state or {}).get('step', '?')} steps)")
+        on_base = "" if files.config.model.name == config.model.name else \
+            f" on base {config.model.name} (they were trained on {files.config.model.name})"
+        say(f"starting from the meta-parameters of {files.path} (trained "
+            f"{(files.trainer_state or {}).get('step', '?')} steps){on_base}")
     else:
         torch.manual_seed(config.train.seed)
         runtime = build_runtime(config)
