@@ -50,6 +50,17 @@ def test_the_sweep_scores_as_validation_does_and_save_writes_that_checkpoint(tmp
     assert rows[0]["forced_em"] == trained["val_em"]
     assert len({round(r["loss"], 6) for r in rows}) == 3  # an added step, and its size, change the memory
 
+    # --decode scores as a decoding validation would (the run's own config with eval_decode on)
+    done = _run([str(tmp_path / "run"), str(data), "--decode", "--out", str(rows_path)])
+    assert done.returncode == 0, done.stderr
+    assert "decoded EM" in done.stdout.splitlines()[1]
+    decoded = json.loads(rows_path.read_text())
+    runtime.config = runtime.config.model_copy(update={"train": runtime.config.train.model_copy(
+        update={"eval_decode": True})})
+    by_decoding = validate(runtime, tasks)
+    assert decoded["em"] == by_decoding["val_em"] and "forced_em" not in decoded
+    assert math.isclose(decoded["loss"], by_decoding["val_loss"], rel_tol=1e-5)
+
     done = _run([str(tmp_path / "run"), "--save", "3:3e-1", "--out", str(tmp_path / "k3")])
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "k3" / "config.json").read_text())["inner"]
