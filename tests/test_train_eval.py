@@ -18,6 +18,7 @@ from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, Run
 from perk_cli.evaluation.scores import exact_match, normalize, token_f1
 from perk_cli.training.checkpoint import build_runtime
 from perk_cli.training.meta_train import Interrupted, meta_train, validate
+from perk_cli.data.schema import read_split as read_split_tasks
 from tests.conftest import prepared_qa1, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -618,19 +619,40 @@ def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsy
 
 
 def test_eval_reads_the_base_baselines_answer_as_plain_text_under_a_support_format_run(qa1, tmp_path, capsys):
-    """A support-format run's base was never taught the tags: its answer is the first line of what it
-    decodes, not an empty <output> match (which scored a reading base 0.00 instead of 0.97)."""
+    """A support-format run's base was never taught the tags, nor was plain TTT's fresh LoRA: their answer
+    is the first line of what they decode, not an empty <output> match (which scored a reading base 0.00
+    instead of 0.97)."""
     config = _config(max_steps=1, eval_every=1, baseline=False)
     config = config.model_copy(update={"prompt": config.prompt.model_copy(update={"answer_format": "support"})})
     meta_train(config, qa1, tmp_path / "run")
     code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(qa1), "--limit", "4",
-                            "--max-new-tokens", "4", "--baselines", "base", "--out", str(tmp_path / "ev")], capsys)
+                            "--max-new-tokens", "4", "--baselines", "base,plain-ttt", "--plain-lr", "1e-3",
+                            "--out", str(tmp_path / "ev")], capsys)
     assert code == 0, err
     rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    base = [r for r in rows if r["method"] == "base"]
-    assert len(base) == 4 and all("<output>" not in r["raw"] for r in base)
-    assert [r["prediction"] for r in base] == [r["raw"].strip().split("\n", 1)[0].strip() for r in base]
-    assert any(r["prediction"] for r in base)  # the old reading gave "" for every one of these
+    for method in ("base", "plain-ttt"):
+        plain = [r for r in rows if r["method"] == method]
+        assert len(plain) == 4 and all("<output>" not in r["raw"] for r in plain)
+        assert [r["prediction"] for r in plain] == [r["raw"].strip().split("\n", 1)[0].strip() for r in plain]
+        assert any(r["prediction"] for r in plain), method  # the old reading gave "" for every one of these
+    # plain TTT's answer loss is the plain answer's, not the support target's (tags, facts and answer)
+    from perk_cli.evaluation.evaluate import plain_reader
+    from perk_cli.memory import perk_answer, plain_ttt
+    from perk_cli.models.lora import peft_init
+    from perk_cli.prompts import encode_context, encode_task
+    from perk_cli.training.checkpoint import load_runtime
+
+    runtime, _ = load_runtime(tmp_path / "run")
+    task = read_split_tasks(qa1, "test")[0]
+    context = encode_context(runtime.tokenizer, task.context, runtime.config.prompt, max_len=runtime.max_positions)
+    lora = plain_ttt(runtime, context, peft_init(runtime.model, 0), 1e-3).params
+    plain = plain_reader(runtime)
+    assert plain.config.prompt.answer_format == "plain" and runtime.config.prompt.answer_format == "support"
+    assert plain.config.prompt.segment_tokens == runtime.config.prompt.segment_tokens
+    plain_target = encode_task(runtime.tokenizer, task, plain.config.prompt, max_len=runtime.max_positions)
+    expected = float(runtime.meta.answer_loss(lora, plain_target.question))
+    assert perk_answer(plain, task, 4, lora=lora)[2] == pytest.approx(expected, rel=1e-6)
+    assert abs(perk_answer(runtime, task, 4, lora=lora)[2] - expected) > 1e-3
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT-in-background"])

@@ -9,6 +9,7 @@ positions count as in-context failures (reported, not skipped).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -30,11 +31,23 @@ from perk_cli.training.in_context import answer_in_context, load_in_context
 TaskCallback = Callable[[int, int], None]
 
 
+def plain_reader(runtime: Runtime) -> Runtime:
+    """The runtime plain TTT answers with: its memory is a fresh LoRA trained on the document alone, on a
+    base never taught a support-format run's tags, so its answer is read (and its answer loss taken) as
+    plain text, as the base baseline's is."""
+    prompt = runtime.config.prompt
+    if prompt.answer_format == "plain":
+        return runtime
+    config = runtime.config.model_copy(update={"prompt": prompt.model_copy(update={"answer_format": "plain"})})
+    return dataclasses.replace(runtime, config=config)
+
+
 @torch.no_grad()
 def tune_plain_ttt(runtime: Runtime, init: dict[str, torch.Tensor], tasks: list[Task], grid: list[float],
                    budget: int, max_tokens_per_group: int | None = None) -> dict:
     """Plain TTT's learning rate chosen on validation tasks: best EM (greedy, as every method is decoded),
     ties broken by the lower answer loss. Returns the grid, each point's EM and loss, and the pick."""
+    runtime = plain_reader(runtime)
     contexts = [encode_context(runtime.tokenizer, task.context, runtime.config.prompt,
                                max_len=runtime.max_positions).to(runtime.device) for task in tasks]
     points = []
@@ -102,7 +115,7 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
             context = encode_context(runtime.tokenizer, task.context, prompt,
                                      max_len=runtime.max_positions).to(runtime.device)
             plain = plain_ttt(runtime, context, init, plain_lr, groups).params
-            record("plain-ttt", *perk_answer(runtime, task, budget, lora=plain))
+            record("plain-ttt", *perk_answer(plain_reader(runtime), task, budget, lora=plain))
         for method, reader in (("in-context", in_context), ("base", runtime if "base" in settings.baselines else None)):
             if reader is None:
                 continue
