@@ -9,7 +9,9 @@ recall reading base, 60 six-record databases, plain answers (C), the support for
 at a lower rate with checkpoints chosen on 64 validation tasks (G, also on a second set of 60), and G taking
 two more inner steps at a smaller size (G-k6, benchmarks/inner_steps.py, on both sets)), on that
 base as a committed rank-32 delta from the packaged GGUF
-(benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors).
+(benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors); and qa2 again (the support format,
+started from the qa1 checkpoint: B, on two sets of 60) on the qa2 reading base, also a committed rank-32
+delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point
@@ -32,6 +34,7 @@ BASES = {
     "qa2": Path(os.environ.get("PERK_READING_BASE_QA2", ROOT / "runs" / "reading-base-6" / "model")),
     # the recall base as a rank-32 delta from the packaged GGUF (committed: it reads as the full one)
     "recall": RESULTS / "perk-recall-reader" / "recall-reader-r32.safetensors",
+    "qa2-reader": RESULTS / "perk-qa2-reader" / "qa2-reader-r32.safetensors",
 }
 SHIPPED = ROOT / "perk_cli" / "shipped" / "qa1-reader"
 BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask"]
@@ -39,6 +42,8 @@ SETS = {  # name -> (family, prepare arguments, seed, validation, test): the pre
     "heldout2-128": ("qa1", BABI + ["qa1", "--facts", "4", "--length", "128"], 402, 16, 60),
     "heldout2-1024": ("qa1", BABI + ["qa1", "--facts", "4", "--length", "1024"], 403, 0, 20),
     "qa2-heldout-128": ("qa2", BABI + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
+    "qa2r-heldout-128": ("qa2-reader", BABI + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
+    "qa2r-heldout-128b": ("qa2-reader", BABI + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "recall-heldout-6": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 612, 16, 60),
     "recall-heldout-6b": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 614, 16, 60),
 }
@@ -59,6 +64,8 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
     ("perk-recall-reader/checkpoint-G-k6", "recall-heldout-6", "perk-recall-reader/eval-G-k6-6rec.json", 0.90),
     ("perk-recall-reader/checkpoint-G-k6", "recall-heldout-6b", "perk-recall-reader/eval-G-k6-6rec-seed614.json",
      0.90),
+    ("perk-qa2-reader/checkpoint-qa2-B", "qa2r-heldout-128", "perk-qa2-reader/eval-qa2-B-602.json", 0.55),
+    ("perk-qa2-reader/checkpoint-qa2-B", "qa2r-heldout-128b", "perk-qa2-reader/eval-qa2-B-604.json", 0.55),
 ]
 
 pytestmark = pytest.mark.slow
