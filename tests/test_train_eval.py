@@ -517,6 +517,11 @@ def test_init_from_may_name_another_base_of_its_architecture(qa1, tmp_path, caps
             torch.testing.assert_close(started[key], trained[key], rtol=1e-6, atol=1e-9)
     assert losses["same"] == pytest.approx(source["val_loss"], rel=1e-5)
     assert abs(losses["other"] - source["val_loss"]) > 1e-3
+    file = tmp_path / "other-base.yaml"  # a --config file may name the base too
+    file.write_text(yaml.safe_dump({"model": {"name": str(second)}}))
+    code, _, err = run_cli(one_step + frozen + ["--config", str(file), "--out", str(tmp_path / "by-file")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "by-file" / "last" / "config.json").read_text())["model"]["name"] == str(second)
     narrow = _saved_base(tmp_path / "base-narrow", gpt2_micro=True)
     code, _, err = run_cli(one_step + frozen + ["--model", str(narrow), "--out", str(tmp_path / "bad")], capsys)
     assert code == 2 and str(tmp_path / "source") in err and "does not fit model" in err, err

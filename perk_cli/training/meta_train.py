@@ -147,9 +147,9 @@ def inherit_settings(config: RunConfig, init_from: Path) -> RunConfig:
     STAGE_CHOICES that `config` sets explicitly."""
     source = checkpoint_config(init_from, "--init-from")
     # Another base of the checkpoint's architecture may be named (a transfer, e.g. to a base trained further).
-    name = config.model.name if "name" in config.model.model_fields_set else source.model.name
-    _check_model(name, source, init_from)
-    model = config.model.model_copy(update={"name": name})
+    base = config.model.name if "name" in config.model.model_fields_set else source.model.name
+    _check_model(base, source, init_from)
+    model = config.model.model_copy(update={"name": base})
     sections = {}
     for name in INHERITED:
         mine = getattr(config, name)
