@@ -6,6 +6,12 @@ determined by the set of segments whatever order they are presented in.
   qa1  single supporting fact   "Where is Mary?"            last place Mary moved to
   qa2  two supporting facts     "Where is the apple?"       where its holder is, or where it was dropped
   qa3  three supporting facts   "Where was the apple before the kitchen?"
+
+Every supporting fact set contains the sentence that names the answer place (a fact like "Mary
+took the apple there." places nothing by itself). qa2 lists its two facts in the order a reader
+uses them, which is also the order the support answer format recites them in: first the fact keyed
+by the question's object (its latest take, or its drop), then the move that put that person where
+the object is. qa1 and qa3 list theirs in event order.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ class _World:
 
     person_at: dict[str, tuple[str, int]] = field(default_factory=dict)  # person -> (place, event)
     holder: dict[str, tuple[str, int]] = field(default_factory=dict)  # object -> (person, take event)
-    dropped: dict[str, tuple[str, int]] = field(default_factory=dict)  # object -> (place, drop event)
-    history: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # object -> [(place, event)]
+    # object -> (place, drop event, the move event that put the dropper there)
+    dropped: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # object -> [(place, event it got there, the move event that names that place)]
+    history: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     takes: dict[str, list[int]] = field(default_factory=dict)  # object -> events that picked it up
 
     def place_of(self, obj: str) -> str | None:
@@ -44,10 +52,11 @@ class _World:
         return self.dropped.get(obj, (None,))[0]
 
     def note(self, obj: str, event: int) -> None:
-        place = self.place_of(obj)
+        """Called while `obj` is held: on its holder's moves and when it is taken."""
+        place, named_by = self.person_at[self.holder[obj][0]]
         trail = self.history.setdefault(obj, [])
         if not trail or trail[-1][0] != place:
-            trail.append((place, event))
+            trail.append((place, event, named_by))
 
 
 def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str], _World]:
@@ -85,7 +94,8 @@ def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str]
         else:
             obj = rng.choice(sorted(world.holder))
             person, _ = world.holder.pop(obj)
-            world.dropped[obj] = (world.person_at[person][0], event)
+            place, named_by = world.person_at[person]
+            world.dropped[obj] = (place, event, named_by)
             text = f"{person} {rng.choice(vocab.DROP_VERBS)} the {obj}."
         facts.append(f"Event {event}: {text}")
     return facts, world
@@ -104,15 +114,15 @@ def _question(subtask: str, world: _World, rng: random.Random):
         obj = rng.choice(placed)
         if obj in world.holder:
             person, take = world.holder[obj]
-            support = sorted({take, world.person_at[person][1]})
+            support = [take, world.person_at[person][1]]
         else:
-            support = [world.dropped[obj][1]]
-            support.insert(0, max(e for e in _moves_before(world, obj)))  # where the dropper was
+            _, drop, named_by = world.dropped[obj]
+            support = [drop, named_by]
         return f"Where is the {obj}?", world.place_of(obj), support
     candidates = []
     for obj in placed:
         trail = world.history[obj]
-        places = [p for p, _ in trail]
+        places = [p for p, _, _ in trail]
         for i in range(1, len(trail)):
             if places.count(places[i]) == 1:
                 candidates.append((obj, i))
@@ -122,13 +132,7 @@ def _question(subtask: str, world: _World, rng: random.Random):
     trail = world.history[obj]
     take = max(e for e in world.takes[obj] if e <= trail[i][1])  # who carried it there
     return (f"Where was the {obj} before the {trail[i][0]}?", trail[i - 1][0],
-            sorted({trail[i - 1][1], take, trail[i][1]}))
-
-
-def _moves_before(world: _World, obj: str) -> list[int]:
-    # The dropper's location at the drop is the last entry of the object's history before the drop.
-    drop_event = world.dropped[obj][1]
-    return [e for _, e in world.history[obj] if e < drop_event] or [drop_event]
+            sorted({trail[i - 1][2], take, trail[i][2]}))
 
 
 def make_story(subtask: str, n_facts: int, rng: random.Random, max_tries: int = 1000) -> Story:

@@ -104,6 +104,41 @@ def test_babi_answers_match_an_independent_replay(tmp_path, subtask, facts):
     assert len(answers) >= 5  # answers vary; no constant shortcut
 
 
+def _facts(texts: list[str]) -> list[tuple[int, str, str, str]]:
+    return sorted((int(m[0]), m[1], m[2], m[3]) for s in texts for m in _FACT.findall(s))
+
+
+@pytest.mark.parametrize("subtask, facts", [("qa1", 6), ("qa2", 6), ("qa2", 10), ("qa3", 12)])
+def test_babi_support_names_the_answer_place(tmp_path, subtask, facts):
+    # A "took the apple there" fact places nothing: the support must hold the move that names the
+    # answer place (and, for qa3, the place the question names).
+    tasks = _tasks(tmp_path, task="babi", subtask=subtask, facts=facts, train=150, validation=0, test=0, seed=5)
+    for task in tasks:
+        moves_to = {what for _, _, verb, what in _facts(task["support"]) if verb in vocab.MOVE_VERBS}
+        assert task["answer"] in moves_to, (task["id"], task["support"])
+        if subtask == "qa3":
+            assert re.search(r"before the (\w+)\?", task["question"])[1] in moves_to, task["id"]
+
+
+def test_qa2_support_comes_in_reading_order(tmp_path):
+    # First the fact keyed by the question's object (its latest take, or its drop), then the move
+    # that put that person where the object is: their last move, or their last one before the drop.
+    tasks = _tasks(tmp_path, task="babi", subtask="qa2", facts=8, train=200, validation=0, test=0, seed=6)
+    cases = set()
+    for task in tasks:
+        obj = re.fullmatch(r"Where is the (\w+)\?", task["question"])[1]
+        story = _facts(task["context"])
+        (e1, who, verb, what), (e2, mover, verb2, place) = [_facts([s])[0] for s in task["support"]]
+        assert what == obj and mover == who and verb2 in vocab.MOVE_VERBS, task["support"]
+        last_about_obj = max(e for e, _, v, w in story if w == obj and v not in vocab.MOVE_VERBS)
+        assert e1 == last_about_obj
+        held = verb in vocab.TAKE_VERBS
+        cases.add(held)
+        until = len(story) if held else e1
+        assert e2 == max(e for e, p, v, _ in story if p == who and v in vocab.MOVE_VERBS and e < until)
+    assert cases == {True, False}  # both the held and the dropped case occur
+
+
 @pytest.mark.parametrize("subtask", ["recall", "relation", "aggregate"])
 def test_records_answers_match_a_database_query(tmp_path, subtask):
     tasks = _tasks(tmp_path, task="records", subtask=subtask, records=15, train=200, validation=50, test=50)
