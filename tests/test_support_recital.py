@@ -1,0 +1,55 @@
+"""benchmarks/support_recital.py: recitals scored against hand-counted figures, and the script end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import benchmark_module
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "support_recital.py"
+SUPPORT = {"a": ["Event 4: Gertrude picked up the box there.", "Event 3: Gertrude travelled to the school."],
+           "b": ["Event 5: Emily left the ball.", "Event 2: Emily went to the park."],
+           "c": ["Event 1: Jeff got the cup there.", "Event 0: Jeff moved to the kitchen."]}
+ROWS = [  # a: recited exactly; b: first fact right, second wrong; c: both wrong, the answer a recited place
+    {"id": "a", "method": "perk", "prediction": "school", "correct": 1.0,
+     "raw": "<support>Event 4: Gertrude picked up the box there.  Event 3: Gertrude travelled to the school."
+            "</support>\n<output>school</output>"},
+    {"id": "b", "method": "perk", "prediction": "kitchen", "correct": 0.0,
+     "raw": "<support>Event 5: Emily left the ball. Event 0: Emily went to the kitchen.</support>\n"
+            "<output>kitchen</output>"},
+    {"id": "c", "method": "perk", "prediction": "garden", "correct": 0.0,
+     "raw": "<support>Event 5: Jeff took the cup there.</support>\n<output>garden</output>"},
+]
+
+
+def test_score_counts_recited_facts_by_position():
+    result = benchmark_module("support_recital").score(ROWS, SUPPORT)
+    assert result["tasks"] == 3 and result["em"] == 1 / 3
+    assert result["recital_exact"] == 1 / 3  # only a (whitespace differences do not count)
+    assert result["fact_at"] == [2 / 3, 1 / 3]  # fact 1: a, b; fact 2: a
+    assert result["answer_in_recital"] == 2 / 3  # c's "garden" is not in its recital
+
+
+def test_the_script_reads_an_evaluation_beside_its_tasks(tmp_path):
+    evaluation, tasks = tmp_path / "eval", tmp_path / "tasks"
+    evaluation.mkdir()
+    tasks.mkdir()
+    base_row = {"id": "x", "method": "base", "prediction": "school", "correct": 1.0, "raw": " school"}
+    (evaluation / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*ROWS, base_row]))
+    (tasks / "test.jsonl").write_text("".join(
+        json.dumps({"id": k, "context": v, "question": "Where is it?", "answer": "?", "support": v}) + "\n"
+        for k, v in SUPPORT.items()))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks), "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["fact_at"] == [2 / 3, 1 / 3]  # the base row is left out
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks)], capture_output=True, text=True)
+    header, figures = done.stdout.strip().splitlines()
+    assert "fact 2" in header and figures.split()[:2] == ["3", "0.333"]
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks), "--method", "base"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "task x has no gold support" in done.stderr.strip().splitlines()[-1]
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere"), str(tasks)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "nowhere" in done.stderr.strip().splitlines()[-1]
