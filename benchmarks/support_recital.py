@@ -8,6 +8,13 @@ tasks: the exact match of the answers, the share whose recital is exactly the go
 whose i-th recited sentence is the i-th gold fact (for each i), and the share whose answer is named in
 the recital. It tells a memory that cannot find a fact (the recital wrong) from one that cannot read
 what it recited (the recital right, the answer wrong). --json prints the figures as one object.
+
+--read-with-base CHECKPOINT also has that checkpoint's base (its LoRA off) answer each question with
+the recital, not the document, in its prompt, as `perk eval`'s `base` baseline reads: what the recital
+is worth to a reader the memory has not changed.
+
+    python benchmarks/support_recital.py runs/ev-qa2E-602 runs/qa2-heldout-128-s16-ev \
+        --read-with-base runs/perk-qa2-E/last
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from perk_cli.data.schema import read_split
+from perk_cli.data.schema import Task, read_split
 from perk_cli.data.segment import split_sentences
 from perk_cli.errors import PerkError
 
@@ -50,36 +57,65 @@ def score(rows: list[dict], support: dict[str, list[str]]) -> dict:
             "fact_at": [k / n for k in at], "answer_in_recital": named / n}
 
 
+def read_recitals(runtime, rows: list[dict], tasks: dict[str, Task], budget: int = 16) -> list[float]:
+    """Exact match of the runtime's base (adapter off, plain answers) reading each row's recital in its
+    prompt in place of the task's document; 0 where nothing was recited or it does not fit."""
+    from perk_cli.evaluation.scores import exact_match
+    from perk_cli.training.in_context import answer_in_context
+
+    scores = []
+    for row in rows:
+        task, said = tasks[row["id"]], recital(row["raw"])
+        answered = None
+        if said:
+            with runtime.model.disable_adapter():
+                answered = answer_in_context(runtime, task.model_copy(update={"context": said}), budget, "plain")
+        scores.append(exact_match(answered[0], task.answer) if answered else 0.0)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("evaluation", type=Path, help="the --out directory of a perk eval run")
     parser.add_argument("tasks", type=Path, help="the task directory it evaluated")
     parser.add_argument("--split", default="test")
     parser.add_argument("--method", default="perk")
+    parser.add_argument("--read-with-base", type=Path, default=None, metavar="CHECKPOINT",
+                        help="also score that checkpoint's base answering from each recital")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
     path = args.evaluation / "predictions.jsonl"
     try:
         if not path.is_file():
             raise PerkError(f"{path}: no predictions; pass the --out directory of `perk eval`")
-        support = {t.id: t.support for t in read_split(args.tasks, args.split)}
+        tasks = {t.id: t for t in read_split(args.tasks, args.split)}
+        support = {i: t.support for i, t in tasks.items()}
         rows = [row for row in map(json.loads, path.read_text().splitlines()) if row["method"] == args.method]
         missing = [row["id"] for row in rows if not support.get(row["id"])]
         if missing:
             raise PerkError(f"{args.tasks}: task {missing[0]} has no gold support in its {args.split} split")
         if not rows:
             raise PerkError(f"{path}: no rows of method {args.method!r}")
+        runtime = None
+        if args.read_with_base is not None:
+            from perk_cli.training.checkpoint import load_runtime
+
+            runtime, _ = load_runtime(args.read_with_base)
     except PerkError as exc:
         parser.error(str(exc))
     result = score(rows, support)
+    if runtime is not None:
+        read = read_recitals(runtime, rows, tasks)
+        result["base_reading_recital_em"] = sum(read) / len(read)
     if args.json:
         print(json.dumps(result))
         return
     facts = [f"fact {i + 1}" for i in range(len(result["fact_at"]))]
     print(f"{'tasks':>6} {'EM':>6} {'recital = support':>18} " + " ".join(f"{f:>7}" for f in facts)
-          + f" {'answer recited':>15}")
+          + f" {'answer recited':>15}" + (f" {'base reads recital':>19}" if runtime is not None else ""))
     print(f"{result['tasks']:>6} {result['em']:>6.3f} {result['recital_exact']:>18.3f} "
-          + " ".join(f"{v:>7.3f}" for v in result["fact_at"]) + f" {result['answer_in_recital']:>15.3f}")
+          + " ".join(f"{v:>7.3f}" for v in result["fact_at"]) + f" {result['answer_in_recital']:>15.3f}"
+          + (f" {result['base_reading_recital_em']:>19.3f}" if runtime is not None else ""))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,59 @@ def test_the_script_reads_an_evaluation_beside_its_tasks(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere"), str(tasks)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "nowhere" in done.stderr.strip().splitlines()[-1]
+
+
+def test_read_recitals_puts_the_recital_before_the_unadapted_base(monkeypatch):
+    import contextlib
+
+    import perk_cli.training.in_context as in_context
+    from perk_cli.data.schema import Task
+
+    state = {"adapter_off": False}
+
+    @contextlib.contextmanager
+    def disable_adapter():
+        state["adapter_off"] = True
+        yield
+        state["adapter_off"] = False
+
+    calls = []
+
+    def answer(runtime, task, budget, answer_format=None):
+        calls.append((state["adapter_off"], task.context, task.question, answer_format))
+        return ("school", " school") if "school" in " ".join(task.context) else ("park", " park")
+
+    monkeypatch.setattr(in_context, "answer_in_context", answer)
+    runtime = type("Runtime", (), {"model": type("Model", (), {"disable_adapter": staticmethod(disable_adapter)})})
+    tasks = {k: Task(id=k, context=["a long document"], question=f"Where is {k}?", answer=a)
+             for k, a in (("a", "school"), ("b", "kitchen"), ("c", "garden"))}
+    rows = [ROWS[0], {**ROWS[1], "raw": "<support></support>\n<output>kitchen</output>"}, ROWS[2]]
+    scores = benchmark_module("support_recital").read_recitals(runtime, rows, tasks)
+    assert scores == [1.0, 0.0, 0.0]  # a read right; b recited nothing (no call); c read "park"
+    assert calls == [(True, SUPPORT["a"], "Where is a?", "plain"),
+                     (True, ["Event 5: Jeff took the cup there."], "Where is c?", "plain")]
+
+
+def test_the_script_reads_recitals_with_a_checkpoints_base(tmp_path_factory, tmp_path):
+    from perk_cli import __version__
+    from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+    from perk_cli.training.meta_train import meta_train
+    from tests.conftest import prepared_qa1
+
+    data = prepared_qa1(tmp_path_factory, train=4, validation=2, test=2, seed=2)
+    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4),
+                       inner=InnerLoopSettings(steps=1), prompt=PromptSettings(segment_tokens=32),
+                       train=TrainSettings(max_steps=1, tasks_per_batch=1, eval_tasks=1, baseline=False))
+    meta_train(config, data, tmp_path / "run")
+    tests = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "predictions.jsonl").write_text("".join(json.dumps(
+        {"id": t["id"], "method": "perk", "prediction": "", "correct": 0.0,
+         "raw": "<support>" + " ".join(t["support"]) + "</support>"}) + "\n" for t in tests))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(data), "--json",
+                           "--read-with-base", str(tmp_path / "run" / "last")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["tasks"] == 2 and result["recital_exact"] == 1.0
+    assert 0.0 <= result["base_reading_recital_em"] <= 1.0
