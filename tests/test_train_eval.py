@@ -655,7 +655,7 @@ def test_eval_reads_the_base_baselines_answer_as_plain_text_under_a_support_form
     assert plain.config.prompt.answer_format == "plain" and runtime.config.prompt.answer_format == "support"
     assert plain.config.prompt.segment_tokens == runtime.config.prompt.segment_tokens
     plain_target = encode_task(runtime.tokenizer, task, plain.config.prompt, max_len=runtime.max_positions)
-    expected = float(runtime.meta.answer_loss(lora, plain_target.question))
+    expected = float(runtime.meta.answer_loss(lora, plain_target.question).detach())
     assert perk_answer(plain, task, 4, lora=lora)[2] == pytest.approx(expected, rel=1e-6)
     assert abs(perk_answer(runtime, task, 4, lora=lora)[2] - expected) > 1e-3
 
