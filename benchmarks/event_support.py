@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-from perk_cli.data.schema import SPLITS
+from perk_cli.data.schema import SPLITS, Task, read_split, write_prepared
+from perk_cli.errors import PerkError
 
 
-def event_support(task: dict) -> dict:
-    events = [segment for segment in task["context"] if "Event " in segment]
+def event_support(task: Task) -> Task:
+    events = [segment for segment in task.context if "Event " in segment]
     if not events or any(not (s.startswith("Event ") and s.endswith(".") and s.count("Event ") == 1) for s in events):
-        raise ValueError(f"task {task['id']}: its events are not one a segment; prepare with --segment-tokens 16")
-    return {**task, "support": events}
+        raise ValueError(f"task {task.id}: its events are not one a segment; prepare with --segment-tokens 16")
+    return task.model_copy(update={"support": events})
 
 
 def main() -> None:
@@ -31,22 +31,22 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="a bAbI task directory from perk prepare")
     parser.add_argument("out", type=Path, help="the new directory (must not exist)")
     args = parser.parse_args()
-    if not (args.source / "prepare.json").is_file():
-        parser.error(f"{args.source}: not a prepared task directory (no prepare.json)")
-    if args.out.exists():
-        parser.error(f"{args.out}: exists; name a new directory")
-    converted = {}
+    info_path = args.source / "prepare.json"
     try:
-        for split in SPLITS:
-            path = args.source / f"{split}.jsonl"
-            if path.is_file():
-                converted[split] = [event_support(json.loads(line)) for line in path.read_text().splitlines()]
-    except ValueError as exc:
-        parser.error(f"{args.source}: {exc}")
-    args.out.mkdir(parents=True)
-    shutil.copy(args.source / "prepare.json", args.out / "prepare.json")
-    for split, tasks in converted.items():
-        (args.out / f"{split}.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+        if not info_path.is_file():
+            raise PerkError(f"{args.source}: not a prepared task directory (no prepare.json)")
+        if args.out.exists():
+            raise PerkError(f"{args.out}: exists; name a new directory")
+        try:
+            converted = {split: [event_support(task) for task in read_split(args.source, split)]
+                         for split in SPLITS if (args.source / f"{split}.jsonl").is_file()}
+        except ValueError as exc:  # event_support's refusal; read_split's errors name their file already
+            raise PerkError(f"{args.source}: {exc}")
+        info = {**json.loads(info_path.read_text()),
+                "support": f"every event, by benchmarks/event_support.py from {args.source}"}
+        write_prepared(args.out, converted, info)
+    except PerkError as exc:
+        parser.error(str(exc))
     print(f"{args.out}: " + ", ".join(f"{len(t)} {s}" for s, t in converted.items()))
 
 

@@ -28,7 +28,8 @@ def test_the_support_becomes_every_event_in_order(tmp_path):
     _one_sentence_a_segment(source)
     done = subprocess.run([sys.executable, str(SCRIPT), str(source), str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (out / "prepare.json").read_text() == (source / "prepare.json").read_text()
+    info, source_info = (json.loads((d / "prepare.json").read_text()) for d in (out, source))
+    assert info == {**source_info, "support": f"every event, by benchmarks/event_support.py from {source}"}
     for split in ("train", "test"):
         before = [json.loads(line) for line in (source / f"{split}.jsonl").read_text().splitlines()]
         after = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
