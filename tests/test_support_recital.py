@@ -53,6 +53,9 @@ def test_the_script_reads_an_evaluation_beside_its_tasks(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere"), str(tasks)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "nowhere" in done.stderr.strip().splitlines()[-1]
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks), "--split", "validation"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "split 'validation' not found" in done.stderr.strip().splitlines()[-1]
 
 
 def test_read_recitals_puts_the_recital_before_the_unadapted_base(monkeypatch):
