@@ -226,6 +226,10 @@ class TrainSettings(_Settings):
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine (to 10%) | constant, after warm-up.")
     clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    answer_weight: float = Field(
+        1.0, gt=0, description="Weight of the answer's own tokens in the outer loss (and the in-context "
+        "baseline's), which is the weighted mean over target tokens: in the support format, how much the answer "
+        "counts against each token of the recited facts and tags. 1: every target token alike.")
     spike_factor: float | None = Field(
         20.0, gt=1, description="Skip a step whose gradient norm exceeds this x the running median."
     )

@@ -231,7 +231,7 @@ def perk_answer(runtime: Runtime, task: Task, budget: int, max_tokens_per_group:
     encoded = encoded.to(runtime.device)
     if lora is None:
         lora = runtime.meta.adapt(encoded.context, max_tokens_per_group=max_tokens_per_group).params
-    loss = float(runtime.meta.answer_loss(lora, encoded.question))
+    loss = float(runtime.meta.answer_loss(lora, encoded.question, runtime.config.train.answer_weight))
     answer, raw = answer_question(runtime.model, runtime.tokenizer, task.question, len(task.context),
                                   runtime.config.prompt, lora=lora, max_new_tokens=budget)
     return answer, raw, loss
@@ -244,7 +244,7 @@ def perk_forced(runtime: Runtime, task: Task) -> tuple[bool, float, dict[str, to
     encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt, max_len=runtime.max_positions)
     encoded = encoded.to(runtime.device)
     lora = runtime.meta.adapt(encoded.context).params
-    loss, exact = runtime.meta.answer_scores(lora, encoded.question)
+    loss, exact = runtime.meta.answer_scores(lora, encoded.question, runtime.config.train.answer_weight)
     return bool(exact.all()), float(loss), lora
 
 

@@ -21,16 +21,21 @@ from perk_cli.engine.batches import MetaTask, TokenBatch
 from perk_cli.engine.lora import lora_values
 
 
-def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> TokenBatch:
+def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int,
+             answers: list[list[bool]] | None = None) -> TokenBatch:
+    """Rows of (ids, target flags) right-padded into a batch; `answers`: each row's answer-token flags."""
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     targets = torch.zeros((len(rows), width), dtype=torch.bool)
+    answer_mask = None if answers is None else torch.zeros((len(rows), width), dtype=torch.bool)
     for r, (row_ids, row_targets) in enumerate(rows):
         ids[r, : len(row_ids)] = torch.tensor(row_ids)
         attention[r, : len(row_ids)] = 1
         targets[r, : len(row_ids)] = torch.tensor(row_targets)
-    return TokenBatch(ids, attention, targets)
+        if answer_mask is not None:
+            answer_mask[r, : len(answers[r])] = torch.tensor(answers[r], dtype=torch.bool)
+    return TokenBatch(ids, attention, targets, answer_mask)
 
 
 def _prefixed_rows(tokenizer, prefixes: list[str], segments: list[str]) -> list[tuple[list[int], int]]:
@@ -85,6 +90,36 @@ def answer_target(answer: str, support: list[str] | None, settings: PromptSettin
     return f" {answer}"
 
 
+def answer_span(answer: str, support: list[str] | None, settings: PromptSettings) -> tuple[int, int]:
+    """[start, end) of the answer's own characters in `answer_target` (not the facts, tags or space)."""
+    if settings.answer_format == "support":
+        start = len(f"<support>{' '.join(support or [])}</support>\n<output>")
+    else:
+        start = 1
+    return start, start + len(answer)
+
+
+def _tokens_in_span(tokenizer, text: str, ids: list[int], start: int, end: int) -> list[bool]:
+    """Which tokens of `ids` (the encoding of `text`) hold a character of text[start:end]: by offsets;
+    without offsets, by the tokens the encodings of text[:start] and text[:end] share with it."""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return [a < end and b > start for a, b in offsets]
+
+    def shared(prefix: str) -> tuple[int, bool]:
+        """(leading tokens `ids` shares with the encoding of `prefix`, whether that is all of it)."""
+        alone = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        n = 0
+        while n < min(len(ids), len(alone)) and ids[n] == alone[n]:
+            n += 1
+        return n, n == len(alone)
+
+    before, _ = shared(text[:start])  # where they part, token `before` straddles start: it is the answer's
+    through, whole = shared(text[:end])
+    through += not whole  # ... and a token straddling end holds answer characters too
+    return [before <= i < through for i in range(len(ids))]
+
+
 def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
     """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
     support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
@@ -108,10 +143,15 @@ def encode_question(tokenizer, question: str, n_segments: int, settings: PromptS
         text = context_text(context) + text
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     target: list[int] = []
+    in_answer: list[bool] = []
     if answer is not None:
-        target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
+        target_text = answer_target(answer, support, settings)
+        target = tokenizer(target_text, add_special_tokens=False)["input_ids"]
+        in_answer = _tokens_in_span(tokenizer, target_text, target, *answer_span(answer, support, settings))
         target = target[: settings.max_answer_tokens] + [tokenizer.eos_token_id]
-    return pad_rows([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id)
+        in_answer = in_answer[: settings.max_answer_tokens] + [False]
+    return pad_rows([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id,
+                    answers=[[False] * len(prompt) + in_answer])
 
 
 def encode_task(tokenizer, task, settings: PromptSettings, rng: random.Random | None = None,

@@ -66,3 +66,36 @@ def test_the_in_context_prompt_is_the_context_and_question_encoded_as_one_string
     without = encode_question(tokenizer, "Where is Mary?", 2, prompt, answer="garden").input_ids[0].tolist()
     assert without == tokenizer(question_prompt("Where is Mary?", 2, prompt), add_special_tokens=False)["input_ids"] \
         + ids[n_prompt:]  # PERK's prompt: the same question and target, no context
+
+
+@pytest.mark.parametrize("view", ["fast", "slow"])
+@pytest.mark.parametrize("answer_format,answer", [("support", "kitchen"), ("support", "the hallway"),
+                                                  ("plain", "bathroom"), ("plain", "north west")])
+def test_the_answer_mask_marks_exactly_the_answers_own_tokens(tokenizer, view, answer_format, answer):
+    from perk_cli.prompts import answer_target, encode_question
+
+    settings = PromptSettings(answer_format=answer_format)
+    support = ["Event 2: Mary took the milk there.", "Event 0: Mary went to the kitchen."]
+    encoder = tokenizer if view == "fast" else SlowView(tokenizer)
+    batch = encode_question(encoder, "Where is the milk?", 3, settings, answer, support)
+    ids = batch.input_ids[0].tolist()
+    answer_ids = [i for i, flag in zip(ids, batch.answer_mask[0].tolist()) if flag]
+    assert tokenizer.decode(answer_ids).strip() == answer
+    # the answer's tokens are one run inside the target, followed by the closing tag (support) or eos
+    positions = [j for j, flag in enumerate(batch.answer_mask[0].tolist()) if flag]
+    assert positions == list(range(positions[0], positions[-1] + 1))
+    assert batch.target_mask[0, positions].all()
+    target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
+    after = ids[positions[-1] + 1:]
+    if answer_format == "plain":
+        assert after == [tokenizer.eos_token_id] and len(target) == len(answer_ids)
+    else:
+        assert tokenizer.decode(after[:-1]) == "</output>"
+
+
+def test_a_target_cut_before_its_answer_marks_no_answer(tokenizer):
+    from perk_cli.prompts import encode_question
+
+    settings = PromptSettings(answer_format="support", max_answer_tokens=4)
+    batch = encode_question(tokenizer, "Where is the milk?", 3, settings, "kitchen", ["Event 0: Mary went to the kitchen."])
+    assert int(batch.target_mask.sum()) == 5 and not batch.answer_mask.any()

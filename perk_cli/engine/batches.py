@@ -10,16 +10,31 @@ import torch
 @dataclass
 class TokenBatch:
     """Right-padded sequences. `target_mask[b, j]` is True where predicting token j counts in a loss
-    (context text for the inner loss; answer tokens for the outer loss). Column 0 is never a target."""
+    (context text for the inner loss; answer tokens for the outer loss). Column 0 is never a target.
+    `answer_mask` (question batches) marks the targets that hold the answer's own characters, the ones
+    `answer_weight` weighs up in the outer loss (in the support format, not the facts or the tags)."""
 
     input_ids: torch.Tensor  # [B, T] long
     attention_mask: torch.Tensor  # [B, T] long
     target_mask: torch.Tensor  # [B, T] bool
+    answer_mask: torch.Tensor | None = None  # [B, T] bool, within target_mask
 
     def __post_init__(self) -> None:
         if not (self.input_ids.shape == self.attention_mask.shape == self.target_mask.shape):
             raise ValueError("input_ids, attention_mask and target_mask must share one shape")
         self.target_mask = self.target_mask.bool() & self.attention_mask.bool()
+        if self.answer_mask is not None:
+            if self.answer_mask.shape != self.target_mask.shape:
+                raise ValueError("answer_mask must have the shape of target_mask")
+            self.answer_mask = self.answer_mask.bool() & self.target_mask
+
+    def target_weights(self, answer_weight: float = 1.0) -> torch.Tensor:
+        """[B, T-1] the weight of predicting token j+1 in the answer loss: 1 on a target, `answer_weight`
+        on an answer token, 0 elsewhere."""
+        weights = self.target_mask[:, 1:].float()
+        if answer_weight != 1.0 and self.answer_mask is not None:
+            weights = weights + (answer_weight - 1.0) * self.answer_mask[:, 1:].float()
+        return weights
 
     @property
     def n_targets(self) -> int:
@@ -30,14 +45,17 @@ class TokenBatch:
         return int(self.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+        answers = None if self.answer_mask is None else self.answer_mask.to(device)
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device),
+                          answers)
 
     def rows(self, start: int, stop: int) -> "TokenBatch":
         """Rows [start, stop), with trailing all-padding columns trimmed."""
         mask = self.attention_mask[start:stop]
         width = max(int(mask.sum(dim=1).max()), 1)
+        answers = None if self.answer_mask is None else self.answer_mask[start:stop, :width]
         return TokenBatch(
-            self.input_ids[start:stop, :width], mask[:, :width], self.target_mask[start:stop, :width]
+            self.input_ids[start:stop, :width], mask[:, :width], self.target_mask[start:stop, :width], answers
         )
 
     def split(self, max_tokens: int | None) -> list["TokenBatch"]:
@@ -71,9 +89,13 @@ class TokenBatch:
         def pad(t: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
+        answers = None
+        if any(b.answer_mask is not None for b in batches):  # a batch without one marks no answer
+            answers = torch.cat([pad(b.answer_mask if b.answer_mask is not None else torch.zeros_like(b.target_mask))
+                                 for b in batches])
         return TokenBatch(torch.cat([pad(b.input_ids) for b in batches]),
                           torch.cat([pad(b.attention_mask) for b in batches]),
-                          torch.cat([pad(b.target_mask) for b in batches]))
+                          torch.cat([pad(b.target_mask) for b in batches]), answers)
 
 
 def task_of_rows(rows_per_task: torch.Tensor) -> torch.Tensor:

@@ -107,17 +107,22 @@ def inner_loss(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | Non
     return (nll * weights).sum() / max(normaliser, 1)
 
 
-def answer_loss(call: ModelCall, batch: TokenBatch) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens (the outer loss)."""
-    return answer_scores(call, batch)[0]
+def answer_loss(call: ModelCall, batch: TokenBatch, answer_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy over the target tokens, their weighted mean (the outer loss): see answer_scores."""
+    return answer_scores(call, batch, answer_weight)[0]
 
 
-def answer_scores(call: ModelCall, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_scores(call: ModelCall, batch: TokenBatch, answer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(the answer loss, [B] bool: every target token of the row is the model's top token given the
     targets before it). The second is teacher-forced exact match: true exactly when greedy decoding
-    from the row's prompt reproduces its whole target, the closing eos included."""
+    from the row's prompt reproduces its whole target, the closing eos included.
+
+    The loss is the mean over target tokens, the answer's own tokens (`batch.answer_mask`) counting
+    `answer_weight` times: sum_j a_j CE_j / sum_j a_j. At 1 it is the plain mean."""
     logits, _ = _scored(call, batch, with_hidden=False)
-    loss = _nll(logits, batch).sum() / max(batch.n_targets, 1)
+    nll = _nll(logits, batch)
+    weights = batch.target_weights(answer_weight).to(nll.dtype)
+    loss = (nll * weights).sum() / weights.sum().clamp_min(1.0)
     mask = batch.target_mask[:, 1:]
     missed = logits.argmax(-1) != batch.input_ids[:, 1:][mask]
     missed_rows = mask.new_zeros(mask.shape).masked_scatter(mask, missed).any(1)

@@ -102,17 +102,18 @@ class MetaLearner(nn.Module):
                               self.settings, differentiable=differentiable, on_group=on_group,
                               prefix=self.frozen_prefix())
 
-    def meta_loss(self, task: MetaTask) -> tuple[torch.Tensor, InnerResult]:
-        """Outer loss CE(answer | question; theta, phi_K), differentiable into Omega."""
+    def meta_loss(self, task: MetaTask, answer_weight: float = 1.0) -> tuple[torch.Tensor, InnerResult]:
+        """Outer loss CE(answer | question; theta, phi_K), differentiable into Omega (the answer's own
+        tokens weighted `answer_weight`: see losses.answer_scores)."""
         result = self.inner_loop(task.context, differentiable=True)
-        return self.answer_loss(result.params, task.question), result
+        return self.answer_loss(result.params, task.question, answer_weight), result
 
-    def meta_losses(self, tasks: list[MetaTask]) -> list[tuple[torch.Tensor, InnerResult]]:
+    def meta_losses(self, tasks: list[MetaTask], answer_weight: float = 1.0) -> list[tuple[torch.Tensor, InnerResult]]:
         """`meta_loss` of each task, the tasks run together: one task-batched inner loop (their context
         rows in one batch, each with its own memory) and one answer forward. The same numbers as one
         task at a time, to rounding. The `higher` engine and legacy weighting run them one by one."""
         if len(tasks) == 1 or self.settings.engine == "higher" or self.settings.weighting_mode == "legacy":
-            return [self.meta_loss(task) for task in tasks]
+            return [self.meta_loss(task, answer_weight) for task in tasks]
         n = len(tasks)
         device = tasks[0].context.input_ids.device
         context = TokenBatch.concat([t.context for t in tasks])
@@ -127,17 +128,20 @@ class MetaLearner(nn.Module):
         question_rows = _row_tasks([t.question for t in tasks], device)
         with per_task_lora(self.model, self.lora_names, torch.bincount(question_rows, minlength=n)):
             nll, _ = weighted_token_nll(functional_model_call(self.model, result.params), question, None)
-        sums = torch.zeros(n, dtype=nll.dtype, device=device).index_add(0, question_rows, nll.sum(1))
-        return [(sums[i] / max(task.question.n_targets, 1),
+        weighted = nll * question.target_weights(answer_weight).to(nll.dtype)
+        sums = torch.zeros(n, dtype=nll.dtype, device=device).index_add(0, question_rows, weighted.sum(1))
+        return [(sums[i] / task.question.target_weights(answer_weight).sum().clamp_min(1.0).item(),
                  InnerResult({k: v[i] for k, v in result.params.items()}, [step[i] for step in result.losses]))
                 for i, task in enumerate(tasks)]
 
-    def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch) -> torch.Tensor:
-        return answer_loss(functional_model_call(self.model, params), question)
+    def answer_loss(self, params: dict[str, torch.Tensor], question: TokenBatch,
+                    answer_weight: float = 1.0) -> torch.Tensor:
+        return answer_loss(functional_model_call(self.model, params), question, answer_weight)
 
-    def answer_scores(self, params: dict[str, torch.Tensor], question: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def answer_scores(self, params: dict[str, torch.Tensor], question: TokenBatch,
+                      answer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(answer loss, [B] teacher-forced exact match) with `params` as the LoRA: see losses.answer_scores."""
-        return answer_scores(functional_model_call(self.model, params), question)
+        return answer_scores(functional_model_call(self.model, params), question, answer_weight)
 
     def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None,
               max_tokens_per_group: int | None = None) -> InnerResult:

@@ -49,7 +49,8 @@ def answer_in_context(runtime: Runtime, task: Task, budget: int,
 
 
 def _loss(runtime: Runtime, batch: TokenBatch) -> torch.Tensor:
-    return answer_loss(functional_model_call(runtime.model, {}), batch.to(runtime.device))
+    return answer_loss(functional_model_call(runtime.model, {}), batch.to(runtime.device),
+                       runtime.config.train.answer_weight)
 
 
 @torch.no_grad()
@@ -59,7 +60,8 @@ def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dic
     if not runtime.config.train.eval_decode:
         forced = []
         for batch in filter(None, (in_context_batch(runtime, task) for task in tasks)):
-            loss, exact = answer_scores(functional_model_call(runtime.model, {}), batch.to(runtime.device))
+            loss, exact = answer_scores(functional_model_call(runtime.model, {}), batch.to(runtime.device),
+                                        runtime.config.train.answer_weight)
             forced.append((bool(exact.all()), float(loss)))
         return mean_forced_scores(forced)
     scored = []

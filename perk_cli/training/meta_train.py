@@ -313,7 +313,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                                          max_len=runtime.max_positions).to(runtime.device)
                              for k, index in mine[start:start + train.tasks_per_forward]]
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
-                        outcomes = runtime.meta.meta_losses(tasks)
+                        outcomes = runtime.meta.meta_losses(tasks, train.answer_weight)
                     (sum(loss for loss, _ in outcomes) / train.tasks_per_batch).backward()
                     for loss, result in outcomes:
                         totals = [totals[0] + float(loss.detach()), totals[1] + result.losses[0],

@@ -134,3 +134,29 @@ def test_teacher_forced_exact_match_is_true_exactly_when_greedy_decoding_reprodu
     torch.testing.assert_close(loss, answer_loss(call, batch), rtol=0, atol=0)
     # one row alone scores as it does in the batch
     assert answer_scores(call, pad_rows(rows[1:2], 0))[1].tolist() == [False]
+
+
+def test_the_answer_weight_makes_the_loss_a_weighted_mean_over_targets(peft):
+    from perk_cli.engine.batches import TokenBatch
+
+    batch = random_batch(2, 9, seed=4, pad_first=2, prefix=3)
+    answers = torch.zeros_like(batch.target_mask)
+    answers[0, 5:7] = True
+    answers[1, 4] = True
+    answers[1, 0] = True  # not a target: never weighed
+    batch = TokenBatch(batch.input_ids, batch.attention_mask, batch.target_mask, answers)
+    call = functional_model_call(peft, {})
+    with torch.no_grad():
+        nll = reference_nll(peft(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch)
+    # targets: row 0 tokens 3..6 (4, the last 2 are padding), row 1 tokens 3..8 (6); answers weigh 5
+    weights = batch.target_mask[:, 1:].double()
+    weights[0, 4:6] = 5.0
+    weights[1, 3] = 5.0
+    assert float(weights.sum()) == 4 + 6 + 3 * 4
+    expected = (nll * weights).sum() / weights.sum()
+    with torch.no_grad():
+        torch.testing.assert_close(answer_loss(call, batch, answer_weight=5.0), expected)
+        torch.testing.assert_close(answer_loss(call, batch, answer_weight=1.0), nll.sum() / batch.n_targets)
+        # the same batch without an answer mask: every weight is 1
+        plain = TokenBatch(batch.input_ids, batch.attention_mask, batch.target_mask)
+        torch.testing.assert_close(answer_loss(call, plain, answer_weight=5.0), nll.sum() / batch.n_targets)

@@ -34,12 +34,12 @@ def targets(meta):
     return [*meta.lora_init().values(), meta.step_sizes.parameter, *meta.weighter.parameters()]
 
 
-def compare(meta, batch: list[MetaTask], rtol: float):
+def compare(meta, batch: list[MetaTask], rtol: float, answer_weight: float = 1.0):
     """Adam divides by sqrt(v) + 1e-8: a gradient entry at rounding level (1e-18) moves a parameter
     by lr * 1e-10, so AdamW runs agree to ~1e-9 relative, SGD runs to ~1e-12."""
-    sequential = [meta.meta_loss(task) for task in batch]
+    sequential = [meta.meta_loss(task, answer_weight) for task in batch]
     seq_grads = torch.autograd.grad(sum(loss for loss, _ in sequential), targets(meta), allow_unused=True)
-    together = meta.meta_losses(batch)
+    together = meta.meta_losses(batch, answer_weight)
     grads = torch.autograd.grad(sum(loss for loss, _ in together), targets(meta), allow_unused=True)
     for (loss_a, result_a), (loss_b, result_b) in zip(together, sequential):
         torch.testing.assert_close(loss_a, loss_b, rtol=rtol, atol=rtol)
@@ -73,6 +73,22 @@ def test_with_the_frozen_prefix_cache():
     meta = meta_for("gpt2", top_layers=1, unroll="truncated", unroll_start=1)
     assert meta.frozen_prefix() is not None
     compare(meta, tasks([(4, 10, 7), (2, 7, 9)]), 1e-8)
+
+
+def test_with_answer_tokens_weighed_up():
+    # each question marks its last two targets as the answer (the first task's question marks none)
+    batch = tasks([(4, 10, 7), (2, 7, 9), (3, 12, 6)])
+    for i, task in enumerate(batch):
+        answers = torch.zeros_like(task.question.target_mask)
+        if i:
+            answers[:, -2:] = True
+        task.question = TokenBatch(task.question.input_ids, task.question.attention_mask,
+                                   task.question.target_mask, answers)
+    meta = meta_for("gpt2", unroll="truncated", unroll_start=1, optimizer="sgd", lr_init=0.5)
+    compare(meta, batch, 1e-11, answer_weight=6.0)
+    weighed = [float(loss.detach()) for loss, _ in meta.meta_losses(batch, 6.0)]
+    plain = [float(loss.detach()) for loss, _ in meta.meta_losses(batch)]
+    assert weighed[0] == pytest.approx(plain[0], rel=1e-12) and weighed[1:] != pytest.approx(plain[1:], rel=1e-3)
 
 
 def test_legacy_weighting_runs_one_by_one():
