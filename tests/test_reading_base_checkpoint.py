@@ -11,7 +11,9 @@ two more inner steps at a smaller size (G-k6, benchmarks/inner_steps.py, on both
 base as a committed rank-32 delta from the packaged GGUF
 (benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors); and qa2 again (the support format,
 started from the qa1 checkpoint: B, on two sets of 60) on the qa2 reading base, also a committed rank-32
-delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors).
+delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors); and qa2 with the answer weighed up
+(W2: it recites all six events, then answers; sets made with one sentence a segment and the support
+rewritten by benchmarks/event_support.py, as its runs were).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point
@@ -21,6 +23,8 @@ PERK_READING_BASE / PERK_READING_BASE_QA2 at copies). The shipped base needs onl
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,15 +42,19 @@ BASES = {
 }
 SHIPPED = ROOT / "perk_cli" / "shipped" / "qa1-reader"
 BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask"]
+BABI16 = ["--task", "babi", "--segment-tokens", "16", "--subtask"]
 SETS = {  # name -> (family, prepare arguments, seed, validation, test): the prepare commands of benchmarks/RESULTS.md
     "heldout2-128": ("qa1", BABI + ["qa1", "--facts", "4", "--length", "128"], 402, 16, 60),
     "heldout2-1024": ("qa1", BABI + ["qa1", "--facts", "4", "--length", "1024"], 403, 0, 20),
     "qa2-heldout-128": ("qa2", BABI + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
     "qa2r-heldout-128": ("qa2-reader", BABI + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
     "qa2r-heldout-128b": ("qa2-reader", BABI + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
+    "qa2r-ev-heldout-128": ("qa2-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
+    "qa2r-ev-heldout-128b": ("qa2-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "recall-heldout-6": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 612, 16, 60),
     "recall-heldout-6b": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 614, 16, 60),
 }
+EVENT_SUPPORT = {"qa2r-ev-heldout-128", "qa2r-ev-heldout-128b"}  # support = every event (event_support.py)
 CASES = [  # checkpoint, held-out set, the metrics file its reported figure is in, the least that figure is
     (str(SHIPPED), "heldout2-128", "perk-shipped-reader-curriculum-2/heldout2-128-metrics.json", 0.85),
     (str(SHIPPED), "heldout2-1024", "perk-shipped-reader-curriculum-2/heldout2-1024-metrics.json", 0.85),
@@ -66,6 +74,8 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
      0.90),
     ("perk-qa2-reader/checkpoint-qa2-B", "qa2r-heldout-128", "perk-qa2-reader/eval-qa2-B-602.json", 0.55),
     ("perk-qa2-reader/checkpoint-qa2-B", "qa2r-heldout-128b", "perk-qa2-reader/eval-qa2-B-604.json", 0.55),
+    ("perk-qa2-reader/checkpoint-qa2-W2", "qa2r-ev-heldout-128", "perk-qa2-reader/eval-qa2-W2-602.json", 0.65),
+    ("perk-qa2-reader/checkpoint-qa2-W2", "qa2r-ev-heldout-128b", "perk-qa2-reader/eval-qa2-W2-604.json", 0.65),
 ]
 
 pytestmark = pytest.mark.slow
@@ -99,6 +109,11 @@ def test_the_committed_checkpoint_scores_its_reported_held_out_em(tmp_path, caps
                     "--test", str(test), "--seed", str(seed), "-o", str(data), "-q"], capsys)[0] == 0
     # room for the answer in the checkpoint's format (the support format recites the record first)
     budget = "72" if recorded["prompt"]["answer_format"] == "support" else "16" if family == "recall" else "8"
+    if name in EVENT_SUPPORT:  # the support is the whole story's events: 112 tokens hold them and the answer
+        events = tmp_path / f"{name}-ev"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "event_support.py"), str(data), str(events)],
+                       check=True, capture_output=True)
+        data, budget = events, "112"
     code, out, err = run_cli(["eval", "--checkpoint", str(RESULTS / checkpoint), "--task", str(data), *override,
                               "--baselines", "", "--max-new-tokens", budget, "--out", str(tmp_path / "eval"),
                               "--json", "-q"], capsys)
