@@ -97,5 +97,6 @@ def test_a_target_cut_before_its_answer_marks_no_answer(tokenizer):
     from perk_cli.prompts import encode_question
 
     settings = PromptSettings(answer_format="support", max_answer_tokens=4)
-    batch = encode_question(tokenizer, "Where is the milk?", 3, settings, "kitchen", ["Event 0: Mary went to the kitchen."])
+    support = ["Event 0: Mary went to the kitchen."]
+    batch = encode_question(tokenizer, "Where is the milk?", 3, settings, "kitchen", support)
     assert int(batch.target_mask.sum()) == 5 and not batch.answer_mask.any()

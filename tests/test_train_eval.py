@@ -178,10 +178,11 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = run_cli(["meta-train", "--task", str(qa1), "--out", str(run), "--max-steps", "2",
                               "--tasks-per-batch", "2", "--eval-every", "2", "--eval-tasks", "2", "--lora-rank", "4",
-                              "--inner-steps", "2", "--unroll-start", "1", "--json"], capsys)
+                              "--inner-steps", "2", "--unroll-start", "1", "--answer-weight", "3", "--json"], capsys)
     assert code == 0, err
     summary = json.loads(out)
     assert summary["steps"] == 2 and summary["in_context_baseline"].endswith("in-context")
+    assert json.loads((run / "config.json").read_text())["train"]["answer_weight"] == 3.0
     code, out, err = run_cli(["eval", "--checkpoint", str(run), "--task", str(qa1), "--limit", "3",
                               "--max-new-tokens", "4", "--max-tokens-per-group", "40", "--out", str(tmp_path / "ev")],
                              capsys)
@@ -223,6 +224,7 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     (["meta-train", "--task", "babi", "--inner-steps", "-1"], "--inner-steps: "),
     (["meta-train", "--task", "babi", "--lora-rank", "0"], "--lora-rank: "),
     (["meta-train", "--task", "babi", "--max-steps", "0"], "--max-steps: "),
+    (["meta-train", "--task", "babi", "--answer-weight", "0"], "--answer-weight: "),
 ])
 def test_meta_train_bad_input(tmp_path, capsys, args, expected):
     code, _, err = run_cli([*args, "--out", str(tmp_path / "r")], capsys)
