@@ -99,12 +99,13 @@ def answer_span(answer: str, support: list[str] | None, settings: PromptSettings
     return start, start + len(answer)
 
 
-def _tokens_in_span(tokenizer, text: str, ids: list[int], start: int, end: int) -> list[bool]:
-    """Which tokens of `ids` (the encoding of `text`) hold a character of text[start:end]: by offsets;
+def _encode_marking_span(tokenizer, text: str, start: int, end: int) -> tuple[list[int], list[bool]]:
+    """(the encoding of `text`, which of its tokens hold a character of text[start:end]): by offsets;
     without offsets, by the tokens the encodings of text[:start] and text[:end] share with it."""
     if getattr(tokenizer, "is_fast", False):
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return [a < end and b > start for a, b in offsets]
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return encoded["input_ids"], [a < end and b > start for a, b in encoded["offset_mapping"]]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def shared(prefix: str) -> tuple[int, bool]:
         """(leading tokens `ids` shares with the encoding of `prefix`, whether that is all of it)."""
@@ -117,7 +118,7 @@ def _tokens_in_span(tokenizer, text: str, ids: list[int], start: int, end: int) 
     before, _ = shared(text[:start])  # where they part, token `before` straddles start: it is the answer's
     through, whole = shared(text[:end])
     through += not whole  # ... and a token straddling end holds answer characters too
-    return [before <= i < through for i in range(len(ids))]
+    return ids, [before <= i < through for i in range(len(ids))]
 
 
 def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
@@ -145,9 +146,8 @@ def encode_question(tokenizer, question: str, n_segments: int, settings: PromptS
     target: list[int] = []
     in_answer: list[bool] = []
     if answer is not None:
-        target_text = answer_target(answer, support, settings)
-        target = tokenizer(target_text, add_special_tokens=False)["input_ids"]
-        in_answer = _tokens_in_span(tokenizer, target_text, target, *answer_span(answer, support, settings))
+        target, in_answer = _encode_marking_span(tokenizer, answer_target(answer, support, settings),
+                                                 *answer_span(answer, support, settings))
         target = target[: settings.max_answer_tokens] + [tokenizer.eos_token_id]
         in_answer = in_answer[: settings.max_answer_tokens] + [False]
     return pad_rows([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id,

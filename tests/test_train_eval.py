@@ -700,3 +700,28 @@ def test_a_signal_stops_the_run_at_a_step_boundary_and_resume_is_exact(qa1, tmp_
     a = load_file(str(run / "last" / "meta.safetensors"))
     b = load_file(str(tmp_path / "straight" / "last" / "meta.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_runs_answer_weight_reaches_every_loss_it_weighs(qa1, tmp_path, monkeypatch):
+    """train.answer_weight is what meta-training's outer loss, PERK's validation loss and the in-context
+    baseline's training and validation losses are computed with."""
+    from perk_cli.engine import meta as meta_module
+    from perk_cli.training import in_context
+
+    seen = {"meta_losses": set(), "perk validation": set(), "in-context": set()}
+    meta_losses, answer_loss = meta_module.MetaLearner.meta_losses, meta_module.MetaLearner.answer_loss
+    icr_loss, icr_scores = in_context.answer_loss, in_context.answer_scores
+
+    def spy(key, original):
+        def call(*args):
+            seen[key].add(args[-1])
+            return original(*args)
+        return call
+
+    monkeypatch.setattr(meta_module.MetaLearner, "meta_losses", spy("meta_losses", meta_losses))
+    monkeypatch.setattr(meta_module.MetaLearner, "answer_loss", spy("perk validation", answer_loss))
+    monkeypatch.setattr(in_context, "answer_loss", spy("in-context", icr_loss))
+    monkeypatch.setattr(in_context, "answer_scores", spy("in-context", icr_scores))
+    meta_train(_config(max_steps=1, eval_every=1, eval_tasks=2, tasks_per_batch=2, answer_weight=7.0), qa1,
+               tmp_path / "run")
+    assert seen == {"meta_losses": {7.0}, "perk validation": {7.0}, "in-context": {7.0}}

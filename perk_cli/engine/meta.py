@@ -128,9 +128,10 @@ class MetaLearner(nn.Module):
         question_rows = _row_tasks([t.question for t in tasks], device)
         with per_task_lora(self.model, self.lora_names, torch.bincount(question_rows, minlength=n)):
             nll, _ = weighted_token_nll(functional_model_call(self.model, result.params), question, None)
-        weighted = nll * question.target_weights(answer_weight).to(nll.dtype)
-        sums = torch.zeros(n, dtype=nll.dtype, device=device).index_add(0, question_rows, weighted.sum(1))
-        return [(sums[i] / task.question.target_weights(answer_weight).sum().clamp_min(1.0).item(),
+        weights = question.target_weights(answer_weight).to(nll.dtype)
+        sums = torch.zeros(n, dtype=nll.dtype, device=device).index_add(0, question_rows, (nll * weights).sum(1))
+        totals = torch.zeros_like(sums).index_add(0, question_rows, weights.sum(1)).clamp_min(1.0)
+        return [(sums[i] / totals[i],
                  InnerResult({k: v[i] for k, v in result.params.items()}, [step[i] for step in result.losses]))
                 for i, task in enumerate(tasks)]
 
