@@ -1,4 +1,4 @@
-"""How well a support-format memory recites the facts its answers rest on, from a `perk eval` run.
+"""How well a support- or recite-format memory recites the facts its answers rest on, from a `perk eval` run.
 
     python benchmarks/support_recital.py runs/ev-qa2C-last-602 runs/qa2-heldout-128-v2
 
@@ -24,6 +24,7 @@ import json
 import re
 from pathlib import Path
 
+from perk_cli.config import PromptSettings
 from perk_cli.data.schema import Task, read_split
 from perk_cli.data.segment import split_sentences
 from perk_cli.errors import PerkError
@@ -33,9 +34,17 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# where the recite format's recital ends: the question prompt restated (the default template's start)
+_RESTATED = "\n" + PromptSettings().question_template.split("{", 1)[0]
+
+
 def recital(raw: str) -> list[str]:
-    """The sentences a raw support-format answer recites."""
-    body = raw.split("</support>")[0].split("<support>", 1)[-1]
+    """The sentences a raw answer recites: inside <support> tags (support format), or before the restated
+    question prompt (recite format, the default question template)."""
+    if "<support>" in raw or "</support>" in raw:
+        body = raw.split("</support>")[0].split("<support>", 1)[-1]
+    else:
+        body = raw.split(_RESTATED, 1)[0]
     return [_norm(s) for s in split_sentences(body)]
 
 

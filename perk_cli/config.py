@@ -192,6 +192,11 @@ class PrepareSettings(_Settings):
         return self
 
 
+def recite_marker(question_template: str) -> str:
+    """The recite format's answer marker: the question template's text after its last field."""
+    return question_template[question_template.rfind("}") + 1:]
+
+
 class PromptSettings(_Settings):
     """How tasks become token sequences (saved in the checkpoint so adapt/ask/eval reuse it)."""
 
@@ -199,10 +204,19 @@ class PromptSettings(_Settings):
     segment_prefix: str = Field("doc_{i}: ", description="Masked-out prefix of each segment; {i} = its id.")
     question_template: str = Field("You have memorized {n} documents.\n{question}\nAnswer:",
                                    description="The question prompt; {n} = the number of segments.")
-    answer_format: Literal["plain", "support"] = Field(
-        "plain", description="plain: ' {answer}'; support: '<support>facts</support>\\n<output>answer</output>'."
+    answer_format: Literal["plain", "support", "recite"] = Field(
+        "plain", description="plain: ' {answer}'; support: '<support>facts</support>\\n<output>answer</output>'; "
+        "recite: the facts one a line, the question prompt again, then ' {answer}' (the in-context reader's "
+        "layout, with the recital as its context)."
     )
     max_answer_tokens: int = Field(64, ge=1, description="Cap on the target length (and on decoding).")
+
+    @model_validator(mode="after")
+    def _recite_needs_a_marker(self) -> "PromptSettings":
+        if self.answer_format == "recite" and not recite_marker(self.question_template).strip():
+            raise ValueError("answer_format 'recite' reads the answer after the question template's text that "
+                             "follows its last field (as '\\nAnswer:'); this template ends with a field")
+        return self
 
 
 class TrainSettings(_Settings):

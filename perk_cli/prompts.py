@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import torch
 
-from perk_cli.config import PromptSettings
+from perk_cli.config import PromptSettings, recite_marker
 from perk_cli.engine.batches import MetaTask, TokenBatch
 from perk_cli.engine.lora import lora_values
 
@@ -84,16 +84,29 @@ def question_prompt(question: str, n_segments: int, settings: PromptSettings) ->
     return settings.question_template.format(n=n_segments, question=question)
 
 
-def answer_target(answer: str, support: list[str] | None, settings: PromptSettings) -> str:
+def _recital(support: list[str] | None, asked: str) -> str:
+    """The recite format's target before the answer: the facts one a line, as the in-context reader sees
+    its context (`context_text`), then the question prompt `asked` again."""
+    return "\n" + context_text(support or []) + asked
+
+
+def answer_target(answer: str, support: list[str] | None, settings: PromptSettings, asked: str = "") -> str:
+    """The target after the question prompt `asked` (which the recite format repeats, so needs)."""
+    if settings.answer_format == "recite" and not asked:
+        raise ValueError("the recite format repeats the question prompt: pass it as `asked`")
     if settings.answer_format == "support":
         return f"<support>{' '.join(support or [])}</support>\n<output>{answer}</output>"
+    if settings.answer_format == "recite":
+        return f"{_recital(support, asked)} {answer}"
     return f" {answer}"
 
 
-def answer_span(answer: str, support: list[str] | None, settings: PromptSettings) -> tuple[int, int]:
+def answer_span(answer: str, support: list[str] | None, settings: PromptSettings, asked: str = "") -> tuple[int, int]:
     """[start, end) of the answer's own characters in `answer_target` (not the facts, tags or space)."""
     if settings.answer_format == "support":
         start = len(f"<support>{' '.join(support or [])}</support>\n<output>")
+    elif settings.answer_format == "recite":
+        start = len(_recital(support, asked)) + 1
     else:
         start = 1
     return start, start + len(answer)
@@ -124,9 +137,24 @@ def _encode_marking_span(tokenizer, text: str, start: int, end: int) -> tuple[li
 def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
     """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
     support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
-    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt), add_special_tokens=False)["input_ids"])
+    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt,
+                                              question_prompt(t.question, len(t.context), prompt)),
+                                add_special_tokens=False)["input_ids"])
                   for t in tasks)
     return min(longest, prompt.max_answer_tokens) + 4
+
+
+def answer_lengths(tokenizer, tasks, prompt: PromptSettings) -> list[int]:
+    """Per task, how many target tokens it takes to reach the end of the answer in the run's format (the
+    facts, tags or restated question before it included): more than prompt.max_answer_tokens, and the
+    target is cut before the answer is whole."""
+    lengths = []
+    for task in tasks:
+        asked = question_prompt(task.question, len(task.context), prompt)
+        target = answer_target(task.answer, task.support, prompt, asked)
+        _, end = answer_span(task.answer, task.support, prompt, asked)
+        lengths.append(len(tokenizer(target[:end], add_special_tokens=False)["input_ids"]))
+    return lengths
 
 
 def context_text(segments: list[str]) -> str:
@@ -146,8 +174,9 @@ def encode_question(tokenizer, question: str, n_segments: int, settings: PromptS
     target: list[int] = []
     in_answer: list[bool] = []
     if answer is not None:
-        target, in_answer = _encode_marking_span(tokenizer, answer_target(answer, support, settings),
-                                                 *answer_span(answer, support, settings))
+        asked = question_prompt(question, n_segments, settings)
+        target, in_answer = _encode_marking_span(tokenizer, answer_target(answer, support, settings, asked),
+                                                 *answer_span(answer, support, settings, asked))
         target = target[: settings.max_answer_tokens] + [tokenizer.eos_token_id]
         in_answer = in_answer[: settings.max_answer_tokens] + [False]
     return pad_rows([(prompt + target, [False] * len(prompt) + [True] * len(target))], tokenizer.pad_token_id,
@@ -169,17 +198,29 @@ _OUTPUT = re.compile(r"<output>(.*?)(?:</output>|$)", re.S)
 
 
 def cut_output(raw: str, settings: PromptSettings) -> str:
-    """Decoded text up to the support format's closing tag (unchanged for the plain format)."""
+    """Decoded text up to the support format's closing tag, or the end of the line the recite format
+    answers on (unchanged for the plain format)."""
     if settings.answer_format == "support" and "</output>" in raw:
         return raw[: raw.index("</output>") + len("</output>")]
+    restated = recite_marker(settings.question_template)  # '\nAnswer:' by default
+    if settings.answer_format == "recite" and restated in raw:
+        start = raw.index(restated) + len(restated)
+        end = raw.find("\n", start)
+        return raw if end < 0 else raw[:end]
     return raw
 
 
 def extract_answer(text: str, settings: PromptSettings) -> str:
-    """The answer inside <output> tags (support format) or the text up to the first newline."""
+    """The answer inside <output> tags (support format), after the restated question (recite format), or
+    the text up to the first newline (plain)."""
     if settings.answer_format == "support":
         match = _OUTPUT.search(text)
         return match.group(1).strip() if match else ""
+    if settings.answer_format == "recite":
+        restated = recite_marker(settings.question_template)  # '\nAnswer:' by default
+        if restated not in text:
+            return ""
+        text = text[text.index(restated) + len(restated):]
     return text.strip().split("\n", 1)[0].strip()
 
 

@@ -70,7 +70,8 @@ def test_the_in_context_prompt_is_the_context_and_question_encoded_as_one_string
 
 @pytest.mark.parametrize("view", ["fast", "slow"])
 @pytest.mark.parametrize("answer_format,answer", [("support", "kitchen"), ("support", "the hallway"),
-                                                  ("plain", "bathroom"), ("plain", "north west")])
+                                                  ("plain", "bathroom"), ("plain", "north west"),
+                                                  ("recite", "garden"), ("recite", "north west")])
 def test_the_answer_mask_marks_exactly_the_answers_own_tokens(tokenizer, view, answer_format, answer):
     from perk_cli.prompts import answer_target, encode_question
 
@@ -85,10 +86,13 @@ def test_the_answer_mask_marks_exactly_the_answers_own_tokens(tokenizer, view, a
     positions = [j for j, flag in enumerate(batch.answer_mask[0].tolist()) if flag]
     assert positions == list(range(positions[0], positions[-1] + 1))
     assert batch.target_mask[0, positions].all()
-    target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
     after = ids[positions[-1] + 1:]
     if answer_format == "plain":
+        target = tokenizer(answer_target(answer, support, settings), add_special_tokens=False)["input_ids"]
         assert after == [tokenizer.eos_token_id] and len(target) == len(answer_ids)
+    elif answer_format == "recite":
+        assert after == [tokenizer.eos_token_id]
+        assert tokenizer.decode(ids[:positions[0]]).endswith("Where is the milk?\nAnswer:")
     else:
         assert tokenizer.decode(after[:-1]) == "</output>"
 
@@ -100,3 +104,42 @@ def test_a_target_cut_before_its_answer_marks_no_answer(tokenizer):
     support = ["Event 0: Mary went to the kitchen."]
     batch = encode_question(tokenizer, "Where is the milk?", 3, settings, "kitchen", support)
     assert int(batch.target_mask.sum()) == 5 and not batch.answer_mask.any()
+
+
+def test_the_recite_target_is_the_in_context_readers_prompt_with_the_facts_as_its_context(tokenizer):
+    """Prompt + recite target = the in-context layout (facts one a line, the question prompt, the answer)
+    after the question prompt: the base reads the recital as it reads a context."""
+    from perk_cli.prompts import context_text, encode_question, question_prompt
+
+    settings = PromptSettings(answer_format="recite")
+    support = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the milk there."]
+    asked = question_prompt("Where is the milk?", 5, settings)
+    batch = encode_question(tokenizer, "Where is the milk?", 5, settings, "kitchen", support)
+    reading = context_text(support) + asked + " kitchen"
+    assert tokenizer.decode(batch.input_ids[0].tolist()) == asked + "\n" + reading + tokenizer.eos_token
+    n_prompt = len(tokenizer(asked, add_special_tokens=False)["input_ids"])
+    assert batch.target_mask[0].tolist() == [False] * n_prompt + [True] * (batch.input_ids.shape[1] - n_prompt)
+
+
+@pytest.mark.parametrize("raw,answer", [
+    ("\nEvent 0: Mary went to the kitchen.\nYou have memorized 5 documents.\nWhere is Mary?\nAnswer: kitchen",
+     "kitchen"),
+    ("\nEvent 0: Mary went.\nYou have memorized 5 documents.\nWhere is Mary?\nAnswer: the hall\nEvent 1: more\n"
+     "Answer: garden", "the hall"),  # the first answer line counts, what follows it is cut
+    ("\nEvent 0: Mary went to the kitchen.\nEvent 1: Mary", ""),  # budget spent before the answer: no answer
+])
+def test_the_recite_answer_is_read_after_the_restated_question(raw, answer):
+    from perk_cli.prompts import cut_output, extract_answer
+
+    settings = PromptSettings(answer_format="recite")
+    cut = cut_output(raw, settings)
+    assert extract_answer(cut, settings) == answer
+    assert "\nEvent 1: more" not in cut
+
+
+def test_the_recite_format_refuses_a_template_with_no_answer_marker():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ends with a field"):
+        PromptSettings(answer_format="recite", question_template="Q: {question}")
+    assert PromptSettings(answer_format="recite", question_template="Q: {question} A:")  # ' A:' marks the answer

@@ -31,6 +31,17 @@ def test_score_counts_recited_facts_by_position():
     assert result["answer_in_recital"] == 2 / 3  # c's "garden" is not in its recital
 
 
+def test_a_recite_format_recital_is_the_lines_before_the_restated_question():
+    recital = benchmark_module("support_recital").recital
+    raw = ("\nEvent 4: Gertrude picked up the box there.\nEvent 3: Gertrude travelled to the school.\n"
+           "You have memorized 9 documents.\nWhere is the box?\nAnswer: school")
+    assert recital(raw) == SUPPORT["a"]
+    assert recital("\nEvent 4: Gertrude picked up the box there.\nEvent 3: Gertrude") == \
+        ["Event 4: Gertrude picked up the box there.", "Event 3: Gertrude"]  # budget spent mid-recital
+    rows = [{**ROWS[0], "raw": raw}, {**ROWS[1], "raw": raw.replace("Gertrude picked up the box", "Emily left the ball")}]
+    assert benchmark_module("support_recital").score(rows, SUPPORT)["recital_exact"] == 1 / 2
+
+
 def test_the_script_reads_an_evaluation_beside_its_tasks(tmp_path):
     evaluation, tasks = tmp_path / "eval", tmp_path / "tasks"
     evaluation.mkdir()

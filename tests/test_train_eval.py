@@ -557,6 +557,35 @@ def test_init_from_lets_a_new_stage_choose_its_answer_format(qa1, tmp_path, caps
             k: v for k, v in source["prompt"].items() if k not in ("answer_format", "max_answer_tokens")}
 
 
+def test_a_recite_format_run_trains_evaluates_and_refuses_targets_cut_before_their_answer(qa1, tmp_path, capsys):
+    """--answer-format recite reaches the run and the evaluation (answers read after the restated question);
+    a target cap that would cut training targets before their answer is one line, with nothing written."""
+    from perk_cli.models.base import load_tokenizer
+    from perk_cli.prompts import answer_lengths
+
+    tasks = read_split_tasks(qa1, "train")
+    prompt = PromptSettings(answer_format="recite")
+    lengths = answer_lengths(load_tokenizer("tiny"), tasks, prompt)
+    assert min(lengths) > 8 and max(lengths) <= prompt.max_answer_tokens
+    one_step = ["meta-train", "--task", str(qa1), "--max-steps", "1", "--tasks-per-batch", "1", "--eval-tasks", "1",
+                "--no-baseline", "-q", "--lora-rank", "3", "--inner-steps", "2", "--answer-format", "recite"]
+    file = tmp_path / "short.yaml"
+    file.write_text(yaml.safe_dump({"prompt": {"max_answer_tokens": max(lengths) - 1}}))
+    code, _, err = run_cli(one_step + ["--config", str(file), "--out", str(tmp_path / "short")], capsys)
+    assert code == 2 and str(qa1) in err and "cut before their answer" in err and f"needs {max(lengths)}" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "short").exists()
+    code, _, err = run_cli(one_step + ["--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "last" / "config.json").read_text())["prompt"]["answer_format"] == "recite"
+    code, out, err = run_cli(["eval", "--checkpoint", str(tmp_path / "r"), "--task", str(qa1), "--baselines", "",
+                              "--limit", "2", "--out", str(tmp_path / "ev"), "--json", "-q"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    from perk_cli.prompts import extract_answer
+
+    assert all(row["prediction"] == extract_answer(row["raw"], prompt) for row in rows)
+
+
 def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys):
     """K is a stage's choice: the source's K=2 step sizes carry over and the added steps start at the run's
     lr_init (the checkpoint's unless --inner-lr sets it); the rest of the inner loop stays the checkpoint's,

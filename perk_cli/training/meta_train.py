@@ -29,7 +29,7 @@ from perk_cli.data.schema import Task, read_split
 from perk_cli.errors import PerkError
 from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
 from perk_cli.memory import perk_answer, perk_forced
-from perk_cli.prompts import decode_budget, encode_task
+from perk_cli.prompts import answer_lengths, decode_budget, encode_task
 from perk_cli.training import distributed
 from perk_cli.training.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes, read_checkpoint,
                                         save_checkpoint)
@@ -227,6 +227,17 @@ def validate(runtime: Runtime, tasks: list[Task]) -> dict:
     return mean_scores(scored)
 
 
+def _refuse_cut_answers(runtime: Runtime, tasks: list[Task], task_dir: Path) -> None:
+    """A target cut by prompt.max_answer_tokens before its answer ends would train on no answer: refused."""
+    prompt = runtime.config.prompt
+    lengths = answer_lengths(runtime.tokenizer, tasks, prompt)
+    cut = sum(length > prompt.max_answer_tokens for length in lengths)
+    if cut:
+        raise PerkError(f"{task_dir}: {cut} of {len(tasks)} training targets ({prompt.answer_format} format) are cut "
+                        f"before their answer by prompt.max_answer_tokens {prompt.max_answer_tokens}; the longest needs "
+                        f"{max(lengths)}: set it in --config (prompt: {{max_answer_tokens: N}})")
+
+
 def _step_sizes(runtime: Runtime) -> dict:
     lrs = runtime.meta.step_sizes().detach()
     return {"eta_mean": float(lrs.mean()), "eta_min": float(lrs.min()), "eta_max": float(lrs.max())}
@@ -276,6 +287,7 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         torch.manual_seed(config.train.seed)
         runtime = build_runtime(config)
         optimizer = outer_optimizer(runtime)
+    _refuse_cut_answers(runtime, train_tasks, task_dir)
     train = config.train
     params = trainable(runtime)
     scheduler_base = [group["lr"] for group in optimizer.param_groups]
