@@ -6,7 +6,8 @@
 Each task's context is written into one memory (the checkpoint's inner loop). The question is then
 teacher-forced with its gold target (in the support format: the gold facts, then the answer), and a task
 counts right when every one of the answer's own tokens (`answer_mask`) is the model's top token. That is
-reading alone: the recital is given, right, whatever the memory would have recited. The same memory is
+reading alone: the recital is given, right, whatever the memory would have recited; a second column
+counts every target token (recital and answer: what greedy decoding would reproduce). The same memory is
 scored with every LoRA tensor on, with the LoRA off at some modules (B set to zero: that module is the
 base's), and off everywhere (the base reading the gold facts). Prints one row a variant.
 """
@@ -51,13 +52,18 @@ def variants(names: list[str]) -> dict[str, set[str]]:
 
 
 @torch.no_grad()
-def answer_right(runtime, params: dict[str, torch.Tensor], question) -> bool:
+def forced_right(runtime, params: dict[str, torch.Tensor], question) -> tuple[bool, bool]:
+    """(every answer token is the model's top token, every target token is), the gold target forced: the
+    first is reading alone, the second reciting and reading (what greedy decoding would reproduce)."""
     call = functional_model_call(runtime.model, params)
     logits = call(input_ids=question.input_ids, attention_mask=question.attention_mask).logits[:, :-1]
-    mask = question.answer_mask[:, 1:]
-    if not mask.any():
-        return False
-    return bool((logits.argmax(-1)[mask] == question.input_ids[:, 1:][mask]).all())
+    hits = logits.argmax(-1) == question.input_ids[:, 1:]
+    answer, target = question.answer_mask[:, 1:], question.target_mask[:, 1:]
+    return bool(answer.any() and hits[answer].all()), bool(target.any() and hits[target].all())
+
+
+def answer_right(runtime, params: dict[str, torch.Tensor], question) -> bool:
+    return forced_right(runtime, params, question)[0]
 
 
 def main() -> None:
@@ -85,17 +91,17 @@ def main() -> None:
         encoded = encode_task(runtime.tokenizer, task, runtime.config.prompt, max_len=runtime.max_positions)
         encoded = encoded.to(runtime.device)
         lora = runtime.meta.adapt(encoded.context).params
-        row = {"gold": task.answer}
+        row = {"gold": task.answer, "whole": {}}
         for name, off in variants(list(lora)).items():
             params = {n: (torch.zeros_like(v) if n in off else v) for n, v in lora.items()}
-            row[name] = answer_right(runtime, params, encoded.question)
+            row[name], row["whole"][name] = forced_right(runtime, params, encoded.question)
         rows.append(row)
     if args.out is not None:
         args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    print(f"{'variant':<22} {'answer EM (gold facts forced)':>30}   tasks: {len(rows)}")
-    for name in rows[0]:
-        if name != "gold":
-            print(f"{name:<22} {sum(r[name] for r in rows) / len(rows):>30.3f}")
+    print(f"{'variant':<22} {'answer EM (gold facts forced)':>30} {'whole target forced':>20}   tasks: {len(rows)}")
+    for name in rows[0]["whole"]:
+        print(f"{name:<22} {sum(r[name] for r in rows) / len(rows):>30.3f} "
+              f"{sum(r['whole'][name] for r in rows) / len(rows):>20.3f}")
 
 
 if __name__ == "__main__":

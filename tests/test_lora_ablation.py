@@ -64,6 +64,11 @@ def test_a_zeroed_b_is_the_base_and_the_answer_match_reads_only_the_answers_toke
     wrong[0, 8] = (greedy[0, 7] + 1) % 50
     assert not module.answer_right(runtime, lora, TokenBatch(wrong, ones, target, answer))
     assert not module.answer_right(runtime, lora, TokenBatch(ids, ones, target, torch.zeros_like(answer)))
+    assert module.forced_right(runtime, lora, batch) == (True, False)  # token 9 is a target, and wrong
+    whole = target.clone()
+    whole[0, 5:7] = False
+    whole[0, 9] = False
+    assert module.forced_right(runtime, lora, TokenBatch(ids, ones, whole, answer)) == (True, True)
 
 
 def test_the_script_prints_one_row_a_variant(tmp_path_factory, tmp_path):
@@ -82,6 +87,6 @@ def test_the_script_prints_one_row_a_variant(tmp_path_factory, tmp_path):
     assert lines[0].split()[-1] == "2" and [line.split()[0] for line in lines[1:]] == \
         ["all", "attention", "mlp", "q,k", "layers", "layers", "all"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2 and all(set(row) == {"gold", "all on", "attention off", "mlp off", "q,k off",
-                                               "layers 0-0 off", "layers 1-1 off", "all off (the base)"}
-                                  for row in rows)
+    names = {"all on", "attention off", "mlp off", "q,k off", "layers 0-0 off", "layers 1-1 off", "all off (the base)"}
+    assert len(rows) == 2 and all(set(row) == {"gold", "whole", *names} and set(row["whole"]) == names for row in rows)
+    assert all(row[name] or not row["whole"][name] for row in rows for name in names)  # whole right: answer right
