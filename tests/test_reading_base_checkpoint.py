@@ -13,7 +13,8 @@ base as a committed rank-32 delta from the packaged GGUF
 started from the qa1 checkpoint: B, on two sets of 60) on the qa2 reading base, also a committed rank-32
 delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors); and qa2 with the answer weighed up
 (W2: it recites all six events, then answers; sets made with one sentence a segment and the support
-rewritten by benchmarks/event_support.py, as its runs were).
+rewritten by benchmarks/event_support.py, as its runs were), and in the recite format (R2: the events one
+a line, the question again, then the answer).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point
@@ -76,6 +77,8 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
     ("perk-qa2-reader/checkpoint-qa2-B", "qa2r-heldout-128b", "perk-qa2-reader/eval-qa2-B-604.json", 0.55),
     ("perk-qa2-reader/checkpoint-qa2-W2", "qa2r-ev-heldout-128", "perk-qa2-reader/eval-qa2-W2-602.json", 0.65),
     ("perk-qa2-reader/checkpoint-qa2-W2", "qa2r-ev-heldout-128b", "perk-qa2-reader/eval-qa2-W2-604.json", 0.65),
+    ("perk-qa2-reader/checkpoint-qa2-R2", "qa2r-ev-heldout-128", "perk-qa2-reader/eval-qa2-R2-602.json", 0.70),
+    ("perk-qa2-reader/checkpoint-qa2-R2", "qa2r-ev-heldout-128b", "perk-qa2-reader/eval-qa2-R2-604.json", 0.75),
 ]
 
 pytestmark = pytest.mark.slow
