@@ -15,6 +15,7 @@ base's), and off everywhere (the base reading the gold facts). Prints one row a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from perk_cli.data.schema import read_split
 from perk_cli.engine.losses import functional_model_call
 from perk_cli.errors import PerkError
 from perk_cli.prompts import encode_task
-from perk_cli.training.checkpoint import build_runtime, read_checkpoint
+from perk_cli.training.checkpoint import load_runtime
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "attn.c_proj")
 MLP = ("gate_proj", "up_proj", "down_proj", "c_fc", "mlp.c_proj")
@@ -77,13 +78,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write one JSON row a task here")
     args = parser.parse_args()
     try:
-        files = read_checkpoint(args.checkpoint, "checkpoint")
         tasks = read_split(args.tasks, args.split)[: args.limit]
-        config = files.config
+        runtime, _ = load_runtime(args.checkpoint)
         if args.answer_format is not None:
-            prompt = config.prompt.model_copy(update={"answer_format": args.answer_format, "max_answer_tokens": 160})
-            config = config.model_copy(update={"prompt": prompt})
-        runtime = build_runtime(config, files.tensors, source=str(files.path))
+            prompt = runtime.config.prompt.model_copy(update={"answer_format": args.answer_format,
+                                                              "max_answer_tokens": 160})
+            runtime = dataclasses.replace(runtime, config=runtime.config.model_copy(update={"prompt": prompt}))
     except PerkError as exc:
         parser.error(str(exc))
     rows = []

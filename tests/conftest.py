@@ -122,6 +122,21 @@ def prepared_qa1(tmp_path_factory, **sizes):
     return out
 
 
+def one_step_run(data, out):
+    """A one-step run (rank-2 LoRA, K=1, tiny base trained) on a prepared task directory, into `out`: a
+    checkpoint for the benchmark scripts' tests."""
+    from perk_cli import __version__
+    from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+    from perk_cli.training.meta_train import meta_train
+
+    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4),
+                       inner=InnerLoopSettings(steps=1), prompt=PromptSettings(segment_tokens=32),
+                       train=TrainSettings(max_steps=1, tasks_per_batch=1, eval_tasks=1, train_base=True,
+                                           baseline=False))
+    meta_train(config, data, out)
+    return out
+
+
 def benchmark_module(name: str):
     """A script of benchmarks/ imported as a module (its functions, without running main)."""
     import importlib

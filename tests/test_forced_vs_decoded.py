@@ -5,10 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perk_cli import __version__
-from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
-from perk_cli.training.meta_train import meta_train
-from tests.conftest import benchmark_module, prepared_qa1
+from tests.conftest import benchmark_module, one_step_run, prepared_qa1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "forced_vs_decoded.py"
 
@@ -26,11 +23,7 @@ def test_summary_counts_each_kind_of_disagreement():
 
 def test_the_script_scores_one_memory_both_ways(tmp_path_factory, tmp_path):
     data = prepared_qa1(tmp_path_factory, train=8, validation=3, test=0, seed=2)
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4),
-                       inner=InnerLoopSettings(steps=1), prompt=PromptSettings(segment_tokens=32),
-                       train=TrainSettings(max_steps=1, tasks_per_batch=1, eval_tasks=1, train_base=True,
-                                           baseline=False))
-    meta_train(config, data, tmp_path / "run")
+    one_step_run(data, tmp_path / "run")
     out = tmp_path / "rows.jsonl"
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "run"), str(data), "--limit", "2",
                            "--out", str(out)], capture_output=True, text=True)

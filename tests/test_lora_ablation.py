@@ -8,14 +8,12 @@ from pathlib import Path
 
 import torch
 
-from perk_cli import __version__
-from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+from perk_cli.config import LoraSettings
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.lora import lora_parameters
 from perk_cli.engine.losses import functional_model_call
 from perk_cli.models.lora import attach_lora
-from perk_cli.training.meta_train import meta_train
-from tests.conftest import benchmark_module, micro_llama, prepared_qa1
+from tests.conftest import benchmark_module, micro_llama, one_step_run, prepared_qa1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_ablation.py"
 
@@ -73,11 +71,7 @@ def test_a_zeroed_b_is_the_base_and_the_answer_match_reads_only_the_answers_toke
 
 def test_the_script_prints_one_row_a_variant(tmp_path_factory, tmp_path):
     data = prepared_qa1(tmp_path_factory, train=8, validation=3, test=0, seed=2)
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4),
-                       inner=InnerLoopSettings(steps=1), prompt=PromptSettings(segment_tokens=32),
-                       train=TrainSettings(max_steps=1, tasks_per_batch=1, eval_tasks=1, train_base=True,
-                                           baseline=False))
-    meta_train(config, data, tmp_path / "run")
+    one_step_run(data, tmp_path / "run")
     out = tmp_path / "rows.jsonl"
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "run"), str(data), "--split", "validation",
                            "--limit", "2", "--answer-format", "recite", "--out", str(out)],
