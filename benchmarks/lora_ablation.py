@@ -63,10 +63,6 @@ def forced_right(runtime, params: dict[str, torch.Tensor], question) -> tuple[bo
     return bool(answer.any() and hits[answer].all()), bool(target.any() and hits[target].all())
 
 
-def answer_right(runtime, params: dict[str, torch.Tensor], question) -> bool:
-    return forced_right(runtime, params, question)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)

@@ -137,24 +137,23 @@ def _encode_marking_span(tokenizer, text: str, start: int, end: int) -> tuple[li
 def decode_budget(tokenizer, tasks, prompt: PromptSettings) -> int:
     """New tokens that validation decodes: the longest target of `tasks` in the run's answer format (the
     support format needs its facts and tags, not just the answer), within the target cap, plus 4."""
-    longest = max(len(tokenizer(answer_target(t.answer, t.support, prompt,
-                                              question_prompt(t.question, len(t.context), prompt)),
-                                add_special_tokens=False)["input_ids"])
-                  for t in tasks)
+    longest = max(len(tokenizer(_task_target(t, prompt)[0], add_special_tokens=False)["input_ids"]) for t in tasks)
     return min(longest, prompt.max_answer_tokens) + 4
+
+
+def _task_target(task, prompt: PromptSettings) -> tuple[str, int]:
+    """(a task's target text in the run's format, where its answer's characters end)."""
+    asked = question_prompt(task.question, len(task.context), prompt)
+    return (answer_target(task.answer, task.support, prompt, asked),
+            answer_span(task.answer, task.support, prompt, asked)[1])
 
 
 def answer_lengths(tokenizer, tasks, prompt: PromptSettings) -> list[int]:
     """Per task, how many target tokens it takes to reach the end of the answer in the run's format (the
     facts, tags or restated question before it included): more than prompt.max_answer_tokens, and the
     target is cut before the answer is whole."""
-    lengths = []
-    for task in tasks:
-        asked = question_prompt(task.question, len(task.context), prompt)
-        target = answer_target(task.answer, task.support, prompt, asked)
-        _, end = answer_span(task.answer, task.support, prompt, asked)
-        lengths.append(len(tokenizer(target[:end], add_special_tokens=False)["input_ids"]))
-    return lengths
+    return [len(tokenizer(target[:end], add_special_tokens=False)["input_ids"])
+            for target, end in (_task_target(task, prompt) for task in tasks)]
 
 
 def context_text(segments: list[str]) -> str:

@@ -57,11 +57,11 @@ def test_a_zeroed_b_is_the_base_and_the_answer_match_reads_only_the_answers_toke
         greedy = functional_model_call(peft, lora)(input_ids=ids).logits.argmax(-1)
     ids[0, 9] = (greedy[0, 8] + 1) % 50  # a wrong token after the answer does not count
     batch = TokenBatch(ids, ones, target, answer)
-    assert module.answer_right(runtime, lora, batch)
+    assert module.forced_right(runtime, lora, batch)[0]
     wrong = ids.clone()
     wrong[0, 8] = (greedy[0, 7] + 1) % 50
-    assert not module.answer_right(runtime, lora, TokenBatch(wrong, ones, target, answer))
-    assert not module.answer_right(runtime, lora, TokenBatch(ids, ones, target, torch.zeros_like(answer)))
+    assert not module.forced_right(runtime, lora, TokenBatch(wrong, ones, target, answer))[0]
+    assert not module.forced_right(runtime, lora, TokenBatch(ids, ones, target, torch.zeros_like(answer)))[0]
     assert module.forced_right(runtime, lora, batch) == (True, False)  # token 9 is a target, and wrong
     whole = target.clone()
     whole[0, 5:7] = False
