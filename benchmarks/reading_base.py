@@ -10,6 +10,13 @@ then the question prompt; loss on the answer tokens and eos only) over generated
 and hidden in filler, then saves a transformers directory that `--model DIR` loads, and measures
 the gate: in-context EM on held-out tasks (fresh seeds) at each length, decoded as every method is.
 
+`--recite-share F` lays that share of the bAbI training tasks out as PERK's recite format reads them
+(`--answer-format recite`): the question prompt, the story's events one a line, the question prompt
+again, then the answer (loss on the answer and eos: the recital is the memory's to write, the base's
+to read). Those tasks come from sets of their own in one-sentence segments (so the question prompt
+counts the segments a sentence-segment memory counts); the held-out gate then also scores the base
+reading the gold events in that layout (teacher-forced answer tokens, as `lora_ablation.py`'s base row).
+
 Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
 loss curve, held-out EM by length), and <out>/data (the task sets). `--model DIR` continues from a
 saved base (the second attempt continued the first: see benchmarks/RESULTS.md).
@@ -28,9 +35,11 @@ import torch
 
 from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings, TrainSettings
 from perk_cli.data.prepare import prepare
-from perk_cli.data.schema import read_split
-from perk_cli.engine.losses import answer_loss
+from perk_cli.data.schema import Task, read_split
+from perk_cli.engine.batches import TokenBatch
+from perk_cli.engine.losses import answer_loss, answer_scores
 from perk_cli.models.base import load_base
+from perk_cli.prompts import encode_question
 from perk_cli.training.in_context import in_context_batch, validate_in_context
 
 TRAIN_LENGTHS = (None, 128)  # None: a clean story (no filler)
@@ -57,28 +66,61 @@ def _label(subtask: str, size: int | None) -> str:
     return f"{size}rec" if subtask == "recall" else str(size)
 
 
-def _settings(subtask: str, size: int | None, **fields) -> PrepareSettings:
+RECITE_SEED_OFFSET = 5  # the recite layout's sets: a subtask's seeds + 5 (qa2: 226-227 train, 236-237 test)
+RECITE = PromptSettings(answer_format="recite", max_answer_tokens=512)
+
+
+def _settings(subtask: str, size: int | None, segment_tokens: int = 64, **fields) -> PrepareSettings:
     if subtask == "recall":
         return PrepareSettings(task="records", subtask="recall", records=size, **fields)
-    return PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=size, segment_tokens=64,
-                           **fields)
+    return PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=size,
+                           segment_tokens=segment_tokens, **fields)
+
+
+def recite_batch(tokenizer, task: Task, with_eos: bool = True) -> TokenBatch:
+    """`task` as PERK's recite target lays it out, its recital the story's events (one-sentence segments:
+    an event is a segment): the targets are the answer's tokens, and eos with `with_eos`."""
+    events = [segment for segment in task.context if "Event " in segment]
+    if not events or any(not (s.startswith("Event ") and s.count("Event ") == 1) for s in events):
+        raise ValueError(f"task {task.id}: its events are not one a segment (prepare with --segment-tokens 16)")
+    batch = encode_question(tokenizer, task.question, len(task.context), RECITE, task.answer, events)
+    target = batch.answer_mask.clone()
+    target[:, -1] |= with_eos
+    return TokenBatch(batch.input_ids, batch.attention_mask, target, batch.answer_mask)
+
+
+@torch.no_grad()
+def recite_reading(model, tokenizer, tasks: list[Task]) -> dict:
+    """The base reading the gold events in the recite layout: teacher-forced answer-token EM and loss."""
+    call = lambda **kwargs: model(**kwargs)  # noqa: E731
+    scores = [answer_scores(call, recite_batch(tokenizer, task, with_eos=False)) for task in tasks]
+    return {"answer_em": sum(bool(exact.all()) for _, exact in scores) / len(scores),
+            "answer_loss": sum(float(loss) for loss, _ in scores) / len(scores), "n": len(scores)}
 
 
 def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str,
-              subtasks: tuple[str, ...] = ("qa1",)) -> tuple[dict, dict]:
+              subtasks: tuple[str, ...] = ("qa1",), recite: bool = False) -> tuple[dict, dict]:
     """Training sets per (subtask, size) and held-out test sets per (subtask, size), never trained on.
-    Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128", "recall-6rec" and so on."""
+    Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128", "recall-6rec" and so on.
+    With `recite`, each bAbI subtask also gets sets in one-sentence segments, keyed "<key>-recite"."""
     train, test = {}, {}
     for subtask in subtasks:
         train_seed, test_seed = SEEDS[subtask]
-        for split, n, seed, into in (("train", train_tasks, train_seed, train), ("test", test_tasks, test_seed, test)):
-            for index, size in enumerate(_sizes(subtask, split)):
-                directory = out / "data" / f"{subtask}-{split}-{_label(subtask, size)}"
-                if not (directory / "prepare.json").is_file():
-                    prepare(_settings(subtask, size, model=model, train=n if split == "train" else 0, validation=0,
-                                      test=n if split == "test" else 0, seed=seed + index, out=str(directory)))
-                key = size if subtasks == ("qa1",) else f"{subtask}-{_label(subtask, size)}"
-                into[key] = read_split(directory, split)
+        layouts = [("", "", 0, 64)]  # (key suffix, directory suffix, seed offset, segment tokens)
+        if recite and subtask in FACTS:
+            layouts.append(("-recite", "-s16", RECITE_SEED_OFFSET, 16))
+        for suffix, dir_suffix, offset, segment_tokens in layouts:
+            for split, n, seed, into in (("train", train_tasks, train_seed, train),
+                                         ("test", test_tasks, test_seed, test)):
+                for index, size in enumerate(_sizes(subtask, split)):
+                    directory = out / "data" / f"{subtask}-{split}-{_label(subtask, size)}{dir_suffix}"
+                    if not (directory / "prepare.json").is_file():
+                        prepare(_settings(subtask, size, segment_tokens, model=model,
+                                          train=n if split == "train" else 0, validation=0,
+                                          test=n if split == "test" else 0, seed=seed + offset + index,
+                                          out=str(directory)))
+                    key = size if subtasks == ("qa1",) and not suffix else f"{subtask}-{_label(subtask, size)}{suffix}"
+                    into[key] = read_split(directory, split)
     return train, test
 
 
@@ -139,6 +181,8 @@ def main() -> None:
                         "training, 6 and 12 held out), e.g. qa1,qa2: one base that reads both.")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
+    parser.add_argument("--recite-share", type=float, default=0.0, help="Share of each step's tasks laid out "
+                        "as PERK's recite format reads them (bAbI subtasks; see above), e.g. 0.5.")
     parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
                         "directory's test split (no training).")
     args = parser.parse_args()
@@ -152,7 +196,12 @@ def main() -> None:
     unknown = [part for part in subtasks if part not in SEEDS]
     if not subtasks or unknown:
         parser.error(f"--subtasks {args.subtasks}: expected a comma list of {', '.join(SEEDS)}")
-    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks)
+    if not 0.0 <= args.recite_share <= 1.0:
+        parser.error(f"--recite-share {args.recite_share}: a share between 0 and 1")
+    recite = args.recite_share > 0
+    if recite and not any(sub in FACTS for sub in subtasks):
+        parser.error(f"--recite-share: needs a bAbI subtask ({', '.join(FACTS)}) in --subtasks")
+    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite)
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
     runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
@@ -160,14 +209,19 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed)
-    pool = [t for tasks in train.values() for t in tasks]
+    pool = [t for key, tasks in train.items() if not str(key).endswith("-recite") for t in tasks]
+    recite_pool = [t for key, tasks in train.items() if str(key).endswith("-recite") for t in tasks]
+    n_recite = round(args.recite_share * args.tasks_per_step)
+    batches = {False: lambda task: in_context_batch(runtime, task), True: lambda task: recite_batch(tokenizer, task)}
     curve, started = [], time.monotonic()
     for step in range(1, args.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for task in rng.sample(pool, args.tasks_per_step):
+        drawn = ([(t, False) for t in rng.sample(pool, args.tasks_per_step - n_recite)]
+                 + [(t, True) for t in rng.sample(recite_pool, n_recite)])
+        for task, recited in drawn:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                loss = answer_loss(call, in_context_batch(runtime, task))
+                loss = answer_loss(call, batches[recited](task))
             (loss / args.tasks_per_step).backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -184,12 +238,20 @@ def main() -> None:
                                    "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
                                    "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
+                                   "recite_seeds": ({sub: [seed + RECITE_SEED_OFFSET for seed in SEEDS[sub]]
+                                                     for sub in subtasks if sub in FACTS} if recite else None),
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
                  train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails
     # The gate, measured on the saved directory as `--model DIR` loads it.
     reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for length, tasks in test.items():
+        if str(length).endswith("-recite"):
+            result = recite_reading(reloaded, reloaded_tokenizer, tasks)
+            print(f"held-out reading of the gold events in the recite layout, {length}: {result['answer_em']:.3f} "
+                  f"(answer loss {result['answer_loss']:.4f}, {len(tasks)} tasks)", flush=True)
+            write_report(args.out, held_out={str(length): result})
+            continue
         result = validate_in_context(runtime, tasks, budget=8)
         print(f"held-out in-context EM, {length}{' tokens' if isinstance(length, int) else ''}: {result['val_em']:.3f} "
               f"(answer loss {result['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)

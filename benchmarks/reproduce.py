@@ -103,14 +103,32 @@ def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max
         inner=InnerLoopSettings(steps=args.inner_steps, optimizer="adamw", lr_init=3e-3, lr_max=0.1, unroll=unroll,
                                 unroll_start=1),
         prompt=PromptSettings(segment_tokens=args.segment_tokens, answer_format=args.answer_format,
-                              max_answer_tokens=64 if args.answer_format == "support" else 16),
+                              max_answer_tokens=args.target_cap),
         train=TrainSettings(max_steps=max_steps, max_minutes=minutes, tasks_per_batch=args.tasks_per_batch,
+                            answer_weight=args.answer_weight,
                             tasks_per_forward=args.tasks_per_forward, lr=args.lr, step_size_lr=args.step_size_lr,
                             warmup_steps=10 if args.base is None else 5, schedule="constant",
                             eval_every=25 if args.base is None else 10, eval_tasks=args.validation_tasks,
                             eval_decode=not args.eval_forced, train_base=tiny,
                             baseline=unroll == "truncated" and args.base is None, seed=0),
     )
+
+
+def target_cap(answer_format: str, tokenizer_name: str, task_dirs: list[Path]) -> int:
+    """Target tokens the outer loss keeps: 16 for a plain answer, 64 for the support format; the recite
+    format restates the question after its facts, so its cap is measured: the longest target of the
+    training and validation tasks through its answer, plus 4."""
+    if answer_format != "recite":
+        return 64 if answer_format == "support" else 16
+    from perk_cli.data.schema import read_split
+    from perk_cli.models.base import load_tokenizer
+    from perk_cli.prompts import answer_lengths
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    prompt = PromptSettings(answer_format="recite")
+    lengths = [n for directory in task_dirs for split in ("train", "validation")
+               for n in answer_lengths(tokenizer, read_split(directory, split), prompt)]
+    return max(lengths) + 4
 
 
 def curriculum_config(truncated: RunConfig, args: argparse.Namespace, start: Path, data: Path) -> RunConfig:
@@ -168,13 +186,16 @@ def main() -> None:
     parser.add_argument("--test-tasks", type=int, default=20)
     parser.add_argument("--train-tasks", type=int, default=2000)
     parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="Decoding cap at evaluation [default: 16; 72 with --answer-format support].")
+                        help="Decoding cap at evaluation [default: 16; 72 with --answer-format support; "
+                             "the target cap + 4 with recite].")
     parser.add_argument("--validation-tasks", type=int, default=16,
                         help="Validation tasks that choose each run's best/ (64 chose recall's checkpoint G).")
     parser.add_argument("--eval-forced", action="store_true",
                         help="Validate by teacher-forced exact match (no decoding: many validation tasks are cheap).")
-    parser.add_argument("--answer-format", choices=("plain", "support"), default="plain",
-                        help="support: the outer loss asks the memory to recite the supporting facts, then answer.")
+    parser.add_argument("--answer-format", choices=("plain", "support", "recite"), default="plain",
+                        help="support: the outer loss asks the memory to recite the supporting facts, then answer; "
+                             "recite: the facts one a line, the question prompt again, then the answer (the "
+                             "in-context reader's layout; the target cap is measured on the training tasks).")
     parser.add_argument("--out", type=Path, default=Path("runs/repro"))
     recipe = parser.add_argument_group("recipe (defaults: recipe 3 of benchmarks/RESULTS.md)")
     recipe.add_argument("--top-layers", type=int, default=4, help="LoRA on the top k layers.")
@@ -183,11 +204,13 @@ def main() -> None:
     recipe.add_argument("--step-size-lr", type=float, default=1e-2, help="Outer learning rate of the step sizes.")
     recipe.add_argument("--tasks-per-batch", type=int, default=4)
     recipe.add_argument("--tasks-per-forward", type=int, default=1)
+    recipe.add_argument("--answer-weight", type=float, default=1.0,
+                        help="Weight of the answer's own tokens in the outer loss (30 in qa2's recite recipe).")
     args = parser.parse_args()
-    if args.max_new_tokens is None:
-        args.max_new_tokens = 72 if args.answer_format == "support" else 16
     if args.validation_tasks < 1:
         parser.error(f"--validation-tasks {args.validation_tasks}: must be at least 1")
+    if args.answer_weight <= 0:
+        parser.error(f"--answer-weight {args.answer_weight}: must be positive")
     if args.base is not None and (problem := base_problem(args.base)):
         parser.error(problem)
     out = args.out
@@ -205,14 +228,17 @@ def main() -> None:
     dirs = prepare_sets(args.family, tokenizer, out, args.test_tasks, args.train_tasks, args.length,
                         args.segment_tokens, args.validation_tasks)
     train_dir = dirs[1]
+    lengths = [int(v) for v in args.curriculum.split(",")] if args.curriculum else []
+    mixture = (prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
+                                  args.validation_tasks) if lengths else None)
+    args.target_cap = target_cap(args.answer_format, tokenizer, [train_dir] + ([mixture] if mixture else []))
+    if args.max_new_tokens is None:  # room for the recited facts (support) or the whole recital (recite)
+        args.max_new_tokens = {"support": 72, "recite": args.target_cap + 4}.get(args.answer_format, 16)
     truncated = run_config(args, "truncated", None if args.steps else args.minutes, args.steps or 100_000, train_dir)
     steps = train_stage(truncated, train_dir, out / "perk-truncated", log)
     log(f"truncated PERK: {steps} steps")
     runs = {"PERK (truncated)": "perk-truncated"}
-    if args.curriculum:
-        lengths = [int(v) for v in args.curriculum.split(",")]
-        mixture = prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
-                                     args.validation_tasks)
+    if mixture:
         curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
         more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
         log(f"curriculum over {args.curriculum} tokens: {more} more steps")
@@ -259,11 +285,13 @@ def main() -> None:
 
 def references(family: str, directory: Path) -> dict:
     """What an answer that ignores the question's logic scores on the test set (perk_cli.evaluation.references):
-    recall's id-blind document majority; qa1's chance, first mention of the person and last place in the story."""
+    recall's id-blind document majority; qa1's chance, first mention of the person and last place in the story;
+    qa2's chance and last place (its question names an object, not a person)."""
     from perk_cli.evaluation.references import references as trivial_references
 
     kept = {"recall": ("document majority (ignores the id)",),
-            "qa1": ("chance", "first mention of the person", "last place in the story")}.get(family, ())
+            "qa1": ("chance", "first mention of the person", "last place in the story"),
+            "qa2": ("chance", "last place in the story")}[family]
     scores = trivial_references(directory, "test")
     return {name: {"em": scores[name], "f1": None, "n": scores["tasks"], "failures": 0} for name in kept}
 

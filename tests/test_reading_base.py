@@ -79,3 +79,85 @@ def test_evaluate_saved_scores_a_saved_base_by_decoding(tmp_path, tmp_path_facto
     answers = [answer_in_context(runtime, task, 8)[0] for task in read_split(data, "test")]
     expected = sum(exact_match(a, t.answer) for a, t in zip(answers, read_split(data, "test"))) / 3
     assert result["n"] == 3 and result["val_em"] == expected and result["val_loss"] > 0
+
+
+def test_the_recite_layout_gets_sets_of_its_own_in_sentence_segments(tmp_path):
+    train, test = task_sets(tmp_path, 2, 2, "tiny", ("qa2", "recall"), recite=True)
+    assert list(train) == ["qa2-clean", "qa2-128", "qa2-clean-recite", "qa2-128-recite", "recall-3rec", "recall-6rec"]
+    assert list(test) == ["qa2-128", "qa2-256", "qa2-128-recite", "qa2-256-recite", "recall-6rec", "recall-12rec"]
+    for name, seed in (("qa2-train-clean-s16", 226), ("qa2-train-128-s16", 227), ("qa2-test-128-s16", 236),
+                       ("qa2-test-256-s16", 237)):
+        settings = _prepared(tmp_path / "data" / name)
+        assert (settings["seed"], settings["segment_tokens"], settings["facts"]) == (seed, 16, 6)
+    assert _prepared(tmp_path / "data" / "qa2-train-128")["segment_tokens"] == 64  # the in-context sets unchanged
+    assert len(test["qa2-256-recite"]) == 2 and len(train["qa2-clean-recite"]) == 2
+
+
+def _sentence_tasks() -> list:
+    """qa2 stories in one-sentence segments (what 16-token segments give with SmolLM2's tokenizer)."""
+    from perk_cli.data.schema import Task
+
+    return [Task(id=f"t{i}", context=["Event 0: Mary went to the garden.", "The sky was grey that day.",
+                                      f"Event 1: Mary picked up the {thing} there.", f"Event 2: Mary moved to the {place}."],
+                 question=f"Where is the {thing}?", answer=place)
+            for i, (thing, place) in enumerate((("apple", "kitchen"), ("milk", "office"), ("ball", "hallway")))]
+
+
+def test_recite_batch_is_perks_recite_target_read_at_the_answer():
+    """The recite layout as prompts.encode_question writes PERK's recite target, the story's events as its
+    recital; the loss is on the answer's tokens (and eos) only, and the reading score counts the answer's
+    tokens against the model's own top tokens."""
+    import torch
+
+    from perk_cli.config import ModelSettings, PromptSettings
+    from perk_cli.models.base import load_base
+    from perk_cli.prompts import encode_question, question_prompt
+    from reading_base import recite_batch, recite_reading
+
+    tasks = _sentence_tasks()
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    task = tasks[0]
+    events = [s for s in task.context if s.startswith("Event ")]
+    batch = recite_batch(tokenizer, task)
+    asked = question_prompt(task.question, len(task.context), PromptSettings())
+    ids = batch.input_ids[0].tolist()
+    assert tokenizer.decode(ids[:-1]) == asked + "\n" + "\n".join(events) + "\n" + asked + " " + task.answer
+    assert ids[-1] == tokenizer.eos_token_id
+    perk = encode_question(tokenizer, task.question, len(task.context),
+                           PromptSettings(answer_format="recite", max_answer_tokens=512), task.answer, events)
+    assert torch.equal(perk.input_ids, batch.input_ids)
+    targets = batch.target_mask[0]
+    assert tokenizer.decode(batch.input_ids[0][targets][:-1]).strip() == task.answer and targets[-1]
+    assert targets.sum() == batch.answer_mask[0].sum() + 1  # the answer's tokens and eos, no recital
+    assert recite_batch(tokenizer, task, with_eos=False).target_mask[0].sum() == batch.answer_mask[0].sum()
+    # reading: every answer token the model's top token, counted by hand
+    hits = 0
+    for t in tasks:
+        b = recite_batch(tokenizer, t, with_eos=False)
+        with torch.no_grad():
+            top = model(input_ids=b.input_ids).logits[0, :-1].argmax(-1)
+        answer = b.answer_mask[0, 1:]
+        hits += bool((top[answer] == b.input_ids[0, 1:][answer]).all())
+    result = recite_reading(model, tokenizer, tasks)
+    assert result["n"] == 3 and result["answer_em"] == hits / 3 and result["answer_loss"] > 0
+
+
+def test_recite_batch_refuses_events_not_one_a_segment():
+    import pytest
+
+    from perk_cli.data.schema import Task
+    from perk_cli.models.base import load_tokenizer
+    from reading_base import recite_batch
+
+    task = Task(id="t", context=["Event 0: Mary went to the garden. Event 1: Mary got the apple there."],
+                question="Where is the apple?", answer="garden")
+    with pytest.raises(ValueError, match="task t: its events are not one a segment"):
+        recite_batch(load_tokenizer("tiny"), task)
+
+
+def test_a_recite_share_out_of_range_or_without_babi_is_one_line(tmp_path):
+    for extra, message in ((["--recite-share", "1.5"], "--recite-share 1.5: a share between 0 and 1"),
+                           (["--subtasks", "recall", "--recite-share", "0.5"], "--recite-share: needs a bAbI subtask")):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+                               "--model", "tiny", *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -130,3 +130,35 @@ def test_reproduce_on_a_base_delta_with_a_curriculum(tmp_path):
         first = text[text.index(f"{person} "):].split(" the ", 1)[1].split(".")[0]
         hits += first == task["answer"]
     assert results["reference/x1"]["first mention of the person"]["em"] == hits / 2
+
+
+def test_reproduce_qa2_in_the_recite_format(tmp_path):
+    """--answer-format recite: the target cap measured on the training tasks (the longest target through its
+    answer, plus 4), decoding with room for the whole recital, the answer weight passed on, and qa2's
+    trivial references (chance and the story's last place; its question names an object, not a person)."""
+    from perk_cli.config import PromptSettings
+    from perk_cli.data.schema import read_split
+    from perk_cli.models.base import load_tokenizer
+    from perk_cli.prompts import answer_lengths
+
+    base = _tiny_delta(tmp_path)
+    out = tmp_path / "repro"
+    args = [sys.executable, str(SCRIPT), "--family", "qa2", "--base", str(base), "--length", "64", "--segment-tokens",
+            "24", "--steps", "1", "--train-tasks", "6", "--test-tasks", "2", "--top-layers", "1",
+            "--tasks-per-batch", "2", "--tasks-per-forward", "2", "--validation-tasks", "2", "--eval-forced",
+            "--answer-format", "recite", "--answer-weight", "30", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    prompt, train = results["recipe"]["prompt"], results["recipe"]["train"]
+    tokenizer = load_tokenizer(str(tmp_path / "base"))
+    data = out / "data" / "qa2-x1"
+    tasks = read_split(data, "train") + read_split(data, "validation")
+    longest = max(answer_lengths(tokenizer, tasks, PromptSettings(answer_format="recite")))
+    assert longest > 16  # the facts and the restated question come before the answer
+    assert (prompt["answer_format"], prompt["max_answer_tokens"], train["answer_weight"]) == ("recite", longest + 4, 30.0)
+    settings = json.loads((out / "eval" / "perk-truncated" / "x1" / "metrics.json").read_text())["settings"]
+    assert settings["max_new_tokens"] == longest + 8
+    for m in (1, 2, 4, 8):
+        assert set(results[f"reference/x{m}"]) == {"chance", "last place in the story"}
+    assert "| last place in the story |" in done.stdout and "| PERK first-order |" in done.stdout
