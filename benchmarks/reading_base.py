@@ -145,11 +145,17 @@ def in_context_runtime(model, tokenizer) -> SimpleNamespace:
                            device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
 
 
-def evaluate_saved(out: Path, tasks_dir: Path) -> None:
-    """Score the saved base in context on a task directory's test split; the result is printed and
-    recorded in <out>/reading_base.json under held_out_in_context[<tasks dir>]."""
+def evaluate_saved(out: Path, tasks_dir: Path, recite: bool = False) -> None:
+    """Score the saved base in context on a task directory's test split (with `recite`: its reading of
+    the gold events in the recite layout); the result is printed and recorded in <out>/reading_base.json
+    under held_out_in_context[<tasks dir>] (with `recite`, [<tasks dir> (recite layout)])."""
     model, tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
     tasks = read_split(tasks_dir, "test")
+    if recite:
+        result = recite_reading(model, tokenizer, tasks)
+        print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite", **result}))
+        write_report(out, held_out={f"{tasks_dir} (recite layout)": result})
+        return
     result = validate_in_context(in_context_runtime(model, tokenizer), tasks, budget=8)
     print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
                       "in_context_em": result["val_em"], "answer_loss": result["val_loss"]}))
@@ -185,9 +191,14 @@ def main() -> None:
                         "as PERK's recite format reads them (bAbI subtasks; see above), e.g. 0.5.")
     parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
                         "directory's test split (no training).")
+    parser.add_argument("--evaluate-recite", action="store_true", help="With --evaluate: score the base reading "
+                        "the gold events in the recite layout instead (a set in one-sentence segments).")
     args = parser.parse_args()
     if args.evaluate:
-        evaluate_saved(args.out, args.evaluate)
+        try:
+            evaluate_saved(args.out, args.evaluate, args.evaluate_recite)
+        except ValueError as exc:  # events not one a segment
+            parser.error(f"--evaluate {args.evaluate}: {exc}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reading_base.json").unlink(missing_ok=True)  # a new training run starts a new report

@@ -161,3 +161,33 @@ def test_a_recite_share_out_of_range_or_without_babi_is_one_line(tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
                                "--model", "tiny", *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_evaluate_recite_scores_the_saved_base_reading_the_gold_events(tmp_path):
+    """`--evaluate DIR --evaluate-recite`: recite_reading on the saved directory, printed and recorded under its
+    own key; a set whose events are not one a segment is one line naming --evaluate."""
+    from perk_cli.config import ModelSettings
+    from perk_cli.data.schema import Task, write_prepared
+    from perk_cli.models.base import load_base
+    from reading_base import recite_reading
+
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    write_prepared(tmp_path / "sets", {"test": _sentence_tasks()}, {})
+    script = [sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path)]
+    done = subprocess.run(script + ["--evaluate", str(tmp_path / "sets"), "--evaluate-recite"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved, saved_tokenizer = load_base(ModelSettings(name=str(tmp_path / "model"), dtype="float32"))
+    expected = recite_reading(saved, saved_tokenizer, _sentence_tasks())
+    report = json.loads((tmp_path / "reading_base.json").read_text())["held_out_in_context"]
+    assert report[f"{tmp_path / 'sets'} (recite layout)"] == expected
+    assert json.loads(done.stdout.strip().splitlines()[-1])["answer_em"] == expected["answer_em"]
+    joined = Task(id="j", context=["Event 0: Mary went to the garden. Event 1: Mary got the apple there."],
+                  question="Where is the apple?", answer="garden")
+    write_prepared(tmp_path / "joined", {"test": [joined]}, {})
+    done = subprocess.run(script + ["--evaluate", str(tmp_path / "joined"), "--evaluate-recite"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "--evaluate" in done.stderr and "not one a segment" in done.stderr
+    assert "Traceback" not in done.stderr
