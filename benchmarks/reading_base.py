@@ -77,12 +77,19 @@ def _settings(subtask: str, size: int | None, segment_tokens: int = 64, **fields
                            segment_tokens=segment_tokens, **fields)
 
 
+def story_events(task: Task) -> list[str]:
+    """The segments that are the story's events; a ValueError unless each event is a segment of its own."""
+    events = [segment for segment in task.context if "Event " in segment]
+    if not events or any(not (s.startswith("Event ") and s.count("Event ") == 1) for s in events):
+        raise ValueError(f"task {task.id}: its events are not one a segment (the recite layout needs one-sentence "
+                         "segments: 16 tokens a segment hold one with SmolLM2's tokenizer)")
+    return events
+
+
 def recite_batch(tokenizer, task: Task, with_eos: bool = True) -> TokenBatch:
     """`task` as PERK's recite target lays it out, its recital the story's events (one-sentence segments:
     an event is a segment): the targets are the answer's tokens, and eos with `with_eos`."""
-    events = [segment for segment in task.context if "Event " in segment]
-    if not events or any(not (s.startswith("Event ") and s.count("Event ") == 1) for s in events):
-        raise ValueError(f"task {task.id}: its events are not one a segment (prepare with --segment-tokens 16)")
+    events = story_events(task)
     batch = encode_question(tokenizer, task.question, len(task.context), RECITE, task.answer, events)
     target = batch.answer_mask.clone()
     target[:, -1] |= with_eos
@@ -213,6 +220,12 @@ def main() -> None:
     if recite and not any(sub in FACTS for sub in subtasks):
         parser.error(f"--recite-share: needs a bAbI subtask ({', '.join(FACTS)}) in --subtasks")
     train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite)
+    try:  # refused before any training: every recite task's events one a segment
+        for key, tasks in [*train.items(), *test.items()]:
+            for task in tasks if str(key).endswith("-recite") else []:
+                story_events(task)
+    except ValueError as exc:
+        parser.error(f"--recite-share: {exc}; with --model {args.model} they are not")
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
     runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
@@ -249,7 +262,8 @@ def main() -> None:
                                    "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
                                    "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
-                                   "recite_seeds": ({sub: [seed + RECITE_SEED_OFFSET for seed in SEEDS[sub]]
+                                   "recite_seeds": ({sub: {split: [seed + RECITE_SEED_OFFSET + i for i in range(2)]
+                                                           for split, seed in zip(("train", "test"), SEEDS[sub])}
                                                      for sub in subtasks if sub in FACTS} if recite else None),
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
                  train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails

@@ -191,3 +191,15 @@ def test_evaluate_recite_scores_the_saved_base_reading_the_gold_events(tmp_path)
                           text=True, timeout=300)
     assert done.returncode == 2 and "--evaluate" in done.stderr and "not one a segment" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_recite_sets_whose_events_share_segments_are_refused_before_training(tmp_path):
+    """The tiny tokenizer cuts these stories' sentences over 16 tokens: one line naming --recite-share, no
+    training (no model directory written)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+                           "--model", "tiny", "--subtasks", "qa2", "--recite-share", "0.5", "--train-tasks", "2",
+                           "--test-tasks", "2", "--steps", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--recite-share: task " in done.stderr and "its events are not one a segment" in done.stderr
+    assert "with --model tiny they are not" in done.stderr
+    assert not (tmp_path / "model").exists()

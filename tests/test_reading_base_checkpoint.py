@@ -14,7 +14,8 @@ started from the qa1 checkpoint: B, on two sets of 60) on the qa2 reading base, 
 delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors); and qa2 with the answer weighed up
 (W2: it recites all six events, then answers; sets made with one sentence a segment and the support
 rewritten by benchmarks/event_support.py, as its runs were), and in the recite format (R2: the events one
-a line, the question again, then the answer).
+a line, the question again, then the answer), and R2's meta-parameters on the qa2 base trained further to
+read that layout (benchmarks/results/perk-qa2-reader/qa2-recite-reader-r32.safetensors).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point
@@ -40,6 +41,8 @@ BASES = {
     # the recall base as a rank-32 delta from the packaged GGUF (committed: it reads as the full one)
     "recall": RESULTS / "perk-recall-reader" / "recall-reader-r32.safetensors",
     "qa2-reader": RESULTS / "perk-qa2-reader" / "qa2-reader-r32.safetensors",
+    # the qa2 base trained further to read the recite layout (reading_base.py --recite-share 0.5)
+    "qa2-recite-reader": RESULTS / "perk-qa2-reader" / "qa2-recite-reader-r32.safetensors",
 }
 SHIPPED = ROOT / "perk_cli" / "shipped" / "qa1-reader"
 BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask"]
@@ -52,10 +55,12 @@ SETS = {  # name -> (family, prepare arguments, seed, validation, test): the pre
     "qa2r-heldout-128b": ("qa2-reader", BABI + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "qa2r-ev-heldout-128": ("qa2-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
     "qa2r-ev-heldout-128b": ("qa2-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
+    "qa2rc-ev-heldout-128": ("qa2-recite-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
+    "qa2rc-ev-heldout-128b": ("qa2-recite-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "recall-heldout-6": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 612, 16, 60),
     "recall-heldout-6b": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 614, 16, 60),
 }
-EVENT_SUPPORT = {"qa2r-ev-heldout-128", "qa2r-ev-heldout-128b"}  # support = every event (event_support.py)
+EVENT_SUPPORT = {"qa2r-ev-heldout-128", "qa2r-ev-heldout-128b", "qa2rc-ev-heldout-128", "qa2rc-ev-heldout-128b"}  # support = every event (event_support.py)
 CASES = [  # checkpoint, held-out set, the metrics file its reported figure is in, the least that figure is
     (str(SHIPPED), "heldout2-128", "perk-shipped-reader-curriculum-2/heldout2-128-metrics.json", 0.85),
     (str(SHIPPED), "heldout2-1024", "perk-shipped-reader-curriculum-2/heldout2-1024-metrics.json", 0.85),
@@ -79,6 +84,11 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
     ("perk-qa2-reader/checkpoint-qa2-W2", "qa2r-ev-heldout-128b", "perk-qa2-reader/eval-qa2-W2-604.json", 0.65),
     ("perk-qa2-reader/checkpoint-qa2-R2", "qa2r-ev-heldout-128", "perk-qa2-reader/eval-qa2-R2-602.json", 0.70),
     ("perk-qa2-reader/checkpoint-qa2-R2", "qa2r-ev-heldout-128b", "perk-qa2-reader/eval-qa2-R2-604.json", 0.75),
+    # R2's meta-parameters, unchanged, on the base that reads the recite layout
+    ("perk-qa2-reader/checkpoint-qa2-R2", "qa2rc-ev-heldout-128", "perk-qa2-reader/eval-qa2-R2-recite-base-602.json",
+     0.80),
+    ("perk-qa2-reader/checkpoint-qa2-R2", "qa2rc-ev-heldout-128b",
+     "perk-qa2-reader/eval-qa2-R2-recite-base-604.json", 0.80),
 ]
 
 pytestmark = pytest.mark.slow
