@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--evaluate-recite", action="store_true", help="With --evaluate: score the base reading "
                         "the gold events in the recite layout instead (a set in one-sentence segments).")
     args = parser.parse_args()
+    if args.evaluate_recite and not args.evaluate:
+        parser.error("--evaluate-recite: goes with --evaluate DIR, the task directory to score")
     if args.evaluate:
         try:
             evaluate_saved(args.out, args.evaluate, args.evaluate_recite)

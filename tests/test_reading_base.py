@@ -191,6 +191,8 @@ def test_evaluate_recite_scores_the_saved_base_reading_the_gold_events(tmp_path)
                           text=True, timeout=300)
     assert done.returncode == 2 and "--evaluate" in done.stderr and "not one a segment" in done.stderr
     assert "Traceback" not in done.stderr
+    done = subprocess.run(script + ["--evaluate-recite"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--evaluate-recite: goes with --evaluate DIR" in done.stderr
 
 
 def test_recite_sets_whose_events_share_segments_are_refused_before_training(tmp_path):
