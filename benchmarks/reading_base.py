@@ -42,6 +42,8 @@ from perk_cli.models.base import load_base
 from perk_cli.prompts import encode_question
 from perk_cli.training.in_context import in_context_batch, validate_in_context
 
+from event_support import event_support  # benchmarks/ is on sys.path when run as a script
+
 TRAIN_LENGTHS = (None, 128)  # None: a clean story (no filler)
 TEST_LENGTHS = (128, 256)
 
@@ -77,19 +79,22 @@ def _settings(subtask: str, size: int | None, segment_tokens: int = 64, **fields
                            segment_tokens=segment_tokens, **fields)
 
 
-def story_events(task: Task) -> list[str]:
-    """The segments that are the story's events; a ValueError unless each event is a segment of its own."""
-    events = [segment for segment in task.context if "Event " in segment]
-    if not events or any(not (s.startswith("Event ") and s.count("Event ") == 1) for s in events):
-        raise ValueError(f"task {task.id}: its events are not one a segment (the recite layout needs one-sentence "
-                         "segments: 16 tokens a segment hold one with SmolLM2's tokenizer)")
-    return events
+def is_recite(key) -> bool:
+    """Whether a task_sets key names a set in the recite layout."""
+    return str(key).endswith("-recite")
+
+
+def step_tasks(rng: random.Random, pool: list[Task], recite_pool: list[Task], n: int,
+               n_recite: int) -> list[tuple[Task, bool]]:
+    """One step's (task, laid out as the recital?) draws: n - n_recite in context, then n_recite recited.
+    With n_recite 0 the draw is rng.sample(pool, n), the batches of runs made before --recite-share."""
+    return [(t, False) for t in rng.sample(pool, n - n_recite)] + [(t, True) for t in rng.sample(recite_pool, n_recite)]
 
 
 def recite_batch(tokenizer, task: Task, with_eos: bool = True) -> TokenBatch:
     """`task` as PERK's recite target lays it out, its recital the story's events (one-sentence segments:
     an event is a segment): the targets are the answer's tokens, and eos with `with_eos`."""
-    events = story_events(task)
+    events = event_support(task).support
     batch = encode_question(tokenizer, task.question, len(task.context), RECITE, task.answer, events)
     target = batch.answer_mask.clone()
     target[:, -1] |= with_eos
@@ -224,10 +229,11 @@ def main() -> None:
     train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite)
     try:  # refused before any training: every recite task's events one a segment
         for key, tasks in [*train.items(), *test.items()]:
-            for task in tasks if str(key).endswith("-recite") else []:
-                story_events(task)
+            for task in tasks if is_recite(key) else []:
+                event_support(task)
     except ValueError as exc:
-        parser.error(f"--recite-share: {exc}; with --model {args.model} they are not")
+        parser.error(f"--recite-share: {exc} (the recite sets are; with --model {args.model} they are not one "
+                     "sentence each)")
     model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
     runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
@@ -235,17 +241,15 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed)
-    pool = [t for key, tasks in train.items() if not str(key).endswith("-recite") for t in tasks]
-    recite_pool = [t for key, tasks in train.items() if str(key).endswith("-recite") for t in tasks]
+    pool = [t for key, tasks in train.items() if not is_recite(key) for t in tasks]
+    recite_pool = [t for key, tasks in train.items() if is_recite(key) for t in tasks]
     n_recite = round(args.recite_share * args.tasks_per_step)
     batches = {False: lambda task: in_context_batch(runtime, task), True: lambda task: recite_batch(tokenizer, task)}
     curve, started = [], time.monotonic()
     for step in range(1, args.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        drawn = ([(t, False) for t in rng.sample(pool, args.tasks_per_step - n_recite)]
-                 + [(t, True) for t in rng.sample(recite_pool, n_recite)])
-        for task, recited in drawn:
+        for task, recited in step_tasks(rng, pool, recite_pool, args.tasks_per_step, n_recite):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 loss = answer_loss(call, batches[recited](task))
             (loss / args.tasks_per_step).backward()
@@ -264,7 +268,7 @@ def main() -> None:
                                    "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
                                    "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
-                                   "recite_seeds": ({sub: {split: [seed + RECITE_SEED_OFFSET + i for i in range(2)]
+                                   "recite_seeds": ({sub: {split: [seed + RECITE_SEED_OFFSET + i for i in range(len(_sizes(sub, split)))]
                                                            for split, seed in zip(("train", "test"), SEEDS[sub])}
                                                      for sub in subtasks if sub in FACTS} if recite else None),
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
@@ -273,7 +277,7 @@ def main() -> None:
     reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for length, tasks in test.items():
-        if str(length).endswith("-recite"):
+        if is_recite(length):
             result = recite_reading(reloaded, reloaded_tokenizer, tasks)
             print(f"held-out reading of the gold events in the recite layout, {length}: {result['answer_em']:.3f} "
                   f"(answer loss {result['answer_loss']:.4f}, {len(tasks)} tasks)", flush=True)

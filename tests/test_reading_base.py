@@ -203,5 +203,20 @@ def test_recite_sets_whose_events_share_segments_are_refused_before_training(tmp
                            "--test-tasks", "2", "--steps", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--recite-share: task " in done.stderr and "its events are not one a segment" in done.stderr
-    assert "with --model tiny they are not" in done.stderr
+    assert "with --model tiny they are not one sentence each" in done.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_step_tasks_draws_the_recite_share_and_replays_old_runs_without_it():
+    import random
+
+    from reading_base import step_tasks
+
+    pool, recite_pool = list(range(100)), list(range(1000, 1100))
+    drawn = step_tasks(random.Random(7), pool, recite_pool, 8, 3)
+    assert [recited for _, recited in drawn] == [False] * 5 + [True] * 3
+    assert all(t in pool for t, r in drawn if not r) and all(t in recite_pool for t, r in drawn if r)
+    assert len({t for t, _ in drawn}) == 8 and drawn == step_tasks(random.Random(7), pool, recite_pool, 8, 3)
+    # no recite share: the very batches a run made before --recite-share existed draws
+    assert step_tasks(random.Random(7), pool, [], 8, 0) == [(t, False) for t in random.Random(7).sample(pool, 8)]
+    assert [r for _, r in step_tasks(random.Random(7), pool, recite_pool, 8, 8)] == [True] * 8
