@@ -18,14 +18,21 @@ stages (benchmarks/RESULTS.md), and this one-stage command has not been run end 
         --top-layers 8 --inner-steps 4 --answer-format support --validation-tasks 64 --eval-forced \
         --steps 200 --tasks-per-forward 4 --out runs/repro-recall-rb
 
+qa1 on the shipped reading base with the shipped checkpoint's own three-stage recipe (`perk demo --retrain`'s,
+about 70 minutes here) as truncated PERK, first-order PERK on its first stage's tasks and steps:
+
+    python benchmarks/reproduce.py --recipe qa1-reader --test-tasks 20 --out benchmarks/results/qa1-smollm2-reader
+
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
   1. data: training length L, held-out test sets at 1x, 2x, 4x, 8x L (fresh seeds, never trained on);
   2. PERK meta-training with truncated unrolling for --minutes or --steps (checkpointed, resumable);
      with --curriculum, a second stage from its best/ on a mixture of lengths (`--init-from`);
-  3. PERK first-order for the same number of outer steps; the in-context baseline on the same budget
+     with --recipe, the recipe's stages instead (perk_cli.training.recipe), each reported as a row;
+  3. PERK first-order for the same number of outer steps (with --recipe: its first stage's); the in-context baseline on the same budget
      (with --base: the base itself with the context in its prompt, nothing trained);
   4. evaluation of every method at every length beside trivial references; results.json, a table,
-     accuracy_vs_length.png.
+     accuracy_vs_length.png. Plain TTT's learning rate is tuned once, on the 1x set's validation tasks, and
+     used at every length (the longer sets have no validation tasks of their own).
 """
 
 from __future__ import annotations
@@ -156,6 +163,74 @@ def base_problem(base: str) -> str | None:
             f"reader ({', '.join(SHIPPED_DELTAS)}); build one with benchmarks/reading_base.py")
 
 
+def load_recipe(value: str):
+    """--recipe: a named recipe of perk_cli.training.recipe or a recipe.json file (as `run_recipe` writes one)."""
+    from perk_cli.training.recipe import RECIPES, Recipe
+
+    if value in RECIPES:
+        return RECIPES[value]()
+    path = Path(value)
+    if not path.is_file():
+        raise SystemExit(f"--recipe {value}: not a recipe name ({', '.join(RECIPES)}) nor a recipe.json file")
+    try:
+        return Recipe.model_validate_json(path.read_text())
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise SystemExit(f"--recipe {value}: not a perk recipe ({first})")
+
+
+def recipe_settings(recipe, args: argparse.Namespace) -> tuple[str, str, int, int]:
+    """What a recipe fixes that the flags would otherwise choose: (family, base, length, segment tokens),
+    read from its first stage; flags that disagree are refused rather than silently overridden."""
+    first = recipe.stages[0]
+    data, config = first.data, first.config
+    family = next((name for name, (task, subtask, _) in FAMILIES.items()
+                   if task == data.task and subtask == data.subtask), None)
+    if family is None:
+        raise SystemExit(f"--recipe {recipe.name}: its first stage trains on {data.task}/{data.subtask}, "
+                         f"not one of {', '.join(sorted(FAMILIES))}")
+    if any(stage.config.train.train_base or stage.config.inner.unroll != "truncated" for stage in recipe.stages):
+        raise SystemExit(f"--recipe {recipe.name}: every stage must unroll truncated over a frozen base "
+                         "(train_base false); first-order is run here from its first stage")
+    for flag, value, mine in (("--family", args.family, family), ("--base", args.base, config.model.name),
+                              ("--segment-tokens", args.segment_tokens, data.segment_tokens)):
+        if value is not None and value != mine:
+            raise SystemExit(f"{flag} {value}: --recipe {recipe.name} uses {mine}; leave {flag} out")
+    for knob, value in FAMILIES[family][2].items():
+        if knob != "length" and getattr(data, knob) != value:
+            raise SystemExit(f"--recipe {recipe.name}: its first stage has {knob} {getattr(data, knob)}; the "
+                             f"{family} test sets here have {value}")
+    for flag, value in (("--steps", args.steps), ("--curriculum", args.curriculum), ("--length", args.length)):
+        if value is not None:
+            raise SystemExit(f"{flag}: --recipe {recipe.name} sets its own stages; leave {flag} out")
+    length = data.length if isinstance(data.length, int) else None
+    if family != "recall" and length is None:
+        raise SystemExit(f"--recipe {recipe.name}: its first stage must train at one length (the 1x of the test sets)")
+    return family, config.model.name, length, data.segment_tokens
+
+
+def train_recipe(recipe, out: Path, log) -> tuple[dict, list, tuple]:
+    """Truncated PERK as `recipe`'s stages in OUT/perk-recipe (resumable); returns the rows to evaluate (its
+    first stage and, when there are more, its last), each stage's summary, and first-order PERK's run: the
+    first stage's config unrolled first-order, on its tasks, for the steps it trained."""
+    from perk_cli.training.recipe import run_recipe, stage_configs
+
+    where = out / "perk-recipe"
+    result = run_recipe(recipe, where, say=log, on_step=lambda name, s, t, m: log(
+        f"{name} step {s}: loss {m['outer_loss']:.3f}" + (f" val EM {m['val_em']:.2f}" if "val_em" in m else "")))
+    stages = result.stages
+    first, data, config = stage_configs(recipe, where)[0]
+    runs = {f"PERK (truncated), stage 1 ({first.name})": f"perk-recipe/{first.name}"}
+    if len(stages) > 1:
+        runs[f"PERK (truncated), all {len(stages)} stages ({sum(s['steps'] for s in stages)} steps)"] = \
+            f"perk-recipe/{stages[-1]['name']}"
+    log("recipe " + recipe.name + ": " + ", ".join(f"{s['name']} {s['steps']} steps" for s in stages))
+    steps = stages[0]["steps"]
+    inner = config.inner.model_copy(update={"unroll": "first-order"})
+    train = config.train.model_copy(update={"max_steps": steps, "max_minutes": None})
+    return runs, stages, (config.model_copy(update={"inner": inner, "train": train}), data, steps)
+
+
 def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     """Meta-train (or resume) into `out`; returns the steps done."""
     from perk_cli.training.recipe import run_stage
@@ -168,7 +243,7 @@ def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="recall")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None, help="[default: recall]")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--base", default=None,
                         help="A base that reads, used frozen instead of --model: smollm2-reader (shipped), a base "
@@ -178,7 +253,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="Truncated PERK's training budget.")
     parser.add_argument("--steps", type=int, default=None, help="Truncated PERK's outer steps (instead of --minutes).")
     parser.add_argument("--length", type=int, default=None, help="Training length (1x) in tokens, babi families.")
-    parser.add_argument("--segment-tokens", type=int, default=128, help="Tokens per segment.")
+    parser.add_argument("--segment-tokens", type=int, default=None, help="Tokens per segment [default: 128].")
+    parser.add_argument("--recipe", default=None,
+                        help="Truncated PERK as a multi-stage recipe instead of --steps/--minutes/--curriculum: "
+                             "qa1-reader (the shipped checkpoint's, about 70 minutes) or a recipe.json file. Its "
+                             "first stage fixes the family, the base, the 1x length and the segments; first-order "
+                             "PERK runs that stage's tasks for as many steps.")
     parser.add_argument("--curriculum", default=None,
                         help="Comma list of lengths in tokens: a second stage from truncated PERK's best/ on a "
                              "mixture of them (e.g. 128,512,1024), reported as its own row.")
@@ -211,6 +291,14 @@ def main() -> None:
         parser.error(f"--validation-tasks {args.validation_tasks}: must be at least 1")
     if args.answer_weight <= 0:
         parser.error(f"--answer-weight {args.answer_weight}: must be positive")
+    recipe_run = load_recipe(args.recipe) if args.recipe else None
+    if recipe_run is not None:
+        args.family, args.base, args.length, args.segment_tokens = recipe_settings(recipe_run, args)
+        prompt = recipe_run.stages[0].config.prompt
+        args.answer_format, args.target_cap = prompt.answer_format, prompt.max_answer_tokens
+        args.train_tasks = 0  # the recipe prepares its own training tasks
+    args.family = args.family or "recall"
+    args.segment_tokens = args.segment_tokens or 128
     if args.base is not None and (problem := base_problem(args.base)):
         parser.error(problem)
     out = args.out
@@ -228,47 +316,60 @@ def main() -> None:
     dirs = prepare_sets(args.family, tokenizer, out, args.test_tasks, args.train_tasks, args.length,
                         args.segment_tokens, args.validation_tasks)
     train_dir = dirs[1]
-    lengths = [int(v) for v in args.curriculum.split(",")] if args.curriculum else []
-    mixture = (prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
-                                  args.validation_tasks) if lengths else None)
-    args.target_cap = target_cap(args.answer_format, tokenizer, [train_dir] + ([mixture] if mixture else []))
+    if recipe_run is None:
+        lengths = [int(v) for v in args.curriculum.split(",")] if args.curriculum else []
+        mixture = (prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
+                                      args.validation_tasks) if lengths else None)
+        args.target_cap = target_cap(args.answer_format, tokenizer, [train_dir] + ([mixture] if mixture else []))
     if args.max_new_tokens is None:  # room for the recited facts (support) or the whole recital (recite)
         args.max_new_tokens = {"support": 72, "recite": args.target_cap + 4}.get(args.answer_format, 16)
-    truncated = run_config(args, "truncated", None if args.steps else args.minutes, args.steps or 100_000, train_dir)
-    steps = train_stage(truncated, train_dir, out / "perk-truncated", log)
-    log(f"truncated PERK: {steps} steps")
-    runs = {"PERK (truncated)": "perk-truncated"}
-    if mixture:
-        curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
-        more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
-        log(f"curriculum over {args.curriculum} tokens: {more} more steps")
-        runs[f"PERK (truncated) + {more} steps on {args.curriculum} tokens"] = "perk-curriculum"
-    train_stage(run_config(args, "first-order", None, steps, train_dir), train_dir, out / "perk-first-order",
-                log)
-    runs["PERK first-order"] = "perk-first-order"
+    if recipe_run is None:
+        truncated = run_config(args, "truncated", None if args.steps else args.minutes, args.steps or 100_000,
+                               train_dir)
+        steps = train_stage(truncated, train_dir, out / "perk-truncated", log)
+        log(f"truncated PERK: {steps} steps")
+        runs = {"PERK (truncated)": "perk-truncated"}
+        if mixture:
+            curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
+            more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
+            log(f"curriculum over {args.curriculum} tokens: {more} more steps")
+            runs[f"PERK (truncated) + {more} steps on {args.curriculum} tokens"] = "perk-curriculum"
+        first_order, first_order_data = run_config(args, "first-order", None, steps, train_dir), train_dir
+    else:
+        runs, stages, (first_order, first_order_data, steps) = train_recipe(recipe_run, out, log)
+    train_stage(first_order, first_order_data, out / "perk-first-order", log)
+    runs["PERK first-order" + (", stage 1's tasks and steps" if recipe_run else "")] = "perk-first-order"
+    first_run = next(iter(runs.values()))  # truncated PERK's (first) run: the baselines are evaluated with it
     in_context = "base" if args.base else "in-context"
     if args.base is None:  # truncated PERK's run trained the in-context baseline on its steps
         shutil.copytree(out / "perk-truncated" / "in-context", out / "perk-first-order" / "in-context",
                         dirs_exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     # What truncated PERK was trained with, from its own config (a rerun's flags may differ from it).
-    trained = json.loads((out / "perk-truncated" / "config.json").read_text())
+    trained = json.loads((out / first_run / "config.json").read_text())
     results["recipe"] = {"outer_steps": steps, **{k: trained[k] for k in ("model", "lora", "inner", "prompt", "train")}}
+    if recipe_run is not None:
+        results["recipe"].update(name=recipe_run.name, stages=stages)
+    plain_lr = None  # tuned on the 1x set's validation tasks, then used at every length
     for m, directory in dirs.items():
         for run in runs.values():
             key = f"{run}/x{m}"
+            tuned = out / "eval" / first_run / "x1" / "metrics.json"
+            if plain_lr is None and tuned.is_file():
+                plain_lr = (json.loads(tuned.read_text()).get("plain_ttt") or {}).get("lr")
             if key in results:
                 continue
-            methods = [in_context, "plain-ttt"] if run == "perk-truncated" else []
+            methods = [in_context, "plain-ttt"] if run == first_run else []
             report = evaluate(EvalSettings(checkpoint=str(out / run), task=str(directory), baselines=methods,
-                                           out=str(out / "eval" / run / f"x{m}"), max_new_tokens=args.max_new_tokens))
+                                           out=str(out / "eval" / run / f"x{m}"), max_new_tokens=args.max_new_tokens,
+                                           plain_lr=plain_lr))
             results[key] = {method: {"em": v["em"], "f1": v["f1"], "n": v["n"], "failures": v["failures"]}
                             for method, v in report["methods"].items()}
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log(f"eval {key}: " + ", ".join(f"{k} {v['em']:.2f}" for k, v in results[key].items()))
     table = {name: (run, "perk") for name, run in runs.items()}
-    table["plain TTT"] = ("perk-truncated", "plain-ttt")
-    table["base, context in prompt" if args.base else "in-context"] = ("perk-truncated", in_context)
+    table["plain TTT"] = (first_run, "plain-ttt")
+    table["base, context in prompt" if args.base else "in-context"] = (first_run, in_context)
     for m, directory in dirs.items():
         results[f"reference/x{m}"] = references(args.family, directory)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

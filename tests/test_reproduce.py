@@ -162,3 +162,82 @@ def test_reproduce_qa2_in_the_recite_format(tmp_path):
     for m in (1, 2, 4, 8):
         assert set(results[f"reference/x{m}"]) == {"chance", "last place in the story"}
     assert "| last place in the story |" in done.stdout and "| PERK first-order |" in done.stdout
+
+
+def _tiny_recipe_file(tmp_path: Path, base: Path) -> Path:
+    """Two tiny stages over the base delta, as a recipe.json (what `run_recipe` writes)."""
+    from perk_cli import __version__
+    from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
+                                 RunConfig, TrainSettings)
+    from perk_cli.training.recipe import Recipe, RecipeStage
+
+    def stage(name: str, seed: int, length, steps: int) -> RecipeStage:
+        return RecipeStage(
+            name=name,
+            data=PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=24,
+                                 model=str(base), train=4, validation=2, test=0, seed=seed, out="-"),
+            config=RunConfig(perk_version=__version__, model=ModelSettings(name=str(base)),
+                             lora=LoraSettings(rank=2, alpha=4, top_layers=1),
+                             inner=InnerLoopSettings(steps=1, optimizer="adamw", lr_init=1e-2, unroll="truncated"),
+                             prompt=PromptSettings(segment_tokens=24, max_answer_tokens=8),
+                             train=TrainSettings(max_steps=steps, tasks_per_batch=2, lr=1e-2, step_size_lr=1e-2,
+                                                 warmup_steps=0, schedule="constant", eval_every=1, eval_tasks=2,
+                                                 eval_decode=False, baseline=False, train_base=False, seed=0)))
+
+    recipe = Recipe(name="tiny-two-stages", description="two tiny stages", minutes=1,
+                    stages=[stage("short", 31, 48, 2), stage("mixed", 32, [48, 96], 1)])
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe.model_dump_json(indent=2))
+    return path
+
+
+def test_reproduce_with_a_recipe(tmp_path):
+    """--recipe: truncated PERK is the recipe's stages (its first and its last each a row), first-order PERK
+    runs the first stage's tasks for the steps it trained, the test sets take the first stage's length and
+    segments, and plain TTT's rate is tuned once at 1x and used at every length."""
+    base = _tiny_delta(tmp_path)
+    recipe = _tiny_recipe_file(tmp_path, base)
+    out = tmp_path / "repro"
+    args = [sys.executable, str(SCRIPT), "--recipe", str(recipe), "--test-tasks", "2", "--validation-tasks", "2",
+            "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["name"] == "tiny-two-stages" and results["recipe"]["outer_steps"] == 2
+    assert [(s["name"], s["steps"]) for s in results["recipe"]["stages"]] == [("short", 2), ("mixed", 1)]
+    mixed = json.loads((out / "perk-recipe" / "mixed" / "config.json").read_text())
+    assert mixed["train"]["init_from"] == str(out / "perk-recipe" / "short" / "best")
+    first_order = json.loads((out / "perk-first-order" / "config.json").read_text())
+    short = json.loads((out / "perk-recipe" / "short" / "config.json").read_text())
+    assert first_order["inner"] == {**short["inner"], "unroll": "first-order"}
+    assert first_order["task"] == short["task"] == str(out / "perk-recipe" / "data" / "short")
+    assert json.loads((out / "perk-first-order" / "done.json").read_text())["steps"] == 2
+    x1 = [json.loads(line) for line in (out / "data" / "qa1-x1" / "test.jsonl").read_text().splitlines()]
+    assert all(len(task["context"]) > 1 for task in x1)  # 48-token stories in 24-token segments
+    assert not (out / "data" / "qa1-x1" / "train.jsonl").is_file()  # the recipe brings its own
+    for m in (1, 2, 4, 8):
+        assert set(results[f"perk-recipe/short/x{m}"]) == {"perk", "base", "plain-ttt"}
+        assert set(results[f"perk-recipe/mixed/x{m}"]) == set(results[f"perk-first-order/x{m}"]) == {"perk"}
+    tuned = json.loads((out / "eval" / "perk-recipe" / "short" / "x1" / "metrics.json").read_text())
+    assert tuned["plain_ttt"]["tuning"] is not None  # chosen on the 1x validation tasks
+    for m in (2, 4, 8):
+        report = json.loads((out / "eval" / "perk-recipe" / "short" / f"x{m}" / "metrics.json").read_text())
+        assert report["plain_ttt"] == {"lr": tuned["plain_ttt"]["lr"], "tuning": None}
+    assert "| PERK (truncated), stage 1 (short) |" in done.stdout
+    assert "| PERK (truncated), all 2 stages (3 steps) |" in done.stdout
+    assert "| PERK first-order, stage 1's tasks and steps |" in done.stdout
+
+
+def test_reproduce_refuses_flags_a_recipe_sets(tmp_path):
+    base = _tiny_delta(tmp_path)
+    recipe = _tiny_recipe_file(tmp_path, base)
+    for extra, message in ((["--family", "qa2"], "--family qa2: --recipe tiny-two-stages uses qa1; leave --family out"),
+                           (["--steps", "3"], "--steps: --recipe tiny-two-stages sets its own stages"),
+                           (["--segment-tokens", "64"], "--segment-tokens 64: --recipe tiny-two-stages uses 24")):
+        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), *extra, "--out",
+                               str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", "no-such-recipe", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert "--recipe no-such-recipe: not a recipe name (qa1-reader) nor a recipe.json file" in done.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was written

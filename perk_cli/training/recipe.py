@@ -164,3 +164,6 @@ def qa1_reader_recipe() -> Recipe:
                         config=_reader_config(50, lr=3e-4, step_size_lr=3e-3, warmup_steps=3)),
         ],
     )
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe}  # by name (benchmarks/reproduce.py --recipe)
