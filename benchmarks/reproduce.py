@@ -403,17 +403,19 @@ def _plot(results: dict, table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    reference_styles = iter([("--", "s"), (":", "^"), ("-.", "v"), ((0, (1, 3)), "x")])
     for name, (run, method) in table.items():
-        ax.plot(MULTIPLIERS, [results[f"{run}/x{m}"][method]["em"] for m in MULTIPLIERS], marker="o", label=name,
-                linestyle="--" if run == "reference" else "-", color="grey" if run == "reference" else None)
+        linestyle, marker = next(reference_styles) if run == "reference" else ("-", "o")
+        ax.plot(MULTIPLIERS, [results[f"{run}/x{m}"][method]["em"] for m in MULTIPLIERS], marker=marker, label=name,
+                linestyle=linestyle, color="grey" if run == "reference" else None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(MULTIPLIERS, [f"{m}x" for m in MULTIPLIERS])
     ax.set_xlabel("context length (multiple of training length)")
     ax.set_ylabel("exact match")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")  # beside the curves, not on them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
