@@ -18,18 +18,19 @@ stages (benchmarks/RESULTS.md), and this one-stage command has not been run end 
         --top-layers 8 --inner-steps 4 --answer-format support --validation-tasks 64 --eval-forced \
         --steps 200 --tasks-per-forward 4 --out runs/repro-recall-rb
 
-qa1 on the shipped reading base with the shipped checkpoint's own three-stage recipe (`perk demo --retrain`'s,
-about 70 minutes here) as truncated PERK, first-order PERK on its first stage's tasks and steps:
+qa1 on the shipped reading base with the shipped checkpoint's own three-stage recipe (`perk demo --retrain`'s)
+as truncated PERK, first-order PERK on its first stage's tasks and steps (81 minutes here, evaluations included;
+its results: benchmarks/results/qa1-smollm2-reader/):
 
-    python benchmarks/reproduce.py --recipe qa1-reader --test-tasks 20 --out benchmarks/results/qa1-smollm2-reader
+    python benchmarks/reproduce.py --recipe qa1-reader --test-tasks 20 --out runs/repro-qa1-recipe
 
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
   1. data: training length L, held-out test sets at 1x, 2x, 4x, 8x L (fresh seeds, never trained on);
   2. PERK meta-training with truncated unrolling for --minutes or --steps (checkpointed, resumable);
      with --curriculum, a second stage from its best/ on a mixture of lengths (`--init-from`);
      with --recipe, the recipe's stages instead (perk_cli.training.recipe), each reported as a row;
-  3. PERK first-order for the same number of outer steps (with --recipe: its first stage's); the in-context baseline on the same budget
-     (with --base: the base itself with the context in its prompt, nothing trained);
+  3. PERK first-order for the same number of outer steps (with --recipe: its first stage's); the in-context
+     baseline on the same budget (with --base: the base itself with the context in its prompt, nothing trained);
   4. evaluation of every method at every length beside trivial references; results.json, a table,
      accuracy_vs_length.png. Plain TTT's learning rate is tuned once, on the 1x set's validation tasks, and
      used at every length (the longer sets have no validation tasks of their own).
