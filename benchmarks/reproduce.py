@@ -210,6 +210,12 @@ def recipe_settings(recipe, args: argparse.Namespace) -> tuple[str, str, int, in
     return family, config.model.name, length, data.segment_tokens
 
 
+def step_line(run: str, step: int, metrics: dict) -> str:
+    """One outer step as the log shows it: its loss, and its validation EM on the steps that validate."""
+    return f"{run} step {step}: loss {metrics['outer_loss']:.3f}" + (
+        f" val EM {metrics['val_em']:.2f}" if "val_em" in metrics else "")
+
+
 def train_recipe(recipe, out: Path, log) -> tuple[dict, list, tuple]:
     """Truncated PERK as `recipe`'s stages in OUT/perk-recipe (resumable); returns the rows to evaluate (its
     first stage and, when there are more, its last), each stage's summary, and first-order PERK's run: the
@@ -217,8 +223,7 @@ def train_recipe(recipe, out: Path, log) -> tuple[dict, list, tuple]:
     from perk_cli.training.recipe import run_recipe, stage_configs
 
     where = out / "perk-recipe"
-    result = run_recipe(recipe, where, say=log, on_step=lambda name, s, t, m: log(
-        f"{name} step {s}: loss {m['outer_loss']:.3f}" + (f" val EM {m['val_em']:.2f}" if "val_em" in m else "")))
+    result = run_recipe(recipe, where, say=log, on_step=lambda name, s, t, m: log(step_line(name, s, m)))
     stages = result.stages
     first, data, config = stage_configs(recipe, where)[0]
     runs = {f"PERK (truncated), stage 1 ({first.name})": f"perk-recipe/{first.name}"}
@@ -237,8 +242,7 @@ def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     from perk_cli.training.recipe import run_stage
 
     summary, _ = run_stage(config, data, out, say=log, header=out.name,
-                           on_step=lambda s, t, m: log(f"{out.name} step {s}: loss {m['outer_loss']:.3f}"
-                                                       + (f" val EM {m['val_em']:.2f}" if "val_em" in m else "")))
+                           on_step=lambda s, t, m: log(step_line(out.name, s, m)))
     return summary["steps"]
 
 
@@ -352,10 +356,10 @@ def main() -> None:
     if recipe_run is not None:
         results["recipe"].update(name=recipe_run.name, stages=stages)
     plain_lr = None  # tuned on the 1x set's validation tasks, then used at every length
+    tuned = out / "eval" / first_run / "x1" / "metrics.json"
     for m, directory in dirs.items():
         for run in runs.values():
             key = f"{run}/x{m}"
-            tuned = out / "eval" / first_run / "x1" / "metrics.json"
             if plain_lr is None and tuned.is_file():
                 plain_lr = (json.loads(tuned.read_text()).get("plain_ttt") or {}).get("lr")
             if key in results:

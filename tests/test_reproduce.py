@@ -237,6 +237,29 @@ def test_reproduce_refuses_flags_a_recipe_sets(tmp_path):
         done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), *extra, "--out",
                                str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+    for extra, message in ((["--base", "smollm2-reader"], f"--base smollm2-reader: --recipe tiny-two-stages uses {base}"),
+                           (["--curriculum", "48,96"], "--curriculum: --recipe tiny-two-stages sets its own stages"),
+                           (["--length", "96"], "--length: --recipe tiny-two-stages sets its own stages")):
+        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), *extra, "--out",
+                               str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+    from perk_cli.training.recipe import Recipe
+
+    good = Recipe.model_validate_json(recipe.read_text())
+    first = good.stages[0]
+    first_order = first.model_copy(update={"config": first.config.model_copy(update={
+        "inner": first.config.inner.model_copy(update={"unroll": "first-order"})})})
+    six_facts = first.model_copy(update={"data": first.data.model_copy(update={"facts": 6})})
+    (tmp_path / "bad.json").write_text("{not json")
+    for name, stages, message in (
+            ("first-order.json", [first_order], "every stage must unroll truncated over a frozen base"),
+            ("six-facts.json", [six_facts], "its first stage has facts 6; the qa1 test sets here have 4"),
+            ("bad.json", None, "--recipe " + str(tmp_path / "bad.json") + ": not a perk recipe")):
+        if stages is not None:
+            (tmp_path / name).write_text(good.model_copy(update={"stages": stages}).model_dump_json())
+        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(tmp_path / name), "--out",
+                               str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", "no-such-recipe", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert "--recipe no-such-recipe: not a recipe name (qa1-reader) nor a recipe.json file" in done.stderr
