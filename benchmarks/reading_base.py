@@ -17,6 +17,9 @@ to read). Those tasks come from sets of their own in one-sentence segments (so t
 counts the segments a sentence-segment memory counts); the held-out gate then also scores the base
 reading the gold events in that layout (teacher-forced answer tokens, as `lora_ablation.py`'s base row).
 
+`--pool N` draws the training stories from fresh seeds (the first pool's + 1000 N), for a base continued
+past one pass over its pool; the held-out sets stay the same.
+
 Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
 loss curve, held-out EM by length), and <out>/data (the task sets). `--model DIR` continues from a
 saved base (the second attempt continued the first: see benchmarks/RESULTS.md).
@@ -110,14 +113,19 @@ def recite_reading(model, tokenizer, tasks: list[Task]) -> dict:
             "answer_loss": sum(float(loss) for loss, _ in scores) / len(scores), "n": len(scores)}
 
 
+POOL_SEED_STRIDE = 1000  # --pool N draws the training sets from seeds + 1000 N (qa2: 1221-1222, 1226-1227)
+
+
 def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str,
-              subtasks: tuple[str, ...] = ("qa1",), recite: bool = False) -> tuple[dict, dict]:
+              subtasks: tuple[str, ...] = ("qa1",), recite: bool = False, pool: int = 0) -> tuple[dict, dict]:
     """Training sets per (subtask, size) and held-out test sets per (subtask, size), never trained on.
     Keys are lengths for qa1 alone (the first attempts' layout), else "qa2-128", "recall-6rec" and so on.
-    With `recite`, each bAbI subtask also gets sets in one-sentence segments, keyed "<key>-recite"."""
+    With `recite`, each bAbI subtask also gets sets in one-sentence segments, keyed "<key>-recite".
+    `pool` N > 0 draws fresh training sets (seeds + 1000 N, directories "...-poolN"); the test sets stay."""
     train, test = {}, {}
     for subtask in subtasks:
         train_seed, test_seed = SEEDS[subtask]
+        train_seed += POOL_SEED_STRIDE * pool
         layouts = [("", "", 0, 64)]  # (key suffix, directory suffix, seed offset, segment tokens)
         if recite and subtask in FACTS:
             layouts.append(("-recite", "-s16", RECITE_SEED_OFFSET, 16))
@@ -125,7 +133,8 @@ def task_sets(out: Path, train_tasks: int, test_tasks: int, model: str,
             for split, n, seed, into in (("train", train_tasks, train_seed, train),
                                          ("test", test_tasks, test_seed, test)):
                 for index, size in enumerate(_sizes(subtask, split)):
-                    directory = out / "data" / f"{subtask}-{split}-{_label(subtask, size)}{dir_suffix}"
+                    pool_suffix = f"-pool{pool}" if pool and split == "train" else ""
+                    directory = out / "data" / f"{subtask}-{split}-{_label(subtask, size)}{dir_suffix}{pool_suffix}"
                     if not (directory / "prepare.json").is_file():
                         prepare(_settings(subtask, size, segment_tokens, model=model,
                                           train=n if split == "train" else 0, validation=0,
@@ -197,6 +206,9 @@ def main() -> None:
     parser.add_argument("--subtasks", default="qa1", help="Comma list of subtasks to train on and test: bAbI "
                         "qa1 (4 facts), qa2 (6), qa3 (8), and recall (student records: 3 and 6 a database in "
                         "training, 6 and 12 held out), e.g. qa1,qa2: one base that reads both.")
+    parser.add_argument("--pool", type=int, default=0, help="Draw the training tasks from fresh seeds (pool N: "
+                        "the seeds + 1000 N), so a continued base sees stories it has not trained on; the held-out "
+                        "sets stay the same. 0: the first pool.")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
     parser.add_argument("--recite-share", type=float, default=0.0, help="Share of each step's tasks laid out "
@@ -226,7 +238,9 @@ def main() -> None:
     recite = args.recite_share > 0
     if recite and not any(sub in FACTS for sub in subtasks):
         parser.error(f"--recite-share: needs a bAbI subtask ({', '.join(FACTS)}) in --subtasks")
-    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite)
+    if args.pool < 0:
+        parser.error(f"--pool {args.pool}: 0 (the first pool) or a positive pool number")
+    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite, args.pool)
     try:  # refused before any training: every recite task's events one a segment
         for key, tasks in [*train.items(), *test.items()]:
             for task in tasks if is_recite(key) else []:
@@ -268,7 +282,10 @@ def main() -> None:
                                    "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
                                    "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
                                    "trainable": "all parameters", "loss": "answer tokens + eos",
-                                   "recite_seeds": ({sub: {split: [seed + RECITE_SEED_OFFSET + i for i in range(len(_sizes(sub, split)))]
+                                   "train_seeds": {sub: [SEEDS[sub][0] + POOL_SEED_STRIDE * args.pool + i
+                                                         for i in range(len(_sizes(sub, "train")))] for sub in subtasks},
+                                   "recite_seeds": ({sub: {split: [seed + (POOL_SEED_STRIDE * args.pool if split == "train" else 0)
+                                                                   + RECITE_SEED_OFFSET + i for i in range(len(_sizes(sub, split)))]
                                                            for split, seed in zip(("train", "test"), SEEDS[sub])}
                                                      for sub in subtasks if sub in FACTS} if recite else None),
                                    "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},

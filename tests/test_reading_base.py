@@ -93,6 +93,25 @@ def test_the_recite_layout_gets_sets_of_its_own_in_sentence_segments(tmp_path):
     assert len(test["qa2-256-recite"]) == 2 and len(train["qa2-clean-recite"]) == 2
 
 
+def test_a_fresh_pool_draws_new_training_seeds_and_keeps_the_test_sets(tmp_path):
+    train, test = task_sets(tmp_path, 2, 2, "tiny", ("qa2",), recite=True, pool=1)
+    for name, seed in (("qa2-train-clean-pool1", 1221), ("qa2-train-128-pool1", 1222),
+                       ("qa2-train-clean-s16-pool1", 1226), ("qa2-train-128-s16-pool1", 1227),
+                       ("qa2-test-128", 231), ("qa2-test-256", 232), ("qa2-test-128-s16", 236), ("qa2-test-256-s16", 237)):
+        assert _prepared(tmp_path / "data" / name)["seed"] == seed, name
+    first, _ = task_sets(tmp_path / "first", 2, 2, "tiny", ("qa2",))
+    assert [t.context for t in train["qa2-128"]] != [t.context for t in first["qa2-128"]]
+    assert list(train) == ["qa2-clean", "qa2-128", "qa2-clean-recite", "qa2-128-recite"]
+
+
+def test_a_negative_pool_is_one_line_naming_the_option(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+                           "--model", "tiny", "--subtasks", "qa2", "--pool", "-1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--pool -1: 0 (the first pool) or a positive pool number" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()
+
+
 def _sentence_tasks() -> list:
     """qa2 stories in one-sentence segments (what 16-token segments give with SmolLM2's tokenizer)."""
     from perk_cli.data.schema import Task
