@@ -239,3 +239,64 @@ def test_step_tasks_draws_the_recite_share_and_replays_old_runs_without_it():
     # no recite share: the very batches a run made before --recite-share existed draws
     assert step_tasks(random.Random(7), pool, [], 8, 0) == [(t, False) for t in random.Random(7).sample(pool, 8)]
     assert [r for _, r in step_tasks(random.Random(7), pool, recite_pool, 8, 8)] == [True] * 8
+
+
+def _qa2(i: int, events: list[str], support: list[str], answer: str):
+    from perk_cli.data.schema import Task
+
+    return Task(id=f"q{i}", context=events, question="Where is the apple?", answer=answer, support=support)
+
+
+def test_dropped_then_moved_is_the_object_put_down_before_its_dropper_moved_on():
+    from reading_base import dropped_then_moved
+
+    story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.",
+             "Event 2: Mary left the apple.", "Event 3: John went to the garden."]
+    moved_on = story + ["Event 4: Mary journeyed to the office."]
+    assert dropped_then_moved(_qa2(0, moved_on, [story[2], story[0]], "kitchen"))
+    # dropped, but its dropper stayed (only someone else moved): her last place is the answer
+    assert not dropped_then_moved(_qa2(1, story, [story[2], story[0]], "kitchen"))
+    # held: the answer is where the holder is
+    held = story[:2] + ["Event 2: Mary moved to the office."]
+    assert not dropped_then_moved(_qa2(2, held, [held[1], held[2]], "office"))
+    # a move before the drop does not count; a move in another segment (with filler) does
+    before = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.",
+              "Event 2: Mary went back to the hallway.", "Event 3: Mary put down the apple."]
+    assert not dropped_then_moved(_qa2(3, before, [before[3], before[2]], "hallway"))
+    filler = ["The sky was grey. " + before[0], before[1] + " " + before[2], before[3], "Rain. Event 4: Mary moved to the park."]
+    assert dropped_then_moved(_qa2(4, filler, [before[3], before[2]], "hallway"))
+    assert not dropped_then_moved(_qa2(5, story, [], "kitchen"))  # no support: not this case
+
+
+def test_step_tasks_draws_the_hard_share_from_dropped_then_moved_stories():
+    import random
+
+    from reading_base import dropped_then_moved, step_tasks
+
+    story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.", "Event 2: Mary left the apple."]
+    hard = [_qa2(i, story + ["Event 3: Mary moved to the park."], [story[2], story[0]], "kitchen") for i in range(10)]
+    easy = [_qa2(100 + i, story, [story[2], story[0]], "kitchen") for i in range(90)]
+    pool, recite_pool = easy + hard, [t.model_copy(update={"id": "r" + t.id}) for t in easy + hard]
+    drawn = step_tasks(random.Random(3), pool, recite_pool, 8, 4, hard_share=0.5)
+    assert [r for _, r in drawn] == [False] * 4 + [True] * 4
+    # two of each layout's four are drawn from its hard stories (after two from the whole pool)
+    assert [dropped_then_moved(t) for t, _ in drawn][2:4] == [True, True] == [dropped_then_moved(t) for t, _ in drawn][6:]
+    assert all(t.id.startswith("r") for t, r in drawn if r) and all(not t.id.startswith("r") for t, r in drawn if not r)
+    # no hard share: the draws of runs made before --hard-share
+    assert step_tasks(random.Random(3), pool, recite_pool, 8, 4) == step_tasks(random.Random(3), pool, recite_pool, 8, 4, 0.0)
+    rng = random.Random(3)
+    assert step_tasks(random.Random(3), pool, recite_pool, 8, 4) == (
+        [(t, False) for t in rng.sample(pool, 4)] + [(t, True) for t in rng.sample(recite_pool, 4)])
+
+
+def test_a_hard_share_without_qa2_or_out_of_range_is_one_line(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path), "--model", "tiny"]
+    (tmp_path / "reading_base.json").write_text("{}")  # an earlier report: not removed by a refused run
+    for extra, message in ((["--subtasks", "qa1", "--hard-share", "0.25"],
+                            "--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks qa1"),
+                           (["--subtasks", "qa2", "--hard-share", "1.5"], "--hard-share 1.5: a share between 0 and 1"),
+                           (["--subtasks", "qa2", "--hard-share", "0.5", "--train-tasks", "2", "--test-tasks", "1"],
+                            "dropped-then-moved stories, fewer than a step draws; raise --train-tasks")):
+        done = subprocess.run(script + extra, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "reading_base.json").read_text() == "{}"
