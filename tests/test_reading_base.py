@@ -265,7 +265,17 @@ def test_dropped_then_moved_is_the_object_put_down_before_its_dropper_moved_on()
     assert not dropped_then_moved(_qa2(3, before, [before[3], before[2]], "hallway"))
     filler = ["The sky was grey. " + before[0], before[1] + " " + before[2], before[3], "Rain. Event 4: Mary moved to the park."]
     assert dropped_then_moved(_qa2(4, filler, [before[3], before[2]], "hallway"))
-    assert not dropped_then_moved(_qa2(5, story, [], "kitchen"))  # no support: not this case
+    # read from the events, not the support (event_support.py replaces it by every event)
+    assert dropped_then_moved(_qa2(5, moved_on, moved_on, "kitchen"))
+    # taken again after the drop: held, not this case
+    again = moved_on + ["Event 5: Mary got the apple there."]
+    assert not dropped_then_moved(_qa2(6, again, [again[5], again[4]], "office"))
+    # moved on, then back to where it was dropped: her last place is still the answer
+    back = moved_on + ["Event 5: Mary went back to the kitchen."]
+    assert not dropped_then_moved(_qa2(8, back, [back[2], back[0]], "kitchen"))
+    # another object dropped: not this case
+    other = story[:2] + ["Event 2: Mary left the milk.", "Event 3: Mary moved to the park."]
+    assert not dropped_then_moved(_qa2(7, other, [other[1], other[3]], "park"))
 
 
 def test_step_tasks_draws_the_hard_share_from_dropped_then_moved_stories():
