@@ -197,20 +197,36 @@ def in_context_runtime(model, tokenizer) -> SimpleNamespace:
                            device=torch.device("cpu"), max_positions=model.config.max_position_embeddings)
 
 
+def held_out_scores(runtime, tasks: list[Task], recite: bool = False) -> dict:
+    """The gate's figures on `tasks`: decoded in-context EM and loss (with `recite`: the teacher-forced
+    reading of the gold events in the recite layout), and, where the set has dropped_then_moved stories,
+    the same figure on those alone under "dropped_then_moved" ({"em", "n"})."""
+    def scores(subset: list[Task]) -> dict:
+        if recite:
+            return recite_reading(runtime.model, runtime.tokenizer, subset)
+        return validate_in_context(runtime, subset, budget=8)
+
+    result = scores(tasks)
+    hard = [task for task in tasks if dropped_then_moved(task)]
+    if hard:
+        result["dropped_then_moved"] = {"em": scores(hard)["answer_em" if recite else "val_em"], "n": len(hard)}
+    return result
+
+
 def evaluate_saved(out: Path, tasks_dir: Path, recite: bool = False) -> None:
     """Score the saved base in context on a task directory's test split (with `recite`: its reading of
     the gold events in the recite layout); the result is printed and recorded in <out>/reading_base.json
     under held_out_in_context[<tasks dir>] (with `recite`, [<tasks dir> (recite layout)])."""
     model, tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
     tasks = read_split(tasks_dir, "test")
+    result = held_out_scores(in_context_runtime(model, tokenizer), tasks, recite)
+    hard = {"dropped_then_moved": result["dropped_then_moved"]} if "dropped_then_moved" in result else {}
     if recite:
-        result = recite_reading(model, tokenizer, tasks)
         print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite", **result}))
         write_report(out, held_out={f"{tasks_dir} (recite layout)": result})
         return
-    result = validate_in_context(in_context_runtime(model, tokenizer), tasks, budget=8)
     print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
-                      "in_context_em": result["val_em"], "answer_loss": result["val_loss"]}))
+                      "in_context_em": result["val_em"], "answer_loss": result["val_loss"], **hard}))
     write_report(out, held_out={str(tasks_dir): {**result, "n": len(tasks)}})
 
 
@@ -339,15 +355,16 @@ def main() -> None:
     reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for length, tasks in test.items():
+        result = held_out_scores(runtime, tasks, is_recite(length))
+        hard = result.get("dropped_then_moved")
+        hard_text = f"; dropped then moved: {hard['em']:.3f} of {hard['n']}" if hard else ""
         if is_recite(length):
-            result = recite_reading(reloaded, reloaded_tokenizer, tasks)
             print(f"held-out reading of the gold events in the recite layout, {length}: {result['answer_em']:.3f} "
-                  f"(answer loss {result['answer_loss']:.4f}, {len(tasks)} tasks)", flush=True)
-            write_report(args.out, held_out={str(length): result})
-            continue
-        result = validate_in_context(runtime, tasks, budget=8)
-        print(f"held-out in-context EM, {length}{' tokens' if isinstance(length, int) else ''}: {result['val_em']:.3f} "
-              f"(answer loss {result['val_loss']:.4f}, {len(tasks)} tasks)", flush=True)
+                  f"(answer loss {result['answer_loss']:.4f}, {len(tasks)} tasks{hard_text})", flush=True)
+        else:
+            print(f"held-out in-context EM, {length}{' tokens' if isinstance(length, int) else ''}: "
+                  f"{result['val_em']:.3f} (answer loss {result['val_loss']:.4f}, {len(tasks)} tasks{hard_text})",
+                  flush=True)
         write_report(args.out, held_out={str(length): result})
 
 if __name__ == "__main__":

@@ -310,3 +310,24 @@ def test_a_hard_share_without_qa2_or_out_of_range_is_one_line(tmp_path):
         done = subprocess.run(script + extra, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert (tmp_path / "reading_base.json").read_text() == "{}"
+
+
+def test_held_out_scores_add_the_dropped_then_moved_stories_alone():
+    from perk_cli.config import ModelSettings
+    from perk_cli.models.base import load_base
+    from perk_cli.training.in_context import validate_in_context
+    from reading_base import held_out_scores, in_context_runtime, recite_reading
+
+    story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.", "Event 2: Mary left the apple.",
+             "Event 3: Mary moved to the park."]
+    hard = _qa2(0, story, [story[2], story[0]], "kitchen")
+    held = _qa2(1, story[:2] + ["Event 2: Mary moved to the park."], [story[1], "Event 2: Mary moved to the park."], "park")
+    model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
+    runtime = in_context_runtime(model, tokenizer)
+    both = held_out_scores(runtime, [hard, held])
+    assert both["val_em"] == validate_in_context(runtime, [hard, held], 8)["val_em"]
+    assert both["dropped_then_moved"] == {"em": validate_in_context(runtime, [hard], 8)["val_em"], "n": 1}
+    recited = held_out_scores(runtime, [hard, held], recite=True)
+    assert recited["answer_loss"] == recite_reading(model, tokenizer, [hard, held])["answer_loss"]
+    assert recited["dropped_then_moved"] == {"em": recite_reading(model, tokenizer, [hard])["answer_em"], "n": 1}
+    assert "dropped_then_moved" not in held_out_scores(runtime, [held])
