@@ -5,9 +5,11 @@
 Reads the evaluation's predictions.jsonl (one method's rows, `perk` by default) beside the tasks'
 gold support, splits each recital (the text before `</support>`) into sentences, and prints, over the
 tasks: the exact match of the answers, the share whose recital is exactly the gold support, the share
-whose i-th recited sentence is the i-th gold fact (for each i), and the share whose answer is named in
-the recital. It tells a memory that cannot find a fact (the recital wrong) from one that cannot read
-what it recited (the recital right, the answer wrong). --json prints the figures as one object.
+whose i-th recited sentence is the i-th gold fact (for each i), the share whose answer is named in the
+recital, the EM among the exact recitals and among the rest, and the EM on the qa2 stories whose object
+was put down before its dropper moved elsewhere (reading_base.dropped_then_moved). It tells a memory
+that cannot find a fact (the recital wrong) from one that cannot read what it recited (the recital
+right, the answer wrong). --json prints the figures as one object.
 
 --read-with-base CHECKPOINT also has that checkpoint's base (its LoRA off) answer each question with
 the recital, not the document, in its prompt, as `perk eval`'s `base` baseline reads: what the recital
@@ -48,22 +50,29 @@ def recital(raw: str) -> list[str]:
     return [_norm(s) for s in split_sentences(body)]
 
 
-def score(rows: list[dict], support: dict[str, list[str]]) -> dict:
-    """Figures over `rows` (predictions with id, raw, prediction, correct) against each id's gold support."""
+def score(rows: list[dict], support: dict[str, list[str]], hard: set[str] = frozenset()) -> dict:
+    """Figures over `rows` (predictions with id, raw, prediction, correct) against each id's gold support;
+    "right_of_exact" and "right_of_rest": EM among the rows whose recital is exact and among the others;
+    "dropped_then_moved": EM and count among the rows whose id is in `hard` (where there are any)."""
     n = len(rows)
     if n == 0:
         raise ValueError("no predictions to score")
     width = max(len(support[r["id"]]) for r in rows)
     at = [0] * width
-    exact = named = 0
+    named = 0
+    exact_rows, other_rows = [], []
     for row in rows:
         said, gold = recital(row["raw"]), [_norm(s) for s in support[row["id"]]]
-        exact += said == gold
+        (exact_rows if said == gold else other_rows).append(row)
         named += bool(row["prediction"]) and any(row["prediction"] in s for s in said)
         for i, fact in enumerate(gold):
             at[i] += i < len(said) and said[i] == fact
-    return {"tasks": n, "em": sum(r["correct"] for r in rows) / n, "recital_exact": exact / n,
-            "fact_at": [k / n for k in at], "answer_in_recital": named / n}
+    em = lambda some: sum(r["correct"] for r in some) / len(some) if some else None  # noqa: E731
+    hard_rows = [row for row in rows if row["id"] in hard]
+    return {"tasks": n, "em": em(rows), "recital_exact": len(exact_rows) / n,
+            "fact_at": [k / n for k in at], "answer_in_recital": named / n,
+            "right_of_exact": em(exact_rows), "right_of_rest": em(other_rows),
+            **({"dropped_then_moved": {"em": em(hard_rows), "n": len(hard_rows)}} if hard_rows else {})}
 
 
 def read_recitals(runtime, rows: list[dict], tasks: dict[str, Task], budget: int = 16) -> list[float]:
@@ -112,7 +121,9 @@ def main() -> None:
             runtime, _ = load_runtime(args.read_with_base)
     except PerkError as exc:
         parser.error(str(exc))
-    result = score(rows, support)
+    from reading_base import dropped_then_moved  # benchmarks/ is on sys.path when run as a script
+
+    result = score(rows, support, {i for i, task in tasks.items() if dropped_then_moved(task)})
     if runtime is not None:
         read = read_recitals(runtime, rows, tasks)
         result["base_reading_recital_em"] = sum(read) / len(read)
@@ -120,10 +131,16 @@ def main() -> None:
         print(json.dumps(result))
         return
     facts = [f"fact {i + 1}" for i in range(len(result["fact_at"]))]
+    share = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    hard = result.get("dropped_then_moved")
     print(f"{'tasks':>6} {'EM':>6} {'recital = support':>18} " + " ".join(f"{f:>7}" for f in facts)
-          + f" {'answer recited':>15}" + (f" {'base reads recital':>19}" if runtime is not None else ""))
+          + f" {'answer recited':>15} {'EM, exact recitals':>19} {'EM, the rest':>13}"
+          + (f" {'EM, dropped then moved':>23}" if hard else "")
+          + (f" {'base reads recital':>19}" if runtime is not None else ""))
     print(f"{result['tasks']:>6} {result['em']:>6.3f} {result['recital_exact']:>18.3f} "
           + " ".join(f"{v:>7.3f}" for v in result["fact_at"]) + f" {result['answer_in_recital']:>15.3f}"
+          + f" {share(result['right_of_exact']):>19} {share(result['right_of_rest']):>13}"
+          + (f" {share(hard['em']) + ' of ' + str(hard['n']):>23}" if hard else "")
           + (f" {result['base_reading_recital_em']:>19.3f}" if runtime is not None else ""))
 
 

@@ -29,6 +29,28 @@ def test_score_counts_recited_facts_by_position():
     assert result["recital_exact"] == 1 / 3  # only a (whitespace differences do not count)
     assert result["fact_at"] == [2 / 3, 1 / 3]  # fact 1: a, b; fact 2: a
     assert result["answer_in_recital"] == 2 / 3  # c's "garden" is not in its recital
+    assert (result["right_of_exact"], result["right_of_rest"]) == (1.0, 0.0)  # a right; b, c wrong
+    assert "dropped_then_moved" not in result
+    assert benchmark_module("support_recital").score(ROWS, SUPPORT, {"a", "b"})["dropped_then_moved"] == {"em": 0.5, "n": 2}
+
+
+def test_the_script_splits_out_the_dropped_then_moved_stories(tmp_path):
+    evaluation, tasks = tmp_path / "eval", tmp_path / "tasks"
+    evaluation.mkdir()
+    tasks.mkdir()
+    moved_on = [*reversed(SUPPORT["b"]), "Event 6: Emily journeyed to the office."]  # dropped in the park, then left
+    (evaluation / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tasks / "test.jsonl").write_text("".join(
+        json.dumps({"id": k, "context": moved_on if k == "b" else v, "question": "Where is the ball?" if k == "b"
+                    else "Where is the box?", "answer": "park" if k == "b" else "?", "support": v}) + "\n"
+        for k, v in SUPPORT.items()))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks), "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dropped_then_moved"] == {"em": 0.0, "n": 1}  # b, answered "kitchen"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(evaluation), str(tasks)], capture_output=True, text=True)
+    header, figures = done.stdout.strip().splitlines()
+    assert "EM, dropped then moved" in header and figures.endswith("0.000 of 1")
 
 
 def test_a_recite_format_recital_is_the_lines_before_the_restated_question():
