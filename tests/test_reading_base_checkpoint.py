@@ -15,7 +15,8 @@ delta (benchmarks/results/perk-qa2-reader/qa2-reader-r32.safetensors); and qa2 w
 (W2: it recites all six events, then answers; sets made with one sentence a segment and the support
 rewritten by benchmarks/event_support.py, as its runs were), and in the recite format (R2: the events one
 a line, the question again, then the answer), and R2's meta-parameters on the qa2 base trained further to
-read that layout (benchmarks/results/perk-qa2-reader/qa2-recite-reader-r32.safetensors).
+read that layout (benchmarks/results/perk-qa2-reader/qa2-recite-reader-r32.safetensors), and R2 meta-trained
+further (RC) on that base trained two more rounds (runs/reading-base-qa2-rc4/model, a full directory).
 
 The full reading bases are not committed (538 MB each): the `benchmarks/reading_base.py` commands in
 benchmarks/RESULTS.md rebuild them into runs/reading-base-2/model and runs/reading-base-6/model (or point
@@ -43,6 +44,9 @@ BASES = {
     "qa2-reader": RESULTS / "perk-qa2-reader" / "qa2-reader-r32.safetensors",
     # the qa2 base trained further to read the recite layout (reading_base.py --recite-share 0.5)
     "qa2-recite-reader": RESULTS / "perk-qa2-reader" / "qa2-recite-reader-r32.safetensors",
+    # that base two rounds further (a fresh pool, then the dropped-then-moved stories weighed up): a full
+    # directory, rebuilt by the commands of benchmarks/RESULTS.md, "qa2, seventh attempt"
+    "qa2-rc4": Path(os.environ.get("PERK_READING_BASE_QA2_RC4", ROOT / "runs" / "reading-base-qa2-rc4" / "model")),
 }
 SHIPPED = ROOT / "perk_cli" / "shipped" / "qa1-reader"
 BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask"]
@@ -57,10 +61,13 @@ SETS = {  # name -> (family, prepare arguments, seed, validation, test): the pre
     "qa2r-ev-heldout-128b": ("qa2-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "qa2rc-ev-heldout-128": ("qa2-recite-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
     "qa2rc-ev-heldout-128b": ("qa2-recite-reader", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
+    "qa2rc4-ev-heldout-128": ("qa2-rc4", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 602, 16, 60),
+    "qa2rc4-ev-heldout-128b": ("qa2-rc4", BABI16 + ["qa2", "--facts", "6", "--length", "128"], 604, 16, 60),
     "recall-heldout-6": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 612, 16, 60),
     "recall-heldout-6b": ("recall", ["--task", "records", "--subtask", "recall", "--records", "6"], 614, 16, 60),
 }
-EVENT_SUPPORT = {"qa2r-ev-heldout-128", "qa2r-ev-heldout-128b", "qa2rc-ev-heldout-128", "qa2rc-ev-heldout-128b"}  # support = every event (event_support.py)
+EVENT_SUPPORT = {"qa2r-ev-heldout-128", "qa2r-ev-heldout-128b", "qa2rc-ev-heldout-128", "qa2rc-ev-heldout-128b",
+                 "qa2rc4-ev-heldout-128", "qa2rc4-ev-heldout-128b"}  # support = every event (event_support.py)
 CASES = [  # checkpoint, held-out set, the metrics file its reported figure is in, the least that figure is
     (str(SHIPPED), "heldout2-128", "perk-shipped-reader-curriculum-2/heldout2-128-metrics.json", 0.85),
     (str(SHIPPED), "heldout2-1024", "perk-shipped-reader-curriculum-2/heldout2-1024-metrics.json", 0.85),
@@ -89,6 +96,9 @@ CASES = [  # checkpoint, held-out set, the metrics file its reported figure is i
      0.80),
     ("perk-qa2-reader/checkpoint-qa2-R2", "qa2rc-ev-heldout-128b",
      "perk-qa2-reader/eval-qa2-R2-recite-base-604.json", 0.80),
+    # R2 meta-trained 40 steps more on that base two rounds further (RC)
+    ("perk-qa2-reader/checkpoint-qa2-RC", "qa2rc4-ev-heldout-128", "perk-qa2-reader/eval-qa2-RC-602.json", 0.80),
+    ("perk-qa2-reader/checkpoint-qa2-RC", "qa2rc4-ev-heldout-128b", "perk-qa2-reader/eval-qa2-RC-604.json", 0.80),
 ]
 
 pytestmark = pytest.mark.slow
