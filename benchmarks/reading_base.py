@@ -18,7 +18,9 @@ counts the segments a sentence-segment memory counts); the held-out gate then al
 reading the gold events in that layout (teacher-forced answer tokens, as `lora_ablation.py`'s base row).
 
 `--pool N` draws the training stories from fresh seeds (the first pool's + 1000 N), for a base continued
-past one pass over its pool; the held-out sets stay the same.
+past one pass over its pool; the held-out sets stay the same. `--hard-share F` draws that share of each
+step's stories (of each layout) from the qa2 stories whose object was put down before its dropper moved
+elsewhere (`dropped_then_moved`), the case the qa2 bases missed; the gate scores those stories alone too.
 
 Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
 loss curve, held-out EM by length), and <out>/data (the task sets). `--model DIR` continues from a
