@@ -114,17 +114,18 @@ def dropped_then_moved(task: Task) -> bool:
 
 
 def step_tasks(rng: random.Random, pool: list[Task], recite_pool: list[Task], n: int, n_recite: int,
-               hard_share: float = 0.0) -> list[tuple[Task, bool]]:
+               hard_share: float = 0.0, hard_pools: tuple[list[Task], list[Task]] = ([], [])) -> list[tuple[Task, bool]]:
     """One step's (task, laid out as the recital?) draws: n - n_recite in context, then n_recite recited.
     With n_recite 0 the draw is rng.sample(pool, n), the batches of runs made before --recite-share.
-    `hard_share` of each layout's draws (rounded) come from its dropped_then_moved stories, the rest from
-    the whole pool; with 0 the draws are those of runs made before --hard-share."""
-    def draw(tasks: list[Task], k: int) -> list[Task]:
+    `hard_share` of each layout's draws (rounded) come from its dropped_then_moved stories (`hard_pools`:
+    those of pool and of recite_pool, found once by the caller), the rest from the whole pool; with 0 the
+    draws are those of runs made before --hard-share."""
+    def draw(tasks: list[Task], hard: list[Task], k: int) -> list[Task]:
         k_hard = round(hard_share * k)
-        drawn = rng.sample(tasks, k - k_hard)
-        return drawn + (rng.sample([t for t in tasks if dropped_then_moved(t)], k_hard) if k_hard else [])
+        return rng.sample(tasks, k - k_hard) + (rng.sample(hard, k_hard) if k_hard else [])
 
-    return [(t, False) for t in draw(pool, n - n_recite)] + [(t, True) for t in draw(recite_pool, n_recite)]
+    return ([(t, False) for t in draw(pool, hard_pools[0], n - n_recite)]
+            + [(t, True) for t in draw(recite_pool, hard_pools[1], n_recite)])
 
 
 def recite_batch(tokenizer, task: Task, with_eos: bool = True) -> TokenBatch:
@@ -306,9 +307,9 @@ def main() -> None:
     pool = [t for key, tasks in train.items() if not is_recite(key) for t in tasks]
     recite_pool = [t for key, tasks in train.items() if is_recite(key) for t in tasks]
     n_recite = round(args.recite_share * args.tasks_per_step)
-    hard_counts = {"in_context": sum(map(dropped_then_moved, pool)), "recite": sum(map(dropped_then_moved, recite_pool))}
-    for layout, count, k in (("in_context", hard_counts["in_context"], args.tasks_per_step - n_recite),
-                             ("recite", hard_counts["recite"], n_recite)):
+    hard_pools = ([t for t in pool if dropped_then_moved(t)], [t for t in recite_pool if dropped_then_moved(t)])
+    hard_counts = {"in_context": len(hard_pools[0]), "recite": len(hard_pools[1])}
+    for (layout, count), k in zip(hard_counts.items(), (args.tasks_per_step - n_recite, n_recite)):
         if count < round(args.hard_share * k):
             parser.error(f"--hard-share {args.hard_share}: the {layout} pool holds {count} dropped-then-moved "
                          f"stories, fewer than a step draws; raise --train-tasks")
@@ -325,7 +326,8 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for task, recited in step_tasks(rng, pool, recite_pool, args.tasks_per_step, n_recite, args.hard_share):
+        for task, recited in step_tasks(rng, pool, recite_pool, args.tasks_per_step, n_recite, args.hard_share,
+                                             hard_pools):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 loss = answer_loss(call, batches[recited](task))
             (loss / args.tasks_per_step).backward()

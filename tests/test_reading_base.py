@@ -287,13 +287,16 @@ def test_step_tasks_draws_the_hard_share_from_dropped_then_moved_stories():
     hard = [_qa2(i, story + ["Event 3: Mary moved to the park."], [story[2], story[0]], "kitchen") for i in range(10)]
     easy = [_qa2(100 + i, story, [story[2], story[0]], "kitchen") for i in range(90)]
     pool, recite_pool = easy + hard, [t.model_copy(update={"id": "r" + t.id}) for t in easy + hard]
-    drawn = step_tasks(random.Random(3), pool, recite_pool, 8, 4, hard_share=0.5)
+    hard_pools = ([t for t in pool if dropped_then_moved(t)], [t for t in recite_pool if dropped_then_moved(t)])
+    assert [len(h) for h in hard_pools] == [10, 10]
+    drawn = step_tasks(random.Random(3), pool, recite_pool, 8, 4, hard_share=0.5, hard_pools=hard_pools)
     assert [r for _, r in drawn] == [False] * 4 + [True] * 4
     # two of each layout's four are drawn from its hard stories (after two from the whole pool)
     assert [dropped_then_moved(t) for t, _ in drawn][2:4] == [True, True] == [dropped_then_moved(t) for t, _ in drawn][6:]
     assert all(t.id.startswith("r") for t, r in drawn if r) and all(not t.id.startswith("r") for t, r in drawn if not r)
     # no hard share: the draws of runs made before --hard-share
-    assert step_tasks(random.Random(3), pool, recite_pool, 8, 4) == step_tasks(random.Random(3), pool, recite_pool, 8, 4, 0.0)
+    assert step_tasks(random.Random(3), pool, recite_pool, 8, 4) == step_tasks(random.Random(3), pool, recite_pool, 8, 4,
+                                                                                0.0, hard_pools)
     rng = random.Random(3)
     assert step_tasks(random.Random(3), pool, recite_pool, 8, 4) == (
         [(t, False) for t in rng.sample(pool, 4)] + [(t, True) for t in rng.sample(recite_pool, 4)])
