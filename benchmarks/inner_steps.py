@@ -23,19 +23,14 @@ from pathlib import Path
 
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
-from perk_cli.training.checkpoint import (CheckpointFiles, build_runtime, fit_step_sizes, read_checkpoint,
-                                        save_checkpoint)
+from perk_cli.training.checkpoint import (CheckpointFiles, build_runtime, read_checkpoint, save_checkpoint,
+                                        with_inner_steps)
 from perk_cli.training.meta_train import validate
 
 
 def with_steps(files: CheckpointFiles, steps: int, added_lr: float):
     """(config, tensors) of `files`' checkpoint taking `steps` inner steps, those it lacks at `added_lr`."""
-    config = files.config
-    update = {"steps": steps, "unroll_start": min(config.inner.unroll_start, steps)}
-    if steps > config.inner.steps:  # lr_init records the added steps' size; none added, the checkpoint's stays
-        update["lr_init"] = added_lr
-    inner = config.inner.model_copy(update=update)
-    return config.model_copy(update={"inner": inner}), fit_step_sizes(files.tensors, steps, added_lr)
+    return with_inner_steps(files.config, files.tensors, steps, added_lr)
 
 
 def pairs(steps: list[int], added: list[float], trained: int) -> list[tuple[int, float]]:

@@ -303,6 +303,11 @@ class EvalSettings(_Settings):
     max_tokens_per_group: int = Field(4096, ge=1, description="Tokens per accumulation group: bounds peak memory.")
     max_new_tokens: int | None = Field(None, ge=1, description="Decoding budget (default: the checkpoint's answer cap).")
     model: str | None = Field(None, description="Override the checkpoint's base model path.")
+    inner_steps: int | None = Field(
+        None, ge=1, description="PERK's inner steps at test time in place of the checkpoint's trained count (more can "
+        "help documents far longer than it trained on); those past it take added_lr."
+    )
+    added_lr: float = Field(1e-3, gt=0, description="Size of the inner steps inner_steps adds past the trained count.")
 
     @field_validator("plain_lr_grid", mode="before")
     @classmethod

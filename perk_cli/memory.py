@@ -160,9 +160,11 @@ def read_document(document: str) -> tuple[str | None, list[str] | None]:
 
 
 def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, runs: Path = DEFAULT_RUNS,
-                     plain_steps: int = 4, plain_lr: float = 1e-3, device: str | None = None) -> tuple[Runtime, Origin]:
-    """The runtime that writes memories: a checkpoint's, the latest one under `runs`, or plain TTT on
-    `model` (PEFT's initialisation from seed 0, so the same document gives the same memory)."""
+                     plain_steps: int = 4, plain_lr: float = 1e-3, device: str | None = None,
+                     inner_steps: int | None = None, added_lr: float = 1e-3) -> tuple[Runtime, Origin]:
+    """The runtime that writes memories: a checkpoint's (taking `inner_steps` if given, those past its
+    trained count at `added_lr`), the latest one under `runs`, or plain TTT on `model` (PEFT's
+    initialisation from seed 0, so the same document gives the same memory)."""
     if checkpoint is None and model is None:
         checkpoint = latest_checkpoint(runs)
         if checkpoint is None:
@@ -172,7 +174,7 @@ def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, r
     else:
         note = ""
     if checkpoint is not None:
-        runtime, files = load_runtime(Path(checkpoint), model, device)
+        runtime, files = load_runtime(Path(checkpoint), model, device, inner_steps, added_lr)
         return runtime, Origin("checkpoint", str(files.path), files.fingerprint, note)
     config = RunConfig(perk_version=__version__, model=ModelSettings(name=model, device=device or "auto"),
                        lora=LoraSettings(), inner=plain_inner_settings(plain_steps, plain_lr))
@@ -216,6 +218,7 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
         "segments": str(len(segments)),
         "context_tokens": str(context.n_tokens),
         "steps": str(runtime.config.inner.steps),
+        "inner": runtime.config.inner.model_dump_json(),
         "inner_losses": json.dumps([round(x, 6) for x in result.losses]),
         "final_inner_loss": f"{result.losses[-1]:.6f}",
     }

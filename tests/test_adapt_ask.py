@@ -266,3 +266,27 @@ def test_adapt_max_tokens_per_group_splits_the_document_and_gives_the_same_memor
     code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "x.safetensors"), "--model", "tiny",
                             "--max-tokens-per-group", "0"], capsys)
     assert code == 2 and "--max-tokens-per-group" in err
+
+
+def test_adapt_steps_with_a_checkpoint_takes_that_many_inner_steps(checkpoint, tmp_path, capsys):
+    """--steps with a checkpoint: its first steps are the trained ones (the same inner losses), the added
+    ones at --lr; the memory records the count and the inner settings that wrote it."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    metas = {}
+    for steps in (None, 6, 2):
+        out = tmp_path / f"mem-{steps}.safetensors"
+        code, _, err = run_cli(["adapt", str(doc), "-o", str(out), "--checkpoint", str(checkpoint), "--quiet",
+                                *(["--steps", str(steps), "--lr", "3e-3"] if steps else [])], capsys)
+        assert code == 0, err
+        metas[steps] = Memory.load(out).metadata
+    trained = json.loads(metas[None]["inner_losses"])
+    assert metas[None]["steps"] == "4" and len(trained) == 4
+    more = json.loads(metas[6]["inner_losses"])
+    assert metas[6]["steps"] == "6" and more[:4] == trained and len(more) == 6
+    assert json.loads(metas[6]["inner"])["lr_init"] == 3e-3
+    assert json.loads(metas[2]["inner_losses"]) == trained[:2]
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "bad.safetensors"), "--checkpoint",
+                            str(checkpoint), "--steps", "6", "--lr", "0"], capsys)
+    assert code == 2 and "positive" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -754,3 +754,32 @@ def test_the_runs_answer_weight_reaches_every_loss_it_weighs(qa1, tmp_path, monk
     meta_train(_config(max_steps=1, eval_every=1, eval_tasks=2, tasks_per_batch=2, answer_weight=7.0), qa1,
                tmp_path / "run")
     assert seen == {"meta_losses": {7.0}, "perk validation": {7.0}, "in-context": {7.0}}
+
+
+def test_eval_inner_steps_adapts_as_the_checkpoint_saved_with_that_count_does(qa1, tmp_path, capsys):
+    """--inner-steps K --added-lr LR scores PERK exactly as a checkpoint saved with K steps (the added at LR)
+    would, records both in metrics.json, and refuses a count below 1 in one line naming the flag."""
+    from perk_cli.training.checkpoint import read_checkpoint, save_checkpoint, with_inner_steps
+
+    run = tmp_path / "run"
+    meta_train(_config(max_steps=1, eval_every=1, baseline=False), qa1, run)
+    common = ["--task", str(qa1), "--limit", "3", "--max-new-tokens", "3", "--baselines", "", "--json"]
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--inner-steps", "3", "--added-lr", "0.3",
+                              "--out", str(tmp_path / "ev3"), *common], capsys)
+    assert code == 0, err
+    assert json.loads(out)["settings"]["inner_steps"] == 3 and json.loads(out)["settings"]["added_lr"] == 0.3
+    files = read_checkpoint(run)
+    save_checkpoint(tmp_path / "k3", *with_inner_steps(files.config, files.tensors, 3, 0.3))
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "k3"), "--out", str(tmp_path / "saved"),
+                            *common], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "ev2"), *common], capsys)
+    assert code == 0, err
+
+    def losses(name):
+        return [json.loads(line)["answer_loss"] for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+
+    assert losses("ev3") == losses("saved")  # the flag is the saved checkpoint, to the bit
+    assert all(abs(a - b) > 1e-6 for a, b in zip(losses("ev3"), losses("ev2")))  # and the third step changed the memory
+    code, _, err = run_cli(["eval", "--checkpoint", str(run), "--inner-steps", "0", *common], capsys)
+    assert code == 2 and "--inner-steps" in err and len(err.strip().splitlines()) == 1

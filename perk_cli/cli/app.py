@@ -120,8 +120,11 @@ def adapt(
     segment_tokens: Optional[int] = typer.Option(None, help=r"Max tokens per segment \[default: the checkpoint's]."),
     max_tokens_per_group: int = typer.Option(4096, "--max-tokens-per-group", min=1,
                                              help="Tokens per accumulation group: bounds peak memory."),
-    steps: int = typer.Option(4, min=1, help="Plain TTT only: inner steps."),
-    lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT only: fixed learning rate."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Inner steps: plain TTT's [default: 4]; with a checkpoint, "
+                                        "steps at test time in place of its trained count (more can help documents "
+                                        "far longer than it trained on), those past it at --lr."),
+    lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT's fixed learning rate; with a checkpoint, the size of "
+                             "the steps --steps adds past its trained count."),
     peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
     device: Optional[str] = typer.Option(None, help=r"auto | cpu | cuda | mps \[default: the checkpoint's, else auto]."),
     json_output: bool = _json("the memory's metadata"),
@@ -138,7 +141,8 @@ def adapt(
     text, segments = read_document(document)
     if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
         raise PerkError(f"--device {device}: expected auto, cpu, cuda or mps")
-    runtime, origin = adapting_runtime(checkpoint, model, plain_steps=steps, plain_lr=lr, device=device)
+    runtime, origin = adapting_runtime(checkpoint, model, plain_steps=steps or 4, plain_lr=lr, device=device,
+                                       inner_steps=steps, added_lr=lr)
     if origin.note and not quiet:
         err.print(origin.note, markup=False)
     with _progress(quiet or json_output) as bar:
@@ -382,6 +386,8 @@ def eval_command(
     max_tokens_per_group: Optional[int] = setting(EvalSettings, "max_tokens_per_group"),
     max_new_tokens: Optional[int] = setting(EvalSettings, "max_new_tokens"),
     model: Optional[str] = setting(EvalSettings, "model"),
+    inner_steps: Optional[int] = setting(EvalSettings, "inner_steps", shown="the checkpoint's"),
+    added_lr: Optional[float] = setting(EvalSettings, "added_lr", shown="1e-3"),
     config: Optional[Path] = _config("EvalSettings"),
     json_output: bool = _json("metrics"),
     quiet: bool = _quiet(),
@@ -395,7 +401,7 @@ def eval_command(
     flags = dict(checkpoint=str(checkpoint) if checkpoint else None, task=str(task) if task else None, split=split,
                  out=str(out_dir) if out_dir else None, limit=limit, seed=seed, plain_lr=plain_lr,
                  plain_lr_grid=plain_lr_grid, max_tokens_per_group=max_tokens_per_group,
-                 max_new_tokens=max_new_tokens, model=model,
+                 max_new_tokens=max_new_tokens, model=model, inner_steps=inner_steps, added_lr=added_lr,
                  baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
     settings = build_settings(EvalSettings, config, flags)
     with _progress(quiet or json_output) as bar:

@@ -85,7 +85,8 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
     tasks: list[Task] = read_split(Path(settings.task), settings.split)
     if settings.limit is not None and settings.limit < len(tasks):
         tasks = random.Random(settings.seed).sample(tasks, settings.limit)
-    runtime, files = load_runtime(checkpoint, settings.model)
+    runtime, files = load_runtime(checkpoint, settings.model, inner_steps=settings.inner_steps,
+                                  added_lr=settings.added_lr)
     in_context = load_in_context(run_dir) if "in-context" in settings.baselines else None
     notes = []
     if "in-context" in settings.baselines and in_context is None:

@@ -173,6 +173,24 @@ def fit_step_sizes(tensors: dict[str, torch.Tensor], steps: int, lr_init: float)
     return {**tensors, key: torch.cat([table, added])}
 
 
+def with_inner_steps(config: RunConfig, tensors: dict[str, torch.Tensor], steps: int,
+                     added_lr: float) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint taking `steps` inner steps at test time: fewer keep its first step
+    sizes; the steps it never took are `added_lr` each (and `inner.lr_init` records that size). Repeating
+    the last trained sizes instead wrecked a recall memory; two steps added at 1e-3 helped it, and a qa1
+    memory of stories 8x longer than trained on (benchmarks/RESULTS.md)."""
+    if steps < 1:
+        raise PerkError(f"inner steps: at least 1, not {steps}")
+    if steps > config.inner.steps and added_lr <= 0:
+        raise PerkError(f"inner steps: {steps} adds {steps - config.inner.steps} to the checkpoint's "
+                        f"{config.inner.steps}, and their size must be positive, not {added_lr:g}")
+    update = {"steps": steps, "unroll_start": min(config.inner.unroll_start, steps)}
+    if steps > config.inner.steps:  # lr_init records the added steps' size; none added, the checkpoint's stays
+        update["lr_init"] = added_lr
+    inner = config.inner.model_copy(update=update)
+    return config.model_copy(update={"inner": inner}), fit_step_sizes(tensors, steps, added_lr)
+
+
 def build_runtime(config: RunConfig, tensors: dict[str, torch.Tensor] | None = None, source: str = "") -> Runtime:
     """Load the config's base, attach its LoRA, wrap both in a MetaLearner; load `tensors` (a
     checkpoint's meta.safetensors) into it when given."""
@@ -188,11 +206,15 @@ def build_runtime(config: RunConfig, tensors: dict[str, torch.Tensor] | None = N
     return Runtime(config, peft_model, tokenizer, meta)
 
 
-def load_runtime(path: Path, model: str | None = None, device: str | None = None) -> tuple[Runtime, CheckpointFiles]:
-    """The runtime a checkpoint (or a run's best/) rebuilds; `model` and `device` override its base's."""
+def load_runtime(path: Path, model: str | None = None, device: str | None = None, inner_steps: int | None = None,
+                 added_lr: float = 1e-3) -> tuple[Runtime, CheckpointFiles]:
+    """The runtime a checkpoint (or a run's best/) rebuilds; `model` and `device` override its base's,
+    `inner_steps` its inner step count (`with_inner_steps`: the steps it never took at `added_lr`)."""
     files = read_checkpoint(path)
-    config = files.config
+    config, tensors = files.config, files.tensors
     overrides = {k: v for k, v in (("name", model), ("device", device)) if v is not None}
     if overrides:
         config = config.model_copy(update={"model": config.model.model_copy(update=overrides)})
-    return build_runtime(config, files.tensors, source=str(files.path)), files
+    if inner_steps is not None:
+        config, tensors = with_inner_steps(config, tensors, inner_steps, added_lr)
+    return build_runtime(config, tensors, source=str(files.path)), files
