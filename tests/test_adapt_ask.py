@@ -288,5 +288,5 @@ def test_adapt_steps_with_a_checkpoint_takes_that_many_inner_steps(checkpoint, t
     assert json.loads(metas[2]["inner_losses"]) == trained[:2]
     code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "bad.safetensors"), "--checkpoint",
                             str(checkpoint), "--steps", "6", "--lr", "0"], capsys)
-    assert code == 2 and "positive" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--lr" in err and "positive" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.safetensors").exists()

@@ -183,7 +183,8 @@ def with_inner_steps(config: RunConfig, tensors: dict[str, torch.Tensor], steps:
         raise PerkError(f"inner steps: at least 1, not {steps}")
     if steps > config.inner.steps and added_lr <= 0:
         raise PerkError(f"inner steps: {steps} adds {steps - config.inner.steps} to the checkpoint's "
-                        f"{config.inner.steps}, and their size must be positive, not {added_lr:g}")
+                        f"{config.inner.steps}; their size (perk adapt --lr, perk eval --added-lr) must be "
+                        f"positive, not {added_lr:g}")
     update = {"steps": steps, "unroll_start": min(config.inner.unroll_start, steps)}
     if steps > config.inner.steps:  # lr_init records the added steps' size; none added, the checkpoint's stays
         update["lr_init"] = added_lr
