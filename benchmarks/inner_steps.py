@@ -6,10 +6,11 @@ checkpoint that takes the chosen count.
     python benchmarks/inner_steps.py benchmarks/results/perk-recall-reader/checkpoint-G --save 6:1e-3 \
         --out runs/G-k6                                       # G taking 6 steps, the 2 added at 1e-3
 
-Steps past the checkpoint's K take `--added-lr` as their size (`fit_step_sizes`: the same rule as an
-`--init-from` stage that raises K); fewer steps keep the first ones. Each (K, size) pair is scored as
-`--eval-forced` validation scores a run (teacher-forced exact match and answer loss), so choose the pair
-here on validation tasks and measure the saved checkpoint held out with `perk eval`. `--decode` scores the
+Steps past the checkpoint's K take `--added-lr` as their size (`with_inner_steps`, the rule `perk eval
+--inner-steps` applies; an `--init-from` stage that raises K starts its added steps the same way); fewer
+steps keep the first ones. Each (K, size) pair is scored as `--eval-forced` validation scores a run
+(teacher-forced exact match and answer loss), so choose the pair here on validation tasks and measure the
+saved checkpoint held out with `perk eval`. `--decode` scores the
 decoded answer instead, as `perk eval` does: where the support format's recital is rarely exact (qa2,
 forced EM 0.06 where the decoded answers score 0.69), forced EM cannot tell the pairs apart.
 """
@@ -28,11 +29,6 @@ from perk_cli.training.checkpoint import (CheckpointFiles, build_runtime, read_c
 from perk_cli.training.meta_train import validate
 
 
-def with_steps(files: CheckpointFiles, steps: int, added_lr: float):
-    """(config, tensors) of `files`' checkpoint taking `steps` inner steps, those it lacks at `added_lr`."""
-    return with_inner_steps(files.config, files.tensors, steps, added_lr)
-
-
 def pairs(steps: list[int], added: list[float], trained: int) -> list[tuple[int, float]]:
     """Every (K, size) to score; a K at or below the trained one has no added steps, so it is scored once."""
     out = []
@@ -46,7 +42,7 @@ def sweep(files: CheckpointFiles, tasks, steps: list[int], added: list[float], m
           decode: bool = False) -> list[dict]:
     rows = []
     for k, lr in pairs(steps, added, files.config.inner.steps):
-        config, tensors = with_steps(files, k, lr)
+        config, tensors = with_inner_steps(files.config, files.tensors, k, lr)
         config = config.model_copy(update={"train": config.train.model_copy(update={"eval_decode": decode})})
         if model:
             config = config.model_copy(update={"model": config.model.model_copy(update={"name": model})})
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error("--save: needs --out, the new checkpoint's directory")
             if k < 1 or lr <= 0:
                 parser.error(f"--save {args.save}: K must be at least 1 and LR positive")
-            config, tensors = with_steps(files, k, lr)
+            config, tensors = with_inner_steps(files.config, files.tensors, k, lr)
             state = {"step": (files.trainer_state or {}).get("step"), "inner_steps_from": str(files.path),
                      "trained_steps": files.config.inner.steps, "steps": k, "added_lr": lr}
             save_checkpoint(args.out, config, tensors, state)

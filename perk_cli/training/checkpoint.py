@@ -181,12 +181,12 @@ def with_inner_steps(config: RunConfig, tensors: dict[str, torch.Tensor], steps:
     memory of stories 8x longer than trained on (benchmarks/RESULTS.md)."""
     if steps < 1:
         raise PerkError(f"inner steps: at least 1, not {steps}")
-    if steps > config.inner.steps and added_lr <= 0:
-        raise PerkError(f"inner steps: {steps} adds {steps - config.inner.steps} to the checkpoint's "
-                        f"{config.inner.steps}; their size (perk adapt --lr, perk eval --added-lr) must be "
-                        f"positive, not {added_lr:g}")
+    added = steps - config.inner.steps
+    if added > 0 and added_lr <= 0:
+        raise PerkError(f"inner steps: {steps} adds {added} to the checkpoint's {config.inner.steps}; their size "
+                        f"(perk adapt --lr, perk eval --added-lr) must be positive, not {added_lr:g}")
     update = {"steps": steps, "unroll_start": min(config.inner.unroll_start, steps)}
-    if steps > config.inner.steps:  # lr_init records the added steps' size; none added, the checkpoint's stays
+    if added > 0:  # lr_init records the added steps' size; none added, the checkpoint's stays
         update["lr_init"] = added_lr
     inner = config.inner.model_copy(update=update)
     return config.model_copy(update={"inner": inner}), fit_step_sizes(tensors, steps, added_lr)
