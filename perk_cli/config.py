@@ -287,10 +287,11 @@ class EvalSettings(_Settings):
     out: str | None = Field(None, description="Output directory.")
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded subsample of this many tasks.")
     seed: int = Field(0, description="Seed of the subsample and of plain TTT's initialisation.")
-    baselines: list[Literal["in-context", "plain-ttt", "base"]] = Field(
+    baselines: list[Literal["in-context", "plain-ttt", "base", "base-truncated"]] = Field(
         ["in-context", "plain-ttt"], description="Baselines beside PERK: comma list of in-context (the run's "
         "fine-tuned in-context LoRA), plain-ttt, base (the base model itself, adapter off, the context in its "
-        "prompt: the reference for a base that already reads); '' for none."
+        "prompt: the reference for a base that already reads), base-truncated (that base reading the "
+        "document's last segments that fit its window, where base fails a document too long); '' for none."
     )
     plain_lr: float | None = Field(
         None, gt=0, description="Plain TTT's learning rate; None = the best of plain_lr_grid on the validation split."
@@ -308,6 +309,8 @@ class EvalSettings(_Settings):
         "help documents far longer than it trained on); those past it take added_lr."
     )
     added_lr: float = Field(1e-3, gt=0, description="Size of the inner steps inner_steps adds past the trained count.")
+    perk: bool = Field(True, description="Score PERK; off, the baselines alone (to set beside an earlier "
+                       "evaluation's PERK on the same tasks without adapting again: benchmarks/paired.py).")
 
     @field_validator("plain_lr_grid", mode="before")
     @classmethod

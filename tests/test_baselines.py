@@ -111,3 +111,63 @@ def test_the_plain_lr_grid_flag_reaches_the_tuning_and_a_bad_grid_is_one_line(qa
                       ("", "at least 1")):
         code, _, err = run_cli([*common, "--plain-lr-grid", bad], capsys)
         assert code == 2 and err.count("\n") <= 2 and "--plain-lr-grid" in err and says in err, (bad, err)
+
+
+def test_base_truncated_reads_the_last_segments_that_fit_the_window(qa1, tmp_path, capsys):
+    """Where a document overflows the base's positions, base-truncated reads its longest tail of whole
+    segments that fits with the question and room to answer (one more segment would not fit), and answers
+    as the base does from that tail; a document that fits is read whole, as by the base baseline."""
+    from perk_cli.config import PrepareSettings
+    from perk_cli.data.prepare import prepare
+    from perk_cli.prompts import encode_question
+    from perk_cli.training.checkpoint import load_runtime, save_checkpoint
+    from perk_cli.training.in_context import answer_in_context
+    from tests.conftest import run_cli
+
+    config = _config()
+    save_checkpoint(tmp_path / "ckpt", config, build_runtime(config).state_tensors())
+    long_dir = tmp_path / "long"
+    prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, length=1400, segment_tokens=32, train=0,
+                            validation=0, test=3, seed=4, out=str(long_dir)))
+    common = ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--max-new-tokens", "3", "--no-perk", "--json",
+              "--baselines", "base,base-truncated"]
+    code, out, err = run_cli(common + ["--task", str(long_dir), "--out", str(tmp_path / "ev-long")], capsys)
+    assert code == 0, err
+    methods = json.loads(out)["methods"]
+    assert set(methods) == {"base", "base-truncated"}  # --no-perk: no memory adapted
+    assert methods["base"]["failures"] == 3 and methods["base-truncated"]["failures"] == 0
+    runtime, _ = load_runtime(tmp_path / "ckpt")
+    assert runtime.max_positions == 1024
+    prompt, room = runtime.config.prompt, max(3, runtime.config.prompt.max_answer_tokens)
+    tasks = {t.id: t for t in read_split(long_dir, "test")}
+    rows = [json.loads(line) for line in (tmp_path / "ev-long" / "predictions.jsonl").read_text().splitlines()]
+    truncated = [r for r in rows if r["method"] == "base-truncated"]
+    assert len(truncated) == 3
+    for row in truncated:
+        task = tasks[row["id"]]
+        n, kept = len(task.context), row["segments_read"]
+
+        def tokens(k: int) -> int:
+            return encode_question(runtime.tokenizer, task.question, k, prompt,
+                                   context=task.context[n - k:]).input_ids.shape[1]
+
+        assert row["segments"] == n and 0 < kept < n
+        assert tokens(kept) + room <= 1024 < tokens(kept + 1) + room  # the longest tail that fits
+        tail = task.context[n - kept:]
+        with runtime.model.disable_adapter():
+            assert answer_in_context(runtime, task.model_copy(update={"context": tail}), 3, "plain") == \
+                (row["prediction"], row["raw"])
+        assert any(task.support[0] in segment for segment in task.context)  # the flag below can be either
+        assert row["support_read"] is any(task.support[0] in segment for segment in tail)
+    code, out, err = run_cli(common + ["--task", str(qa1), "--limit", "2", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    by_method = {m: {r["id"]: r for r in rows if r["method"] == m} for m in ("base", "base-truncated")}
+    assert len(by_method["base"]) == 2 and by_method["base"].keys() == by_method["base-truncated"].keys()
+    for task_id, row in by_method["base-truncated"].items():
+        assert row["segments_read"] == row["segments"] and row["support_read"] is True
+        assert (row["prediction"], row["raw"]) == (by_method["base"][task_id]["prediction"],
+                                                   by_method["base"][task_id]["raw"])
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", str(qa1), "--no-perk",
+                            "--baselines", ""], capsys)
+    assert code == 2 and "--no-perk" in err and len(err.strip().splitlines()) == 1

@@ -388,6 +388,7 @@ def eval_command(
     model: Optional[str] = setting(EvalSettings, "model"),
     inner_steps: Optional[int] = setting(EvalSettings, "inner_steps", shown="the checkpoint's"),
     added_lr: Optional[float] = setting(EvalSettings, "added_lr", shown="1e-3"),
+    perk: Optional[bool] = setting(EvalSettings, "perk", "--perk/--no-perk", shown="--perk"),
     config: Optional[Path] = _config("EvalSettings"),
     json_output: bool = _json("metrics"),
     quiet: bool = _quiet(),
@@ -401,7 +402,7 @@ def eval_command(
     flags = dict(checkpoint=str(checkpoint) if checkpoint else None, task=str(task) if task else None, split=split,
                  out=str(out_dir) if out_dir else None, limit=limit, seed=seed, plain_lr=plain_lr,
                  plain_lr_grid=plain_lr_grid, max_tokens_per_group=max_tokens_per_group,
-                 max_new_tokens=max_new_tokens, model=model, inner_steps=inner_steps, added_lr=added_lr,
+                 max_new_tokens=max_new_tokens, model=model, inner_steps=inner_steps, added_lr=added_lr, perk=perk,
                  baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
     settings = build_settings(EvalSettings, config, flags)
     with _progress(quiet or json_output) as bar:

@@ -8,7 +8,7 @@ from rich.table import Table
 from perk_cli.config import EvalSettings, PrepareSettings
 
 METHOD_NAMES = {"perk": "PERK", "in-context": "in-context (FT-ICR)", "plain-ttt": "plain test-time training",
-                "base": "base, context in prompt"}
+                "base": "base, context in prompt", "base-truncated": "base, context cut to its window"}
 
 
 def prepare_table(settings: PrepareSettings, summary: dict) -> Table:

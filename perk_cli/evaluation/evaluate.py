@@ -3,7 +3,8 @@
     perk eval --checkpoint runs/qa1 --task data/qa1 --split test --limit 100
 
 Writes predictions.jsonl, metrics.json and accuracy_vs_length.png. Contexts longer than the model's
-positions count as in-context failures (reported, not skipped).
+positions count as in-context failures (reported, not skipped); the base-truncated baseline instead reads
+the document's last segments that fit (what a practitioner without PERK would do).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from perk_cli.memory import perk_answer, plain_ttt
 from perk_cli.models.lora import peft_init
 from perk_cli.prompts import encode_context
 from perk_cli.training.checkpoint import Runtime, load_runtime, resolve_checkpoint
-from perk_cli.training.in_context import answer_in_context, load_in_context
+from perk_cli.training.in_context import answer_in_context, answer_truncated, load_in_context
 
 TaskCallback = Callable[[int, int], None]
 
@@ -80,6 +81,8 @@ def _tune_plain_lr(runtime, init, settings: EvalSettings, budget: int, notes: li
 
 
 def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dict:
+    if not settings.perk and not settings.baselines:
+        raise PerkError("--no-perk with no --baselines: nothing to score; name a baseline or drop --no-perk")
     checkpoint = resolve_checkpoint(Path(settings.checkpoint))
     run_dir = checkpoint.parent if checkpoint.name in ("best", "last") else checkpoint
     tasks: list[Task] = read_split(Path(settings.task), settings.split)
@@ -106,12 +109,15 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
                 "length_bucket": length_bucket(meta.length_tokens if meta else None),
                 "position_bucket": position_bucket(meta.position if meta else None)}
 
-        def record(method: str, answer: str, raw: str, loss: float | None = None, note: str = "") -> None:
+        def record(method: str, answer: str, raw: str, loss: float | None = None, note: str = "",
+                   **extra) -> None:
             rows.append({**base, "method": method, "prediction": answer, "raw": raw,
                          "correct": exact_match(answer, task.answer), "f1": token_f1(answer, task.answer),
-                         **({"answer_loss": loss} if loss is not None else {}), **({"note": note} if note else {})})
+                         **({"answer_loss": loss} if loss is not None else {}), **({"note": note} if note else {}),
+                         **extra})
 
-        record("perk", *perk_answer(runtime, task, budget, groups))
+        if settings.perk:
+            record("perk", *perk_answer(runtime, task, budget, groups))
         if init is not None:
             context = encode_context(runtime.tokenizer, task.context, prompt,
                                      max_len=runtime.max_positions).to(runtime.device)
@@ -128,6 +134,13 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None) -> dic
                 record(method, "", "", note=f"context exceeds the model's {reader.max_positions} positions")
             else:
                 record(method, *answered)
+        if "base-truncated" in settings.baselines:
+            with runtime.model.disable_adapter():
+                answer, raw, kept = answer_truncated(runtime, task, budget, "plain")
+            read = task.context[len(task.context) - kept:]
+            record("base-truncated", answer, raw, segments_read=kept, segments=len(task.context),
+                   **({"support_read": all(any(fact in segment for segment in read) for fact in task.support)}
+                      if task.support else {}))
         if on_task:
             on_task(i + 1, len(tasks))
     out = Path(settings.out) if settings.out else run_dir / f"eval-{settings.split}"

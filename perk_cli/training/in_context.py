@@ -2,6 +2,7 @@
 fine-tuned to answer with the whole context in its prompt, on PERK's training tasks, for the outer
 steps PERK took, on PERK's learning-rate schedule, kept best-by-validation as PERK's best/ is.
 Limited by the model's positions: a context that does not fit is a failure, not skipped, in eval.
+`answer_truncated` is the reader that instead cuts a long document to the window (eval's base-truncated).
 """
 
 from __future__ import annotations
@@ -31,6 +32,36 @@ def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> 
                             task.answer if with_answer else None, task.support, context=task.context)
     room = 0 if with_answer else prompt.max_answer_tokens
     return None if batch.input_ids.shape[1] + room > runtime.max_positions else batch
+
+
+def segments_in_window(runtime: Runtime, task: Task, room: int) -> int:
+    """How many of the task's last segments fit the model's positions with the question prompt after them
+    and `room` tokens left to answer: what a reader that cuts the document to its window keeps."""
+    prompt, context = runtime.config.prompt, task.context
+
+    def fits(kept: int) -> bool:
+        ids = encode_question(runtime.tokenizer, task.question, kept, prompt,
+                              context=context[len(context) - kept:]).input_ids
+        return ids.shape[1] + room <= runtime.max_positions
+
+    if fits(len(context)):
+        return len(context)
+    low, high = 0, len(context) - 1  # the answer lies in [low, high]; low may fit nothing but the question
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+@torch.no_grad()
+def answer_truncated(runtime: Runtime, task: Task, budget: int,
+                     answer_format: str | None = None) -> tuple[str, str, int]:
+    """(answer, raw, segments read) with the document cut to the model's window: its last segments that fit
+    with the question and room to answer, the story's most recent part (the first ones dropped)."""
+    kept = segments_in_window(runtime, task, max(budget, runtime.config.prompt.max_answer_tokens))
+    cut = task.model_copy(update={"context": task.context[len(task.context) - kept:]})
+    answered = answer_in_context(runtime, cut, budget, answer_format)
+    return (*answered, kept) if answered is not None else ("", "", 0)  # None: the question alone overflows
 
 
 @torch.no_grad()
