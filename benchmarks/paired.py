@@ -46,12 +46,14 @@ def sign_test(wins: int, losses: int) -> float:
 def compare(first: dict[str, dict], second: dict[str, dict]) -> dict:
     """Counts of the 2x2 table on the tasks both sides answered, each side's EM there, and the sign test."""
     shared = sorted(set(first) & set(second))
-    both = sum(first[i]["correct"] and second[i]["correct"] for i in shared)
-    only_first = sum(first[i]["correct"] and not second[i]["correct"] for i in shared)
-    only_second = sum(second[i]["correct"] and not first[i]["correct"] for i in shared)
+    right_first = {i: bool(first[i]["correct"]) for i in shared}  # perk eval writes 1.0 / 0.0
+    right_second = {i: bool(second[i]["correct"]) for i in shared}
+    both = sum(right_first[i] and right_second[i] for i in shared)
+    only_first = sum(right_first[i] and not right_second[i] for i in shared)
+    only_second = sum(right_second[i] and not right_first[i] for i in shared)
     result = {"tasks": len(shared), "unmatched": len(set(first) ^ set(second)),
-              "em_first": sum(first[i]["correct"] for i in shared) / len(shared) if shared else 0.0,
-              "em_second": sum(second[i]["correct"] for i in shared) / len(shared) if shared else 0.0,
+              "em_first": sum(right_first.values()) / len(shared) if shared else 0.0,
+              "em_second": sum(right_second.values()) / len(shared) if shared else 0.0,
               "both": both, "only_first": only_first, "only_second": only_second,
               "neither": len(shared) - both - only_first - only_second,
               "p_two_sided": sign_test(only_first, only_second)}
@@ -62,8 +64,8 @@ def compare(first: dict[str, dict], second: dict[str, dict]) -> dict:
             ids = [i for i in read if second[i]["support_read"] is flag]
             result["by_support_read"]["read" if flag else "cut"] = {
                 "tasks": len(ids),
-                "em_first": sum(first[i]["correct"] for i in ids) / len(ids) if ids else None,
-                "em_second": sum(second[i]["correct"] for i in ids) / len(ids) if ids else None}
+                "em_first": sum(right_first[i] for i in ids) / len(ids) if ids else None,
+                "em_second": sum(right_second[i] for i in ids) / len(ids) if ids else None}
     return result
 
 

@@ -24,8 +24,8 @@ def test_sign_test_against_hand_computed_values(wins, losses, p):
     assert paired.sign_test(wins, losses) == pytest.approx(p)
 
 
-def _rows(method, correct, **extra):
-    return [{"id": f"t{i}", "method": method, "correct": c, **{k: v[i] for k, v in extra.items()}}
+def _rows(method, correct, **extra):  # as perk eval writes them: correct is 1.0 or 0.0
+    return [{"id": f"t{i}", "method": method, "correct": float(c), **{k: v[i] for k, v in extra.items()}}
             for i, c in enumerate(correct)]
 
 
