@@ -96,7 +96,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"first": args.first, "second": args.second, **result}, indent=2))
     else:
-        print(render(first, second, result))
+        same = first == second  # one method in two evaluations: name each by its file
+        print(render(args.first if same else first, args.second if same else second, result))
 
 
 if __name__ == "__main__":

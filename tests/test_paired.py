@@ -52,6 +52,8 @@ def test_cli_reads_two_files_and_refuses_a_missing_method_in_one_line(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["tasks"], result["only_first"], result["only_second"]) == (3, 1, 0)
+    done = subprocess.run([sys.executable, str(SCRIPT), f"{a}:perk", f"{a}:perk"], capture_output=True, text=True)
+    assert done.returncode == 0 and f"{a}:perk: EM 0.667" in done.stdout and "only" in done.stdout
     done = subprocess.run([sys.executable, str(SCRIPT), f"{a}:perk", f"{b}:plain-ttt"], capture_output=True,
                           text=True)
     assert done.returncode == 1 and done.stderr.strip() == f"error: {b}: no rows of method 'plain-ttt' (it holds base)"
