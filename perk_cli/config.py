@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,7 +19,8 @@ def comma_list(value, convert, expected: str):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan and inf are refused wherever a number is read (a NaN learning rate would train on NaN silently)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Settings):
@@ -211,6 +213,22 @@ class PromptSettings(_Settings):
     )
     max_answer_tokens: int = Field(64, ge=1, description="Cap on the target length (and on decoding).")
 
+    @field_validator("segment_prefix", "question_template")
+    @classmethod
+    def _known_fields(cls, value: str, info) -> str:
+        allowed = {"segment_prefix": ("i",), "question_template": ("n", "question")}[info.field_name]
+        try:
+            fields = [name for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}")
+        unknown = [name for name in fields if name not in allowed]
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}}; the template may use only "
+                             f"{', '.join('{' + a + '}' for a in allowed)} (a literal brace is {{{{ or }}}})")
+        if info.field_name == "question_template" and "question" not in fields:
+            raise ValueError("the template has no {question} field, so the question would never be asked")
+        return value
+
     @model_validator(mode="after")
     def _recite_needs_a_marker(self) -> "PromptSettings":
         if self.answer_format == "recite" and not recite_marker(self.question_template).strip():
@@ -248,6 +266,9 @@ class TrainSettings(_Settings):
         20.0, gt=1, description="Skip a step whose gradient norm exceeds this x the running median."
     )
     max_minutes: float | None = Field(None, gt=0, description="Stop (validate and save) after this wall time.")
+    save_minutes: float | None = Field(
+        5.0, gt=0, description="Also save last/ when this many minutes have passed since it was last saved, so a "
+        "crash loses at most that much training (last/ is always saved at validation and on a stop).")
     eval_every: int = Field(50, ge=1, description="Validate every N steps.")
     eval_tasks: int = Field(32, ge=1, description="Validation tasks per validation pass.")
     eval_decode: bool = Field(

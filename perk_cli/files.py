@@ -16,11 +16,23 @@ from pathlib import Path
 from perk_cli.errors import PerkError
 
 
+def recover_directory(target: Path) -> None:
+    """Put back the previous `target` of a staged_directory replacement stopped between its two renames
+    (target moved aside, the new one not yet in place): a kill there must not lose the checkpoint."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        aside[-1].rename(target)
+
+
 @contextmanager
 def staged_directory(target: Path):
     """Yield an empty staging directory; on success it replaces `target`."""
     target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging

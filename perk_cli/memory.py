@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,9 @@ from perk_cli.errors import PerkError
 from perk_cli.files import read_text, staged_file
 from perk_cli.models.base import load_base
 from perk_cli.models.lora import attach_lora, peft_init
-from perk_cli.prompts import answer_question, encode_context, encode_task
-from perk_cli.training.checkpoint import DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime
+from perk_cli.prompts import answer_question, encode_context, encode_question, encode_task
+from perk_cli.training.checkpoint import (DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime,
+                                          shipped_checkpoint)
 
 FORMAT = "perk-memory/1"
 REQUIRED = ("format", "base_model", "lora", "prompt", "segments", "steps", "perk_version")
@@ -65,15 +67,15 @@ class Memory:
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = dict(f.metadata() or {})
+                # what the file is, before any tensor is read: a whole model is refused unread
+                if metadata.get("format") != FORMAT:
+                    raise PerkError(f"{path}: not a perk memory (format {metadata.get('format')!r}, expected "
+                                    f"{FORMAT}); write one with `perk adapt`")
+                check_metadata(metadata, path)
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise PerkError(f"{path}: not a readable safetensors memory ({str(exc).splitlines()[0]}); "
                             "is it truncated? re-run `perk adapt`")
-        if metadata.get("format") != FORMAT:
-            raise PerkError(f"{path}: not a perk memory (format {metadata.get('format')!r}, expected {FORMAT})")
-        missing = [k for k in REQUIRED if k not in metadata]
-        if missing:
-            raise PerkError(f"{path}: memory metadata lacks '{missing[0]}'")
         lora = {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}
         base = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
         if not lora:
@@ -87,6 +89,26 @@ class Memory:
     @property
     def prompt_settings(self) -> dict:
         return json.loads(self.metadata["prompt"])
+
+
+def check_metadata(metadata: dict[str, str], path: Path) -> None:
+    """A memory's metadata as `Reader` will use it, or one line naming the field: every required field
+    present, the LoRA and prompt settings valid JSON of known settings, the counts whole numbers."""
+    missing = [k for k in REQUIRED if k not in metadata]
+    if missing:
+        raise PerkError(f"{path}: memory metadata lacks '{missing[0]}'")
+    for key, settings in (("lora", LoraSettings), ("prompt", PromptSettings)):
+        try:
+            settings.model_validate_json(metadata[key])
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError: bad JSON or a bad setting
+            errors = getattr(exc, "errors", lambda: [{"msg": str(exc), "loc": ()}])()
+            where = ".".join(str(p) for p in errors[0]["loc"])
+            raise PerkError(f"{path}: memory metadata '{key}' is not valid ({where + ': ' if where else ''}"
+                            f"{errors[0]['msg']}); was the file edited? re-run `perk adapt`")
+    for key in ("segments", "steps"):
+        if not metadata[key].isdigit() or int(metadata[key]) < 1:
+            raise PerkError(f"{path}: memory metadata '{key}' is {metadata[key]!r}, not a whole number >= 1; was the "
+                            "file edited? re-run `perk adapt`")
 
 
 def plain_base_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,9 +190,10 @@ def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, r
     if checkpoint is None and model is None:
         checkpoint = latest_checkpoint(runs)
         if checkpoint is None:
-            raise PerkError(f"no checkpoint under {runs}/: pass --checkpoint DIR, or --model NAME for plain "
-                            "test-time training (no meta-learning)")
-        note = f"using the most recent checkpoint {checkpoint}"
+            checkpoint = shipped_checkpoint()
+            note = f"no run under {runs}/: using the shipped checkpoint {checkpoint} (pass --checkpoint to choose)"
+        else:
+            note = f"using the most recent run's checkpoint {checkpoint} (pass --checkpoint to choose)"
     else:
         note = ""
     if checkpoint is not None:
@@ -183,12 +206,21 @@ def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, r
     return runtime, Origin("plain-ttt", "", f"plain-ttt-lr{plain_lr}-k{plain_steps}")
 
 
+def with_segment_tokens(prompt: PromptSettings, segment_tokens: int | None) -> PromptSettings:
+    """The prompt settings with another segment length, validated as the memory's reader will read them."""
+    if segment_tokens is None:
+        return prompt
+    try:
+        return PromptSettings.model_validate({**prompt.model_dump(), "segment_tokens": segment_tokens})
+    except ValueError as exc:
+        message = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise PerkError(f"--segment-tokens {segment_tokens}: {message.lower()}")
+
+
 def adapt_text(runtime: Runtime, origin: Origin, text: str, segment_tokens: int | None = None,
                max_tokens_per_group: int = 4096, on_group: GroupCallback | None = None) -> Memory:
     """Adapt on a whole document (any length: segments are processed in groups of bounded size)."""
-    prompt = runtime.config.prompt
-    if segment_tokens is not None:
-        prompt = prompt.model_copy(update={"segment_tokens": segment_tokens})
+    prompt = with_segment_tokens(runtime.config.prompt, segment_tokens)
     segments = segment_text(text, runtime.tokenizer, prompt.segment_tokens)
     if not segments:
         raise PerkError("the document has no text to adapt on")
@@ -201,6 +233,12 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
     prompt = prompt or runtime.config.prompt
     context = encode_context(runtime.tokenizer, segments, prompt, max_len=runtime.max_positions)
     result = runtime.meta.adapt(context.to(runtime.device), on_group=on_group, max_tokens_per_group=max_tokens_per_group)
+    bad = next((step for step, loss in enumerate(result.losses) if not math.isfinite(loss)), None)
+    if bad is not None or not all(bool(torch.isfinite(v).all()) for v in result.params.values()):
+        where = f"the inner loss became {result.losses[bad]} at step {bad + 1}" if bad is not None else \
+            "the adapted LoRA holds non-finite values"
+        raise PerkError(f"adapting diverged ({where}); no memory was written: lower the learning rate (--lr) "
+                        "or the number of steps (--steps)")
     document = text if text is not None else "\n".join(segments)
     state = runtime.state_tensors()
     base = {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
@@ -278,8 +316,25 @@ class Reader:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def max_positions(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
+
+    def check_question(self, question: str, max_new_tokens: int | None = None) -> None:
+        """One line for a question the model cannot answer: empty, or with its answer budget longer than
+        the model's positions."""
+        if not question.strip():
+            raise PerkError("the question is empty; ask something about the document")
+        budget = max_new_tokens or self.prompt.max_answer_tokens
+        tokens = encode_question(self.tokenizer, question, self.n_segments, self.prompt).input_ids.shape[1]
+        if tokens + budget > self.max_positions:
+            raise PerkError(f"the question takes {tokens} tokens; with {budget} to answer that exceeds the model's "
+                            f"{self.max_positions} positions: shorten the question (the document belongs in the memory)")
+
     def ask(self, question: str, max_new_tokens: int | None = None) -> tuple[str, str]:
         """(answer, raw generated text)."""
+        self.check_question(question, max_new_tokens)
         return answer_question(self.model, self.tokenizer, question, self.n_segments, self.prompt,
                                max_new_tokens=max_new_tokens)
 

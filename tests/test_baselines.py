@@ -89,9 +89,9 @@ def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["plain_ttt"]["tuning"]["pick"] == tuning["pick"]
     assert any("plain TTT: learning rate" in note for note in report["notes"])
-    fixed = evaluate(settings.model_copy(update={"plain_lr": 5e-3}))
+    fixed = evaluate(settings.model_copy(update={"plain_lr": 5e-3, "out": str(tmp_path / "eval-fixed")}))
     assert fixed["plain_ttt"] == {"lr": 5e-3, "tuning": None}
-    on_validation = evaluate(settings.model_copy(update={"split": "validation"}))
+    on_validation = evaluate(settings.model_copy(update={"split": "validation", "out": str(tmp_path / "eval-val")}))
     assert on_validation["plain_ttt"]["tuning"] is None  # never tuned on the split it is scored on
     assert any("untuned" in note for note in on_validation["notes"])
 

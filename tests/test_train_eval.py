@@ -189,8 +189,8 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     assert code == 0, err
     for method in ("perk", "plain-ttt", "in-context"):
         assert method in out
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["accuracy_vs_length.png", "metrics.json",
-                                                                  "predictions.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["accuracy_vs_length.png", "eval.json",
+                                                                  "metrics.json", "predictions.jsonl"]
     rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["method"] for r in rows} == {"perk", "plain-ttt", "in-context"}
     assert {"id", "question", "gold", "prediction", "correct", "method"} <= set(rows[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,12 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perk_cli import __version__
 from perk_cli.cli import render
-from perk_cli.cli.options import build_settings, option_name, setting
+from perk_cli.cli.options import build_settings, check_sections, option_name, setting
 from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
                              PromptSettings, TrainSettings)
 from perk_cli.demo import SHIPPED_TEST_TASKS
-from perk_cli.errors import PerkError
-from perk_cli.files import read_config_file
+from perk_cli.errors import Interrupted, PerkError, os_error_line
+from perk_cli.files import read_config_file, recover_directory
 
 app = typer.Typer(
     name="perk",
@@ -123,7 +124,7 @@ def adapt(
     steps: Optional[int] = typer.Option(None, min=1, help="Inner steps: plain TTT's [default: 4]; with a checkpoint, "
                                         "steps at test time in place of its trained count (more can help documents "
                                         "far longer than it trained on), those past it at --lr."),
-    lr: float = typer.Option(1e-3, min=0.0, help="Plain TTT's fixed learning rate; with a checkpoint, the size of "
+    lr: float = typer.Option(1e-3, help="Plain TTT's fixed learning rate; with a checkpoint, the size of "
                              "the steps --steps adds past its trained count."),
     peft: Optional[Path] = typer.Option(None, help="Also write a PEFT adapter directory here."),
     device: Optional[str] = typer.Option(None, help=r"auto | cpu | cuda | mps \[default: the checkpoint's, else auto]."),
@@ -134,13 +135,19 @@ def adapt(
 
     Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1
     """
-    from perk_cli.memory import adapt_segments, adapt_text, adapting_runtime, export_peft, read_document
+    from perk_cli.config import PromptSettings
+    from perk_cli.memory import (adapt_segments, adapt_text, adapting_runtime, export_peft, read_document,
+                                 with_segment_tokens)
 
     if output.exists() and output.is_dir():
         raise PerkError(f"--out {output}: is a directory; give a file name like mem.safetensors")
+    if document != "-" and output.exists() and Path(document).exists() and output.samefile(document):
+        raise PerkError(f"--out {output}: is the document itself; the memory would replace it: give another file name")
+    _check_device(device)
+    _check_lr(lr, "--lr")
+    with_segment_tokens(PromptSettings(), segment_tokens)  # what ask would refuse, refused before any work
+    _check_writable(output, "--out")
     text, segments = read_document(document)
-    if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
-        raise PerkError(f"--device {device}: expected auto, cpu, cuda or mps")
     runtime, origin = adapting_runtime(checkpoint, model, plain_steps=steps or 4, plain_lr=lr, device=device,
                                        inner_steps=steps, added_lr=lr)
     if origin.note and not quiet:
@@ -186,6 +193,11 @@ def ask(
     """
     from perk_cli.memory import load_reader
 
+    _check_device(device)
+    if questions and not all(q.strip() for q in questions):
+        raise PerkError("question: empty; ask something about the document")
+    if not questions and not interactive:
+        questions = _stdin_questions()
     reader = load_reader(memory, model=model, device=device)
 
     def answer(question: str) -> None:
@@ -202,14 +214,51 @@ def ask(
             except EOFError:
                 return
             if question:
-                answer(question)
+                try:
+                    answer(question)
+                except PerkError as exc:  # one bad question does not end the session
+                    err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return
-    if not questions:
-        if sys.stdin.isatty():
-            raise PerkError("no question: pass questions as arguments, on stdin, or use --interactive")
-        questions = [line.strip() for line in sys.stdin if line.strip()]
     for question in questions:
         answer(question)
+
+
+def _stdin_questions() -> list[str]:
+    """Questions one a line on stdin (UTF-8), or one line saying why there are none."""
+    if sys.stdin.isatty():
+        raise PerkError("no question: pass questions as arguments, on stdin, or use --interactive")
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PerkError(f"stdin: line {line} is not valid UTF-8 (byte offset {exc.start}); send UTF-8 questions")
+    questions = [line.strip() for line in text.splitlines() if line.strip()]
+    if not questions:
+        raise PerkError("stdin: no question (every line was empty); one question a line")
+    return questions
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device not in ("auto", "cpu", "cuda", "mps"):
+        raise PerkError(f"--device {device}: expected auto, cpu, cuda or mps")
+
+
+def _check_lr(lr: float, option: str) -> None:
+    if not math.isfinite(lr) or lr <= 0:
+        raise PerkError(f"{option} {lr}: a learning rate is a finite positive number")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """The folder of an output file exists (or can be made) and takes a file, before any work."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as exc:
+        raise PerkError(f"{option} {path}: cannot write there ({os_error_line(exc)})")
 
 
 def _refuse_inherited_flags(flags: dict, init_from: str) -> None:
@@ -239,6 +288,39 @@ def _refuse_inherited_file_settings(base: dict, source, init_from: str, config: 
                 raise PerkError(f"--config {config}: sets {section}.{key}={value!r}, but --init-from {init_from} "
                                 f"was trained with {theirs[key]!r} and fixes it; remove it from the file or start "
                                 "without --init-from")
+
+
+def _resumed_config(resume: Path, built, flags: dict, base: dict, config: Path | None):
+    """The saved run's config with this invocation's RESUME_CHOICES: a flag (or --config value) that would
+    change any other setting is refused in one line naming it, since the resumed run continues the saved
+    one exactly; a flag equal to the saved value is fine."""
+    from perk_cli.config import RunConfig
+    from perk_cli.training.checkpoint import checkpoint_config
+    from perk_cli.training.meta_train import RESUME_CHOICES
+
+    recover_directory(resume / "last")
+    if not (resume / "last").is_dir():
+        raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
+    saved = checkpoint_config(resume / "last", "--resume")
+    given = [(section, key, f"--config {config}") for section, values in base.items() if isinstance(values, dict)
+             for key in values] + [(section, key, None) for section, values in flags.items()
+                                   if isinstance(values, dict) for key, value in values.items() if value is not None]
+    choices = {}
+    for section, key, source in given:
+        if section not in RunConfig.model_fields or not hasattr(getattr(built, section), key):
+            continue  # unknown keys were refused when the settings were built
+        now = getattr(built, section).model_dump(mode="json")[key]
+        if section == "train" and key in RESUME_CHOICES:
+            choices[key] = getattr(built.train, key)
+            continue
+        then = getattr(saved, section).model_dump(mode="json")[key]
+        if now != then:
+            flag = source or option_name(RunConfig, (section, key)) or f"{section}.{key}"
+            raise PerkError(f"{flag}: --resume {resume} continues the run as it was saved ({section}.{key} = "
+                            f"{then!r}, here {now!r}); drop it, or start a new run with another --out "
+                            f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_CHOICES)} may change)")
+    # init_from is where the run started, not what a resumed run loads (its own last/): not asked again
+    return saved.model_copy(update={"train": saved.train.model_copy(update={**choices, "init_from": None})})
 
 
 @app.command("meta-train")
@@ -277,6 +359,7 @@ def meta_train_command(
     tasks_per_forward: Optional[int] = setting(TrainSettings, "tasks_per_forward"),
     max_steps: Optional[int] = setting(TrainSettings, "max_steps"),
     max_minutes: Optional[float] = setting(TrainSettings, "max_minutes"),
+    save_minutes: Optional[float] = setting(TrainSettings, "save_minutes"),
     epochs: Optional[float] = setting(TrainSettings, "epochs"),
     eval_every: Optional[int] = setting(TrainSettings, "eval_every"),
     eval_tasks: Optional[int] = setting(TrainSettings, "eval_tasks"),
@@ -301,7 +384,8 @@ def meta_train_command(
     from perk_cli.training import distributed
     from perk_cli.training.meta_train import Interrupted, meta_train, plan_run
 
-    base = read_config_file(config) if config else {}
+    base = check_sections(RunConfig, read_config_file(config), config) if config else {}
+    explicit_model, explicit_train_base = model, train_base  # before the defaults below fill them
     model_name = model or base.get("model", {}).get("name", "tiny")
     init_from = init_from or base.get("train", {}).get("init_from")
     source = None  # the --init-from checkpoint's config
@@ -325,7 +409,7 @@ def meta_train_command(
         "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
                   "clip": clip, "answer_weight": answer_weight, "tasks_per_batch": tasks_per_batch,
                   "tasks_per_forward": tasks_per_forward,
-                  "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs, "eval_every": eval_every,
+                  "max_steps": max_steps, "max_minutes": max_minutes, "save_minutes": save_minutes, "epochs": epochs, "eval_every": eval_every,
                   "eval_tasks": eval_tasks, "eval_decode": eval_decode, "baseline": baseline, "seed": seed,
                   "train_base": train_base, "init_from": init_from},
     }
@@ -336,7 +420,12 @@ def meta_train_command(
     task = task or base.get("task")
     rank = distributed.launched_rank()  # under torchrun only rank 0 talks and writes
     quiet = quiet or rank != 0
-    run_config = build_settings(RunConfig, None, flags, base=base)  # every setting validated before any work
+    run_config = build_settings(RunConfig, config, flags, base=base)  # every setting validated before any work
+    if resume is not None:
+        if init_from is not None:
+            raise PerkError("--init-from: a resumed run continues from its own last/ checkpoint; drop --init-from")
+        flags["model"]["name"], flags["train"]["train_base"] = explicit_model, explicit_train_base
+        run_config = _resumed_config(resume, run_config, flags, base, config)
     plan = plan_run(run_config, task, out_dir, resume, rank)
     if plan.generated and not (quiet or json_output):
         err.print(f"--task {task}: using generated tasks in {plan.task_dir}", markup=False)
@@ -377,7 +466,8 @@ def eval_command(
     checkpoint: Path = setting(EvalSettings, "checkpoint"),
     task: Path = setting(EvalSettings, "task"),
     split: Optional[str] = setting(EvalSettings, "split"),
-    out_dir: Optional[Path] = setting(EvalSettings, "out", "--out", "-o", shown="<run>/eval-<split>"),
+    out_dir: Optional[Path] = setting(EvalSettings, "out", "--out", "-o",
+                                      shown="runs/eval/<checkpoint>-<task>-<split>-<settings digest>"),
     limit: Optional[int] = setting(EvalSettings, "limit"),
     seed: Optional[int] = setting(EvalSettings, "seed"),
     baselines: Optional[str] = setting(EvalSettings, "baselines"),
@@ -389,11 +479,16 @@ def eval_command(
     inner_steps: Optional[int] = setting(EvalSettings, "inner_steps", shown="the checkpoint's"),
     added_lr: Optional[float] = setting(EvalSettings, "added_lr", shown="1e-3"),
     perk: Optional[bool] = setting(EvalSettings, "perk", "--perk/--no-perk", shown="--perk"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the evaluation stopped in --out (or the default "
+                                "folder of these settings): the tasks already scored are kept, not run again."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again where --out holds an evaluation."),
     config: Optional[Path] = _config("EvalSettings"),
     json_output: bool = _json("metrics"),
     quiet: bool = _quiet(),
 ) -> None:
     """Evaluate PERK and its baselines: EM/F1 overall, by length and by fact position.
+
+    Each task's rows are written as it is scored; a stopped evaluation continues with the same command and --resume.
 
     Example: perk eval --checkpoint runs/tiny-qa1 --task data/qa1 --limit 100
     """
@@ -407,7 +502,8 @@ def eval_command(
     settings = build_settings(EvalSettings, config, flags)
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("evaluating", total=None)
-        report = evaluate(settings, lambda done, total: bar.update(handle, completed=done, total=total))
+        report = evaluate(settings, lambda done, total: bar.update(handle, completed=done, total=total),
+                          resume=resume, overwrite=overwrite)
     if json_output:
         out.print_json(json.dumps(report))
         return
@@ -453,10 +549,17 @@ def demo(
             bar.update(handle, completed=step, total=total,
                        description=f"{stage}  loss {m['outer_loss']:.3f}{val}")
 
-        result = run_demo(out_dir, minutes, checkpoint, tasks, seed, say,
-                          lambda step, total, m: bar.update(handle, completed=step, description=(
-                              f"meta-training  step {step}  loss {m['outer_loss']:.3f}")), train_here=train_here,
-                          retrain=retrain, on_stage_step=on_stage_step)
+        try:
+            result = run_demo(out_dir, minutes, checkpoint, tasks, seed, say,
+                              lambda step, total, m: bar.update(handle, completed=step, description=(
+                                  f"meta-training  step {step}  loss {m['outer_loss']:.3f}")), train_here=train_here,
+                              retrain=retrain, on_stage_step=on_stage_step)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            again = f"perk demo --retrain -o {out_dir}" if retrain else \
+                f"perk demo{' --train-here' if train_here else ''} -o {out_dir}"
+            raise Interrupted((str(exc) if isinstance(exc, Interrupted) else "interrupted") + "; rerun with " + again + (
+                " to continue (the recipe resumes from its last saved step)" if retrain else
+                " to start again (the demo trains its run afresh)" if train_here else " to start again"))
     if json_output:
         out.print_json(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                                    for k, v in dataclasses.asdict(result).items()}))
@@ -479,11 +582,17 @@ def demo(
 def main() -> None:
     try:
         app()
+    except Interrupted as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except PerkError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a read or write the command did not expect to fail: the file and the reason
+        err.print(f"error: {os_error_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        err.print("interrupted; nothing was saved that was not already complete", markup=False)
         sys.exit(130)
 
 

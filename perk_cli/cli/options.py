@@ -76,10 +76,21 @@ def option_name(model: type[BaseModel], loc: tuple) -> str:
     return "--config " + ".".join(p for p in loc if isinstance(p, str))  # a key only a config file sets
 
 
+def check_sections(model: type[BaseModel], values: dict, config: Path | None) -> dict:
+    """`values` (a --config file's) with every section that holds settings (lora, train, ...) a mapping;
+    anything else is one line naming the file and the section."""
+    for key, field in model.model_fields.items():
+        if key in values and _nested(field.annotation) is not None and not isinstance(values[key], dict):
+            raise PerkError(f"--config {config}: '{key}' must be a mapping of {key} settings ({key}: {{name: value, "
+                            f"...}}), not {values[key]!r}")
+    return values
+
+
 def build_settings(model: type[S], config: Path | None, flags: dict, base: dict | None = None) -> S:
     """Settings from a --config file (or `base`, already read) overridden by the flags that were given;
     a validation error becomes one PerkError line naming the flag."""
     values = dict(base) if base is not None else (read_config_file(config) if config else {})
+    check_sections(model, values, config)
     for key, value in flags.items():
         if isinstance(value, dict):
             values[key] = {**values.get(key, {}), **{k: v for k, v in value.items() if v is not None}}

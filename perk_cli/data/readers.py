@@ -44,6 +44,13 @@ def _context(record: dict, key: str, segmenter: Callable[[str], list[str]]) -> l
     return segments
 
 
+def _support(record: dict) -> list[str] | None:
+    support = record.get("support")
+    if support is not None and not (isinstance(support, list) and all(isinstance(s, str) for s in support)):
+        raise RecordError("field 'support': expected a list of strings (the supporting facts)")
+    return support
+
+
 def _position(segments: list[str], support: list[str] | None) -> float | None:
     if not support:
         return None
@@ -57,9 +64,7 @@ def babilong(record: dict, ident: str, family: str, segmenter) -> list[Task]:
     answer = record.get("answer", record.get("target"))
     if not isinstance(answer, str):
         raise RecordError("field 'answer': missing")
-    support = record.get("support")
-    if support is not None and not (isinstance(support, list) and all(isinstance(s, str) for s in support)):
-        raise RecordError("field 'support': expected a list of strings")
+    support = _support(record)
     return [Task(id=str(record.get("id", ident)), context=segments, question=_require(record, "question"),
                  answer=answer, support=support, meta=TaskMeta(family=family, position=_position(segments, support)))]
 
@@ -74,9 +79,11 @@ def student_record_segment(entry: dict) -> str:
 
 def student_records(record: dict, ident: str, family: str, segmenter) -> list[Task]:
     database = _require(record, "database", (list,))
+    wrong = next((e for e in database if e != PLACEHOLDER and not isinstance(e, dict)), None)
+    if wrong is not None:
+        raise RecordError(f"field 'database': entries must be student objects ({', '.join(STUDENT_FIELDS)}), "
+                          f"got {wrong!r}")
     segments = [student_record_segment(e) for e in database if e != PLACEHOLDER]
-    if not all(isinstance(e, dict) for e in database if e != PLACEHOLDER):
-        raise RecordError("field 'database': entries must be objects")
     if not segments:
         raise RecordError("field 'database': empty context")
     tasks = []
@@ -102,7 +109,7 @@ def longgorilla(record: dict, ident: str, family: str, segmenter) -> list[Task]:
 
 def generic(record: dict, ident: str, family: str, segmenter) -> list[Task]:
     segments = _context(record, "context", segmenter)
-    support = record.get("support")
+    support = _support(record)
     return [Task(id=str(record.get("id", ident)), context=segments, question=_require(record, "question"),
                  answer=str(_require(record, "answer", (str, int, float))), support=support,
                  meta=TaskMeta(family=record.get("family", family), position=_position(segments, support)))]

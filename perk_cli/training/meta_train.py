@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,55 +24,19 @@ import torch
 from perk_cli.config import RunConfig
 from perk_cli.data.prepare import task_directory
 from perk_cli.data.schema import Task, read_split
+from perk_cli.errors import Interrupted as StoppedByUser
 from perk_cli.errors import PerkError
+from perk_cli.files import recover_directory
 from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
 from perk_cli.memory import perk_answer, perk_forced
 from perk_cli.prompts import answer_lengths, decode_budget, encode_task
 from perk_cli.training import distributed
-from perk_cli.training.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes, read_checkpoint,
-                                        save_checkpoint)
-from perk_cli.training.outer import NO_BEST, batch_indices, better, schedule_lr, validation_due
+from perk_cli.training.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes,
+                                          load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_checkpoint)
+from perk_cli.training.outer import (NO_BEST, Interrupted, SaveClock, StopRequests, batch_indices, better,
+                                     keep_logged_steps, schedule_lr, validation_due)
 
 StepCallback = Callable[[int, int, dict], None]  # (step, max_steps, metrics)
-
-
-class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) during training: the last checkpoint was saved at `step`."""
-
-    def __init__(self, step: int, path: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {path}")
-        self.step, self.path = step, path
-
-
-class StopRequests:
-    """SIGINT and SIGTERM while training: the first asks the run to stop at the end of the current step,
-    where last/ is saved and exactly resumable; a second stops at once (KeyboardInterrupt).
-
-    Installed explicitly, so a run the shell started in the background (SIGINT ignored) or one a job
-    scheduler ends with SIGTERM saves its state too. Only the main thread can take signals; elsewhere
-    nothing is installed.
-    """
-
-    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
-        self.requested = False
-        self._on_request = on_request
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self._on_request:
-            self._on_request()
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass
@@ -106,16 +68,21 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
     runs/<model>-<task>, refused if it already holds one), or `resume` continued from its last/ checkpoint
     on the task it was trained on. A task name (babi, records:relation, ...) is generated into out/data.
     Raises PerkError naming the option."""
-    if resume is not None and config.train.init_from is not None:
-        raise PerkError("--init-from: a resumed run continues from its own last/ checkpoint; drop --init-from")
-    if config.train.init_from is not None:
+    if config.train.init_from is not None and resume is None:
         config = inherit_settings(config, Path(config.train.init_from))
     if resume is not None:
+        recover_directory(resume / "last")
         if not (resume / "last").is_dir():
             raise PerkError(f"--resume {resume}: no last/ checkpoint to resume from")
         out = resume
-        if task is None and (resume / "config.json").is_file():
-            task = json.loads((resume / "config.json").read_text()).get("task")
+        saved = json.loads((resume / "config.json").read_text()) if (resume / "config.json").is_file() else {}
+        if config.train.init_from is not None:
+            raise PerkError("--init-from: a resumed run continues from its own last/ checkpoint; drop --init-from")
+        saved_task = saved.get("task")
+        if task is not None and saved_task is not None and Path(task).resolve() != Path(saved_task).resolve():
+            raise PerkError(f"--task {task}: --resume {resume} continues on the tasks the run was trained on "
+                            f"({saved_task}); drop --task, or start a new run with another --out")
+        task = saved_task if saved_task is not None else task
     if task is None:
         raise PerkError("--task: missing; give a task directory from `perk prepare` or a name such as babi")
     out = out or default_run_dir(config.model.name, task)
@@ -126,6 +93,9 @@ def plan_run(config: RunConfig, task: str | None = None, out: Path | None = None
                    Path(task_dir) != Path(task))
 
 
+# What a resumed run may change: none changes a number of the steps both runs take (max_steps extends the
+# run and, under a cosine schedule, stretches the remaining decay over the longer run).
+RESUME_CHOICES = ("max_steps", "tasks_per_forward", "save_minutes", "max_minutes")
 INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes (the base is the checkpoint's unless named)
 # ... except these: the outer loss's target and the decoding cap are no meta-parameters (the LoRA init, step
 # sizes and weighter act on the document), so a new stage may change them, e.g. plain answers -> support.
@@ -194,21 +164,6 @@ def outer_optimizer(runtime: Runtime) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"{index}.{key}": (value if torch.is_tensor(value) else torch.tensor(value))
-            for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()}
-
-
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = optimizer.state_dict()
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    state_dict["state"] = state
-    optimizer.load_state_dict(state_dict)
-
-
 def trainable(runtime: Runtime) -> list[torch.nn.Parameter]:
     return [p for group in runtime.meta.parameter_groups(0.0) for p in group["params"]]
 
@@ -260,17 +215,20 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     step, best, history = 0, dict(NO_BEST), []
     if resume:
         files = read_checkpoint(out / "last")
-        # The run's own settings, but how far to go and how many tasks share a forward (which changes
-        # no number) are this invocation's.
+        # The run's own settings, but how far to go, how many tasks share a forward and when to save (none
+        # changes a number of the steps both runs take) are this invocation's.
         config = files.config.model_copy(update={"train": files.config.train.model_copy(
-            update={"max_steps": max(config.train.max_steps, files.config.train.max_steps),
-                    "tasks_per_forward": config.train.tasks_per_forward})})
+            update={key: getattr(config.train, key) for key in RESUME_CHOICES})})
         runtime = build_runtime(config, files.tensors, source=str(files.path))
         optimizer = outer_optimizer(runtime)
         if files.optimizer is not None:
             load_optimizer_tensors(optimizer, files.optimizer)
         state = files.trainer_state or {}
         step, best, history = state.get("step", 0), state.get("best", best), state.get("norm_history", [])
+        if config.train.max_steps < step:
+            raise PerkError(f"--max-steps {config.train.max_steps}: the run in {out} has taken {step} steps already; "
+                            f"give at least {step}")
+        keep_logged_steps(out / "metrics.jsonl", step)
         say(f"resuming {out} at step {step}")
     elif config.train.init_from is not None:
         torch.manual_seed(config.train.seed)
@@ -296,14 +254,18 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
 
+    saved = {"last": step if resume else None}  # the step last/ holds
+
     def save(name: str, metrics: dict) -> None:
         if rank != 0:
             return
+        saved[name] = step
         trainer_state = {"step": step, "best": best, "norm_history": history[-50:], "metrics": metrics,
                          "optimizer": "optimizer.safetensors"}
         save_checkpoint(out / name, config, runtime.state_tensors(), trainer_state,
                         optimizer_tensors(optimizer) if name == "last" else None)
 
+    clock = SaveClock(train.save_minutes)
     max_steps = train.max_steps
     if train.epochs is not None:
         max_steps = min(max_steps, math.ceil(train.epochs * len(train_tasks) / train.tasks_per_batch))
@@ -312,7 +274,9 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
     with StopRequests(lambda: say("stopping at the end of this step (last/ is saved there); "
                                   "interrupt again to stop now")) as stop:
         try:
+            whole = True  # the state is that of a finished step (its line logged): last/ may be saved from it
             while step < max_steps:
+                whole = False
                 started = time.perf_counter()
                 schedule_lr(optimizer, scheduler_base, step, config)
                 optimizer.zero_grad(set_to_none=True)
@@ -349,7 +313,8 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                            "inner_loss_last": totals[2] / n, "grad_norm": norm, "skipped": spike,
                            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                            **_step_sizes(runtime)}
-                if validation_due(step, max_steps, train.eval_every):
+                validated = validation_due(step, max_steps, train.eval_every)
+                if validated:
                     if val_tasks:
                         metrics.update(validate(runtime, val_tasks))
                         improved = better(metrics, best)
@@ -359,17 +324,24 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                     if improved:
                         best = {"val_em": metrics["val_em"], "val_loss": metrics["val_loss"], "step": step}
                         save("best", metrics)
-                    save("last", metrics)
-                if rank == 0:
+                if rank == 0:  # logged before last/ is saved: a crash between leaves a line resume cuts back
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(metrics) + "\n")
+                whole = True
+                if validated or clock.due():
+                    save("last", metrics)
+                    clock.reset()
                 if on_step and rank == 0:
                     on_step(step, max_steps, metrics)
                 if step < max_steps and distributed.all_reduce_sum([float(stop.requested)])[0] > 0:
                     raise KeyboardInterrupt  # every rank stops at this step, its last/ exactly resumable
         except KeyboardInterrupt:
-            save("last", metrics)
-            raise Interrupted(step, out / "last")
+            if whole:
+                save("last", metrics)
+            elif saved["last"] is None:  # stopped at once, mid-step, before anything was saved
+                raise StoppedByUser(f"interrupted during step {step + 1}, before a checkpoint was saved; nothing to "
+                                    f"resume: start the run again (remove {out} first)")
+            raise Interrupted(saved["last"], out / "last")  # mid-step: last/ stays as it was saved
         finally:
             distributed.barrier()
     baseline = None
@@ -377,5 +349,5 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
         from perk_cli.training.in_context import train_in_context
 
         say(f"in-context baseline: {step} outer steps, as PERK took")
-        baseline = train_in_context(config, train_tasks, out, on_baseline_step, val_tasks, steps=step)
+        baseline = train_in_context(config, train_tasks, out, on_baseline_step, val_tasks, steps=step, say=say)
     return TrainResult(out, step, best, metrics, baseline)
