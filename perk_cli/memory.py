@@ -222,21 +222,46 @@ def with_segment_tokens(prompt: PromptSettings, segment_tokens: int | None) -> P
 
 
 def adapt_text(runtime: Runtime, origin: Origin, text: str, segment_tokens: int | None = None,
-               max_tokens_per_group: int = ADAPT_GROUP_TOKENS, on_group: GroupCallback | None = None) -> Memory:
-    """Adapt on a whole document (any length: segments are processed in groups of bounded size)."""
-    prompt = with_segment_tokens(runtime.config.prompt, segment_tokens)
+               max_tokens_per_group: int = ADAPT_GROUP_TOKENS, on_group: GroupCallback | None = None,
+               into: Memory | None = None) -> Memory:
+    """Adapt on a whole document (any length: segments are processed in groups of bounded size); with
+    `into`, grow that memory by the document (cut into its memory's segment length)."""
+    prompt = with_segment_tokens(PromptSettings(**into.prompt_settings) if into else runtime.config.prompt,
+                                 segment_tokens)
     segments = segment_text(text, runtime.tokenizer, prompt.segment_tokens)
     if not segments:
         raise PerkError("the document has no text to adapt on")
-    return adapt_segments(runtime, origin, segments, prompt, text, max_tokens_per_group, on_group)
+    return adapt_segments(runtime, origin, segments, prompt, text, max_tokens_per_group, on_group, into)
+
+
+def check_same_writer(memory: Memory, runtime: Runtime, origin: Origin, source: str = "the memory") -> None:
+    """A memory only grows (or is served) under the checkpoint and base that wrote it."""
+    if memory.metadata.get("checkpoint_fingerprint") != origin.fingerprint:
+        raise PerkError(f"{source} was written by another checkpoint (fingerprint "
+                        f"{memory.metadata.get('checkpoint_fingerprint')}, this one {origin.fingerprint}); use the "
+                        f"checkpoint that wrote it ({memory.metadata.get('checkpoint') or 'plain test-time training'})")
+    if memory.metadata.get("base_model") != runtime.config.model.name:
+        raise PerkError(f"{source} was written over base {memory.metadata.get('base_model')}, not "
+                        f"{runtime.config.model.name}")
 
 
 def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt: PromptSettings | None = None,
                    text: str | None = None, max_tokens_per_group: int = ADAPT_GROUP_TOKENS,
-                   on_group: GroupCallback | None = None) -> Memory:
+                   on_group: GroupCallback | None = None, into: Memory | None = None) -> Memory:
+    """A memory of `segments`; with `into`, that memory grown by them: the new segments continue its
+    segment numbering (doc_N, doc_N+1, ...) and the inner steps start from its LoRA, so what it holds is
+    not encoded again."""
     prompt = prompt or runtime.config.prompt
-    context = encode_context(runtime.tokenizer, segments, prompt, max_len=runtime.max_positions)
-    result = runtime.meta.adapt(context.to(runtime.device), on_group=on_group, max_tokens_per_group=max_tokens_per_group)
+    held = 0
+    if into is not None:
+        check_same_writer(into, runtime, origin)
+        held = int(into.metadata["segments"])
+        prompt = PromptSettings(**into.prompt_settings)
+    context = encode_context(runtime.tokenizer, segments, prompt, doc_ids=list(range(held, held + len(segments))),
+                             max_len=runtime.max_positions)
+    start = {name: value.to(runtime.device) for name, value in into.lora.items()} if into is not None else None
+    result = runtime.meta.adapt(context.to(runtime.device), on_group=on_group, max_tokens_per_group=max_tokens_per_group,
+                                start=start)
     bad = next((step for step, loss in enumerate(result.losses) if not math.isfinite(loss)), None)
     if bad is not None or not all(bool(torch.isfinite(v).all()) for v in result.params.values()):
         where = f"the inner loss became {result.losses[bad]} at step {bad + 1}" if bad is not None else \
@@ -244,6 +269,9 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
         raise PerkError(f"adapting diverged ({where}); no memory was written: lower the learning rate (--lr) "
                         "or the number of steps (--steps)")
     document = text if text is not None else "\n".join(segments)
+    digest = hashlib.sha256(document.encode("utf-8")).hexdigest()
+    if into is not None:  # a grown memory's hash chains its documents' hashes, in the order they were added
+        digest = hashlib.sha256((into.metadata["document_sha256"] + digest).encode()).hexdigest()
     state = runtime.state_tensors()
     base = {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
     metadata = {
@@ -256,9 +284,10 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
         "origin": origin.kind,
         "checkpoint": origin.path,
         "checkpoint_fingerprint": origin.fingerprint,
-        "document_sha256": hashlib.sha256(document.encode("utf-8")).hexdigest(),
-        "segments": str(len(segments)),
-        "context_tokens": str(context.n_tokens),
+        "document_sha256": digest,
+        "documents": str(int(into.metadata.get("documents", "1")) + 1 if into is not None else 1),
+        "segments": str(held + len(segments)),
+        "context_tokens": str(context.n_tokens + (int(into.metadata.get("context_tokens", "0")) if into else 0)),
         "steps": str(runtime.config.inner.steps),
         "inner": runtime.config.inner.model_dump_json(),
         "inner_losses": json.dumps([round(x, 6) for x in result.losses]),
@@ -295,6 +324,19 @@ def perk_forced(runtime: Runtime, task: Task) -> tuple[bool, float, dict[str, to
 
 # --- ask: answers from a memory ------------------------------------------------------------------
 
+def check_question(tokenizer, question: str, n_segments: int, prompt: PromptSettings, max_positions: int,
+                   max_new_tokens: int | None = None) -> None:
+    """One line for a question the model cannot answer: empty, or with its answer budget longer than the
+    model's positions."""
+    if not question.strip():
+        raise PerkError("the question is empty; ask something about the document")
+    budget = max_new_tokens or prompt.max_answer_tokens
+    tokens = encode_question(tokenizer, question, n_segments, prompt).input_ids.shape[1]
+    if tokens + budget > max_positions:
+        raise PerkError(f"the question takes {tokens} tokens; with {budget} to answer that exceeds the model's "
+                        f"{max_positions} positions: shorten the question (the document belongs in the memory)")
+
+
 class Reader:
     """A memory's base model with the memory's LoRA in place, answering questions greedily."""
 
@@ -326,15 +368,7 @@ class Reader:
         return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
 
     def check_question(self, question: str, max_new_tokens: int | None = None) -> None:
-        """One line for a question the model cannot answer: empty, or with its answer budget longer than
-        the model's positions."""
-        if not question.strip():
-            raise PerkError("the question is empty; ask something about the document")
-        budget = max_new_tokens or self.prompt.max_answer_tokens
-        tokens = encode_question(self.tokenizer, question, self.n_segments, self.prompt).input_ids.shape[1]
-        if tokens + budget > self.max_positions:
-            raise PerkError(f"the question takes {tokens} tokens; with {budget} to answer that exceeds the model's "
-                            f"{self.max_positions} positions: shorten the question (the document belongs in the memory)")
+        check_question(self.tokenizer, question, self.n_segments, self.prompt, self.max_positions, max_new_tokens)
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> tuple[str, str]:
         """(answer, raw generated text)."""

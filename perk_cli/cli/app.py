@@ -113,9 +113,14 @@ def prepare(
 @app.command()
 def adapt(
     document: str = typer.Argument(..., help="Text file, '-' for stdin, or a task file (.jsonl: its first record)."),
-    output: Path = typer.Option(..., "-o", "--out", help="Memory file to write (.safetensors)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train "
-                                              "[default: most recent under runs/]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--out", help="Memory file to write (.safetensors) "
+                                          r"\[required, but with --into: that file]."),
+    into: Optional[Path] = typer.Option(None, help="Grow this memory by the document: its new segments continue the "
+                                        "memory's numbering and the inner steps start from what it holds (nothing "
+                                        "it holds is read again)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train, or 'shipped' "
+                                              r"\[default: the most recent run's under runs/, else the shipped one; "
+                                              "with --into, the one that wrote the memory]."),
     model: Optional[str] = typer.Option(None, help="Base model for plain test-time training (no checkpoint), "
                                         "or to override the checkpoint's base path."),
     segment_tokens: Optional[int] = typer.Option(None, help=r"Max tokens per segment \[default: the checkpoint's]."),
@@ -135,12 +140,24 @@ def adapt(
 ) -> None:
     """Write a document into a memory file by test-time gradient steps.
 
-    Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1
+    Example: perk adapt doc.txt -o mem.safetensors --checkpoint runs/qa1   (perk adapt more.txt --into mem.safetensors)
     """
     from perk_cli.config import PromptSettings
-    from perk_cli.memory import (adapt_segments, adapt_text, adapting_runtime, export_peft, read_document,
+    from perk_cli.memory import (Memory, adapt_segments, adapt_text, adapting_runtime, export_peft, read_document,
                                  with_segment_tokens)
 
+    grown = Memory.load(into) if into is not None else None
+    if output is None and into is None:
+        raise PerkError("--out: missing; name the memory file to write (-o mem.safetensors), or grow one with --into")
+    output = output if output is not None else into
+    if grown is not None and checkpoint is None and model is None:
+        if grown.metadata.get("origin") != "checkpoint" or not grown.metadata.get("checkpoint"):
+            raise PerkError(f"--into {into}: written by plain test-time training; pass the --model (and --lr, "
+                            "--steps) it was written with")
+        checkpoint = Path(grown.metadata["checkpoint"])
+        if not checkpoint.exists():
+            raise PerkError(f"--into {into}: the checkpoint that wrote it, {checkpoint}, is not here; pass "
+                            "--checkpoint with that checkpoint")
     if output.exists() and output.is_dir():
         raise PerkError(f"--out {output}: is a directory; give a file name like mem.safetensors")
     if document != "-" and output.exists() and Path(document).exists() and output.samefile(document):
@@ -163,9 +180,9 @@ def adapt(
 
         if segments is not None:
             memory = adapt_segments(runtime, origin, segments, max_tokens_per_group=max_tokens_per_group,
-                                    on_group=on_group)
+                                    on_group=on_group, into=grown)
         else:
-            memory = adapt_text(runtime, origin, text, segment_tokens, max_tokens_per_group, on_group)
+            memory = adapt_text(runtime, origin, text, segment_tokens, max_tokens_per_group, on_group, into=grown)
     memory.save(output)
     if peft is not None:
         export_peft(runtime.model, memory, peft)
@@ -180,30 +197,43 @@ def adapt(
 
 @app.command()
 def ask(
-    memory: Path = typer.Argument(..., help="Memory file written by `perk adapt`."),
+    memory: str = typer.Argument(..., help="Memory file written by `perk adapt` (with --server: a memory id)."),
     questions: Optional[list[str]] = typer.Argument(None, help="Questions (or one per line on stdin)."),
     model: Optional[str] = typer.Option(None, help="Base model path, overriding the one the memory names."),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help=r"Decoding budget \[default: the memory's "
                                                  "max_answer_tokens]."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Ask questions at a prompt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    server: Optional[str] = typer.Option(None, help="Ask a running `perk serve` at this URL instead (MEMORY is "
+                                         "then a memory id there); starts in well under a second."),
+    token: Optional[str] = typer.Option(None, envvar="PERK_TOKEN", help="Bearer token of --server."),
     json_output: bool = typer.Option(False, "--json", help="Print {question, answer, raw} per question."),
 ) -> None:
     """Answer questions from a memory, without re-reading the document.
 
-    Example: perk ask mem.safetensors "Where is Mary?"
+    Example: perk ask mem.safetensors "Where is Mary?"   (perk ask --server http://127.0.0.1:8765 m-1a2b "Where is Mary?")
     """
-    from perk_cli.memory import load_reader
-
     _check_device(device)
     if questions and not all(q.strip() for q in questions):
         raise PerkError("question: empty; ask something about the document")
     if not questions and not interactive:
         questions = _stdin_questions()
-    reader = load_reader(memory, model=model, device=device)
+    if server is not None:
+        from perk_cli.serve.client import ask as ask_server  # the standard library only: no torch
+
+        def answer_from(question: str) -> tuple[str, str]:
+            reply = ask_server(server, memory, question, max_new_tokens, token)
+            return reply["answer"], reply["raw"]
+    else:
+        from perk_cli.memory import load_reader
+
+        reader = load_reader(Path(memory), model=model, device=device)
+
+        def answer_from(question: str) -> tuple[str, str]:
+            return reader.ask(question, max_new_tokens)
 
     def answer(question: str) -> None:
-        text, raw = reader.ask(question, max_new_tokens)
+        text, raw = answer_from(question)
         if json_output:
             out.print_json(json.dumps({"question": question, "answer": text, "raw": raw}))
         else:
@@ -513,6 +543,63 @@ def eval_command(
     for note in report["notes"]:
         out.print(f"note: {note}", markup=False)
     out.print(f"predictions, metrics.json and accuracy_vs_length.png in {report['out']}", markup=False)
+
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Option("shipped", help="Checkpoint or run directory whose memories it writes and reads."),
+    store: Path = typer.Option(Path("memories"), help="Folder of memory files (.safetensors) it serves and writes."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(8765, min=0, max=65535, help="Port (0: any free one)."),
+    token: Optional[str] = typer.Option(None, envvar="PERK_TOKEN", help="Bearer token every request must carry."),
+    device: Optional[str] = typer.Option(None, help=r"auto | cpu | cuda | mps \[default: the checkpoint's]."),
+    max_body_mb: float = typer.Option(8.0, min=0.001, help="Largest request body, in MB."),
+    max_text_chars: int = typer.Option(2_000_000, min=1, help="Longest document one request may send."),
+    cache_size: int = typer.Option(64, min=1, help="Memories kept in RAM (least recently used go first)."),
+) -> None:
+    """Serve memories over HTTP: one loaded model, many memories, answers without reloading anything.
+
+    Routes: POST /v1/memories, POST /v1/memories/{id}/append, GET /v1/jobs/{job}, POST /v1/memories/{id}/ask, GET/DELETE /v1/memories[/{id}], GET /health; OpenAPI at /docs.
+
+    Example: perk serve --store memories/ --port 8765
+    """
+    import ipaddress
+    import socket
+
+    _check_device(device)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise PerkError(f"--host {host}: not a loopback address; anyone who can reach it could read the memories: "
+                        "pass --token (or PERK_TOKEN), or bind 127.0.0.1")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PerkError(f"--port {port}: cannot bind {host}:{port} ({exc.strerror or exc}); choose another --port")
+    import uvicorn
+
+    from perk_cli.serve.app import create_app
+    from perk_cli.serve.service import Service
+    from perk_cli.serve.store import MemoryStore
+
+    memories = MemoryStore(store)
+    service = Service(Path(checkpoint), memories, device=device, cache_size=cache_size, max_text_chars=max_text_chars)
+    application = create_app(service, token, int(max_body_mb * (1 << 20)))
+    config = uvicorn.Config(application, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    original = server.startup
+
+    async def announce(*args, **kwargs):  # the real port once bound (--port 0), then one line
+        await original(*args, **kwargs)
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        err.print(f"serving {service.origin.path} with {len(memories.ids())} memories from {store} at "
+                  f"http://{host}:{bound} (OpenAPI at /docs); Ctrl-C stops", markup=False, soft_wrap=True)
+
+    server.startup = announce
+    server.run()
 
 
 @app.command()

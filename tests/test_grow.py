@@ -1,0 +1,88 @@
+"""Memories that grow: `perk adapt more.txt --into mem.safetensors` adds a document without reading what
+the memory holds again; the new segments continue its numbering and the inner steps start from its LoRA."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from perk_cli import __version__
+from perk_cli.config import LoraSettings, PromptSettings, RunConfig
+from perk_cli.data.segment import segment_text
+from perk_cli.memory import Memory, adapt_text, adapting_runtime
+from perk_cli.prompts import encode_context
+from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from tests.conftest import run_cli
+
+FIRST = "Mary went to the kitchen. John went to the garden. Sandra travelled to the office."
+SECOND = "Mary moved to the hallway. Daniel journeyed to the bedroom. John went back to the kitchen."
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ckpt") / "run" / "best"
+    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
+                       prompt=PromptSettings(segment_tokens=16))
+    torch.manual_seed(5)
+    runtime = build_runtime(config)
+    with torch.no_grad():
+        for name, param in runtime.meta.lora_init().items():
+            if ".lora_B." in name:
+                param.normal_(0, 0.05)
+    save_checkpoint(directory, config, runtime.state_tensors())
+    return directory
+
+
+def test_a_grown_memory_continues_the_numbering_and_starts_from_what_it_holds(checkpoint):
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
+    first = adapt_text(runtime, origin, FIRST)
+    grown = adapt_text(runtime, origin, SECOND, into=first)
+    held = int(first.metadata["segments"])
+    segments = segment_text(SECOND, runtime.tokenizer, runtime.config.prompt.segment_tokens)
+    assert held > 1 and grown.metadata["segments"] == str(held + len(segments)) and grown.metadata["documents"] == "2"
+
+    def by_hand(doc_ids, start):
+        context = encode_context(runtime.tokenizer, segments, runtime.config.prompt, doc_ids=doc_ids)
+        return runtime.meta.adapt(context, start=start).params
+
+    expected = by_hand(list(range(held, held + len(segments))), first.lora)
+    assert all(torch.equal(grown.lora[name], expected[name]) for name in expected)
+    # the test can tell: numbered from 0, or started from the learned init, the memory differs
+    renumbered = by_hand(list(range(len(segments))), first.lora)
+    fresh = adapt_text(runtime, origin, SECOND)
+    assert any(not torch.equal(grown.lora[n], renumbered[n]) for n in expected)
+    assert any(not torch.equal(grown.lora[n], fresh.lora[n]) for n in expected)
+    assert grown.metadata["document_sha256"] not in (first.metadata["document_sha256"], fresh.metadata["document_sha256"])
+
+
+def test_adapt_into_grows_the_file_with_the_checkpoint_that_wrote_it(checkpoint, tmp_path, capsys):
+    (tmp_path / "first.txt").write_text(FIRST)
+    (tmp_path / "more.txt").write_text(SECOND)
+    memory = tmp_path / "mem.safetensors"
+    code, _, err = run_cli(["adapt", str(tmp_path / "first.txt"), "-o", str(memory), "--checkpoint", str(checkpoint),
+                            "-q"], capsys)
+    assert code == 0, err
+    before = Memory.load(memory)
+    code, out, err = run_cli(["adapt", str(tmp_path / "more.txt"), "--into", str(memory), "--json"], capsys)
+    assert code == 0, err
+    after = Memory.load(memory)
+    assert json.loads(out)["memory"] == str(memory) and after.metadata["documents"] == "2"
+    runtime, origin = adapting_runtime(checkpoint=checkpoint)
+    expected = adapt_text(runtime, origin, SECOND, into=before)
+    assert all(torch.equal(after.lora[n], expected.lora[n]) for n in expected.lora)
+    code, out, err = run_cli(["ask", str(memory), "Where is Daniel?", "--json"], capsys)
+    assert code == 0, err
+    # another checkpoint cannot grow it: one line, the file untouched
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint.parent, other)
+    config = RunConfig.model_validate_json((checkpoint / "config.json").read_text())
+    torch.manual_seed(9)
+    save_checkpoint(other / "best", config, build_runtime(config).state_tensors())
+    stamp = memory.read_bytes()
+    code, _, err = run_cli(["adapt", str(tmp_path / "more.txt"), "--into", str(memory), "--checkpoint", str(other)],
+                           capsys)
+    assert code == 2 and "written by another checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert memory.read_bytes() == stamp
+    code, _, err = run_cli(["adapt", str(tmp_path / "more.txt")], capsys)
+    assert code == 2 and "--out: missing" in err
