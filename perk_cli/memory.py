@@ -105,7 +105,7 @@ def check_metadata(metadata: dict[str, str], path: Path) -> None:
         try:
             settings.model_validate_json(metadata[key])
         except ValueError as exc:  # pydantic's ValidationError is a ValueError: bad JSON or a bad setting
-            errors = getattr(exc, "errors", lambda: [{"msg": str(exc), "loc": ()}])()
+            errors = exc.errors() if hasattr(exc, "errors") else [{"msg": str(exc), "loc": ()}]
             where = ".".join(str(p) for p in errors[0]["loc"])
             raise PerkError(f"{path}: memory metadata '{key}' is not valid ({where + ': ' if where else ''}"
                             f"{errors[0]['msg']}); was the file edited? re-run `perk adapt`")

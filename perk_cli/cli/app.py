@@ -559,7 +559,7 @@ def serve(
 ) -> None:
     """Serve memories over HTTP: one loaded model, many memories, answers without reloading anything.
 
-    Routes: POST /v1/memories, POST /v1/memories/{id}/append, GET /v1/jobs/{job}, POST /v1/memories/{id}/ask, GET/DELETE /v1/memories[/{id}], GET /health; OpenAPI at /docs.
+    Routes: POST /v1/memories, POST /v1/memories/ID/append, GET /v1/jobs/JOB, POST /v1/memories/ID/ask, GET /v1/memories, GET and DELETE /v1/memories/ID, GET /health; OpenAPI at /docs.
 
     Example: perk serve --store memories/ --port 8765
     """
