@@ -5,6 +5,11 @@ second half alone, scored by where the answer's supporting fact sits.
     perk prepare --task babi --subtask qa1 --facts 4 --length 1024 --segment-tokens 64 --model smollm2-reader \
         --train 0 --validation 0 --test 40 --seed 871 -o runs/grow-qa1-1024
     python experiments/grow_memory.py runs/grow-qa1-1024 [--checkpoint shipped] [--out runs/grow-qa1-1024.json]
+    python experiments/grow_memory.py runs/grow-qa1-1024-val --append-scales 1,0.5,0.25 --only-grown
+
+`--append-scales` grows each memory at these multiples of the learned step sizes (the second call only;
+`perk adapt --grow-step-scale`), a test-time lever chosen on a validation set of its own (0.5) before
+it was scored on the held-out one.
 
 A story's segments are cut in the middle; its supporting fact (the asked person's last move) lies in one
 half. Prints EM a condition, overall and by that half, and writes the rows as JSON.
@@ -31,20 +36,32 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="shipped")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--append-scales", default="1", help="Comma list of factors on the second call's step sizes.")
+    parser.add_argument("--only-grown", action="store_true", help="Skip the whole story and the second half alone.")
+    parser.add_argument("--inner-steps", type=int, help="Inner steps at test time (perk eval --inner-steps).")
+    parser.add_argument("--added-lr", type=float, default=1e-3)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--skip-alone", action="store_true", help="Skip the second half alone.")
     args = parser.parse_args()
-    runtime, files = load_runtime(Path(args.checkpoint))
+    scales = [float(x) for x in args.append_scales.split(",")]
+    runtime, files = load_runtime(Path(args.checkpoint), inner_steps=args.inner_steps, added_lr=args.added_lr)
     origin = Origin("checkpoint", str(files.path), files.fingerprint)
     rows = []
-    for task in read_split(args.tasks, args.split):
+    for task in read_split(args.tasks, args.split)[: args.limit]:
         half = len(task.context) // 2
         first, second = task.context[:half], task.context[half:]
         fact_half = "second" if task.support and any(f in s for f in task.support for s in second) else "first"
-        whole = adapt_segments(runtime, origin, task.context)
-        grown = adapt_segments(runtime, origin, second, into=adapt_segments(runtime, origin, first))
-        alone = adapt_segments(runtime, origin, second)
+        first_memory = adapt_segments(runtime, origin, first)
+        memories = {}
+        if not args.only_grown:
+            memories["whole"] = (adapt_segments(runtime, origin, task.context), len(task.context))
+            if not args.skip_alone:
+                memories["second half alone"] = (adapt_segments(runtime, origin, second), len(second))
+        for scale in scales:  # the second call's steps only
+            grown = adapt_segments(runtime, origin, second, into=first_memory, grow_step_scale=scale)
+            memories["two calls" if scale == 1 else f"two calls, steps x{scale:g}"] = (grown, len(task.context))
         row = {"id": task.id, "gold": task.answer, "fact_half": fact_half}
-        for name, memory, n in (("whole", whole, len(task.context)), ("two calls", grown, len(task.context)),
-                                ("second half alone", alone, len(second))):
+        for name, (memory, n) in memories.items():
             with torch.no_grad():
                 answer, _ = answer_question(runtime.model, runtime.tokenizer, task.question, n, runtime.config.prompt,
                                             lora=memory.lora, max_new_tokens=6)
@@ -53,7 +70,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     print("| condition | EM (n) | fact in the first half | fact in the second half |")
     print("|---|---|---|---|")
-    for name in ("whole", "two calls", "second half alone"):
+    for name in [k for k in rows[0] if isinstance(rows[0][k], dict)]:
         cells = []
         for subset in (rows, [r for r in rows if r["fact_half"] == "first"], [r for r in rows if r["fact_half"] == "second"]):
             correct = sum(r[name]["correct"] for r in subset)

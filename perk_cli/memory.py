@@ -44,6 +44,10 @@ FORMAT = "perk-memory/1"
 # by the document (shipped checkpoint: 2.1 GB at 1K tokens, 2.7 GB at 32K; 4,096 gave 2.6 GB and 6.8 GB;
 # benchmarks/adapt_memory.py), and on a CPU 1,024 is as fast or faster.
 ADAPT_GROUP_TOKENS = 1024
+# The learned step sizes are halved when a memory grows by another document: at full size the new steps
+# overwrite what it held (qa1, 1,024-token stories in two calls: 0.708 against 0.875 at half size on 24
+# validation stories; experiments/LOG.md, 2026-12-06).
+GROW_STEP_SCALE = 0.5
 REQUIRED = ("format", "base_model", "lora", "prompt", "segments", "steps", "perk_version")
 
 
@@ -223,7 +227,7 @@ def with_segment_tokens(prompt: PromptSettings, segment_tokens: int | None) -> P
 
 def adapt_text(runtime: Runtime, origin: Origin, text: str, segment_tokens: int | None = None,
                max_tokens_per_group: int = ADAPT_GROUP_TOKENS, on_group: GroupCallback | None = None,
-               into: Memory | None = None) -> Memory:
+               into: Memory | None = None, grow_step_scale: float = GROW_STEP_SCALE) -> Memory:
     """Adapt on a whole document (any length: segments are processed in groups of bounded size); with
     `into`, grow that memory by the document (cut into its memory's segment length)."""
     prompt = with_segment_tokens(PromptSettings(**into.prompt_settings) if into else runtime.config.prompt,
@@ -231,7 +235,8 @@ def adapt_text(runtime: Runtime, origin: Origin, text: str, segment_tokens: int 
     segments = segment_text(text, runtime.tokenizer, prompt.segment_tokens)
     if not segments:
         raise PerkError("the document has no text to adapt on")
-    return adapt_segments(runtime, origin, segments, prompt, text, max_tokens_per_group, on_group, into)
+    return adapt_segments(runtime, origin, segments, prompt, text, max_tokens_per_group, on_group, into,
+                          grow_step_scale)
 
 
 def check_same_writer(memory: Memory, runtime: Runtime, origin: Origin, source: str = "the memory") -> None:
@@ -247,10 +252,11 @@ def check_same_writer(memory: Memory, runtime: Runtime, origin: Origin, source: 
 
 def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt: PromptSettings | None = None,
                    text: str | None = None, max_tokens_per_group: int = ADAPT_GROUP_TOKENS,
-                   on_group: GroupCallback | None = None, into: Memory | None = None) -> Memory:
+                   on_group: GroupCallback | None = None, into: Memory | None = None,
+                   grow_step_scale: float = GROW_STEP_SCALE) -> Memory:
     """A memory of `segments`; with `into`, that memory grown by them: the new segments continue its
-    segment numbering (doc_N, doc_N+1, ...) and the inner steps start from its LoRA, so what it holds is
-    not encoded again."""
+    segment numbering (doc_N, doc_N+1, ...) and the inner steps start from its LoRA, at `grow_step_scale`
+    times the learned step sizes, so what it holds is not encoded again."""
     prompt = prompt or runtime.config.prompt
     held = 0
     if into is not None:
@@ -261,7 +267,7 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
                              max_len=runtime.max_positions)
     start = {name: value.to(runtime.device) for name, value in into.lora.items()} if into is not None else None
     result = runtime.meta.adapt(context.to(runtime.device), on_group=on_group, max_tokens_per_group=max_tokens_per_group,
-                                start=start)
+                                start=start, step_scale=grow_step_scale if into is not None else 1.0)
     bad = next((step for step, loss in enumerate(result.losses) if not math.isfinite(loss)), None)
     if bad is not None or not all(bool(torch.isfinite(v).all()) for v in result.params.values()):
         where = f"the inner loss became {result.losses[bad]} at step {bad + 1}" if bad is not None else \
@@ -290,6 +296,7 @@ def adapt_segments(runtime: Runtime, origin: Origin, segments: list[str], prompt
         "context_tokens": str(context.n_tokens + (int(into.metadata.get("context_tokens", "0")) if into else 0)),
         "steps": str(runtime.config.inner.steps),
         "inner": runtime.config.inner.model_dump_json(),
+        **({"grow_step_scale": f"{grow_step_scale:g}"} if into is not None else {}),
         "inner_losses": json.dumps([round(x, 6) for x in result.losses]),
         "final_inner_loss": f"{result.losses[-1]:.6f}",
     }

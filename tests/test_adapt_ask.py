@@ -277,8 +277,8 @@ def test_adapt_max_tokens_per_group_splits_the_document_and_gives_the_same_memor
     doc.write_text(DOC)
     groups = []
     adapt = MetaLearner.adapt
-    monkeypatch.setattr(MetaLearner, "adapt", lambda self, context, on_group=None, max_tokens_per_group=None:
-                        groups.append(max_tokens_per_group) or adapt(self, context, on_group, max_tokens_per_group))
+    monkeypatch.setattr(MetaLearner, "adapt", lambda self, context, on_group=None, max_tokens_per_group=None, **kw:
+                        groups.append(max_tokens_per_group) or adapt(self, context, on_group, max_tokens_per_group, **kw))
     outputs = {}
     for size in ("4096", "40"):
         path = tmp_path / f"m{size}.safetensors"

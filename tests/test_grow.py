@@ -10,7 +10,7 @@ import torch
 from perk_cli import __version__
 from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.data.segment import segment_text
-from perk_cli.memory import Memory, adapt_text, adapting_runtime
+from perk_cli.memory import GROW_STEP_SCALE, Memory, adapt_text, adapting_runtime
 from perk_cli.prompts import encode_context
 from perk_cli.training.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
@@ -42,17 +42,21 @@ def test_a_grown_memory_continues_the_numbering_and_starts_from_what_it_holds(ch
     segments = segment_text(SECOND, runtime.tokenizer, runtime.config.prompt.segment_tokens)
     assert held > 1 and grown.metadata["segments"] == str(held + len(segments)) and grown.metadata["documents"] == "2"
 
-    def by_hand(doc_ids, start):
+    def by_hand(doc_ids, start, scale=GROW_STEP_SCALE):
         context = encode_context(runtime.tokenizer, segments, runtime.config.prompt, doc_ids=doc_ids)
-        return runtime.meta.adapt(context, start=start).params
+        return runtime.meta.adapt(context, start=start, step_scale=scale).params
 
     expected = by_hand(list(range(held, held + len(segments))), first.lora)
     assert all(torch.equal(grown.lora[name], expected[name]) for name in expected)
-    # the test can tell: numbered from 0, or started from the learned init, the memory differs
+    assert grown.metadata["grow_step_scale"] == "0.5"
+    # the test can tell: numbered from 0, at full step size, or started from the learned init, it differs
     renumbered = by_hand(list(range(len(segments))), first.lora)
+    full_steps = by_hand(list(range(held, held + len(segments))), first.lora, scale=1.0)
     fresh = adapt_text(runtime, origin, SECOND)
-    assert any(not torch.equal(grown.lora[n], renumbered[n]) for n in expected)
-    assert any(not torch.equal(grown.lora[n], fresh.lora[n]) for n in expected)
+    for other in (renumbered, full_steps, fresh.lora):
+        assert any(not torch.equal(grown.lora[n], other[n]) for n in expected)
+    assert all(torch.equal(adapt_text(runtime, origin, SECOND, into=first, grow_step_scale=1.0).lora[n], full_steps[n])
+               for n in expected)
     assert grown.metadata["document_sha256"] not in (first.metadata["document_sha256"], fresh.metadata["document_sha256"])
 
 

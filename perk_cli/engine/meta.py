@@ -89,7 +89,8 @@ class MetaLearner(nn.Module):
         return find_frozen_prefix(self.model, self.lora_names) if self.settings.cache_prefix else None
 
     def inner_loop(self, context: TokenBatch, *, differentiable: bool, on_group: GroupCallback | None = None,
-                   max_tokens_per_group: int | None = None, start: dict[str, torch.Tensor] | None = None) -> InnerResult:
+                   max_tokens_per_group: int | None = None, start: dict[str, torch.Tensor] | None = None,
+                   step_scale: float = 1.0) -> InnerResult:
         """The inner loop on a task's context. `max_tokens_per_group` overrides the settings' group size
         (peak memory is one group's). The `higher` engine serves the differentiable path only."""
         groups = context.split(max_tokens_per_group or self.settings.max_tokens_per_group)
@@ -99,7 +100,8 @@ class MetaLearner(nn.Module):
             return run_inner_loop_higher(self.model, self.lora_names, groups, self.step_sizes(),
                                          self.weighter, self.settings)
         params0 = self.lora_init() if start is None else {name: start[name] for name in self.lora_init()}
-        return run_inner_loop(self.model, params0, groups, self.step_sizes(), self.weighter,
+        step_sizes = self.step_sizes() if step_scale == 1.0 else self.step_sizes() * step_scale
+        return run_inner_loop(self.model, params0, groups, step_sizes, self.weighter,
                               self.settings, differentiable=differentiable, on_group=on_group,
                               prefix=self.frozen_prefix())
 
@@ -146,11 +148,13 @@ class MetaLearner(nn.Module):
         return answer_scores(functional_model_call(self.model, params), question, answer_weight)
 
     def adapt(self, context: TokenBatch, on_group: GroupCallback | None = None,
-              max_tokens_per_group: int | None = None, start: dict[str, torch.Tensor] | None = None) -> InnerResult:
+              max_tokens_per_group: int | None = None, start: dict[str, torch.Tensor] | None = None,
+              step_scale: float = 1.0) -> InnerResult:
         """Test time: the inner loop with no graph kept; returns detached phi_K. `start` replaces the
-        learned LoRA init as phi_0 (a memory grown by another document starts from what it holds)."""
+        learned LoRA init as phi_0 (a memory grown by another document starts from what it holds), and
+        `step_scale` multiplies every learned step size."""
         result = self.inner_loop(context, differentiable=False, on_group=on_group,
-                                 max_tokens_per_group=max_tokens_per_group, start=start)
+                                 max_tokens_per_group=max_tokens_per_group, start=start, step_scale=step_scale)
         return InnerResult({n: p.detach() for n, p in result.params.items()}, result.losses)
 
     def trainable_state_dict(self, include_base: bool = False) -> dict[str, torch.Tensor]:
