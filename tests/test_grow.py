@@ -77,6 +77,15 @@ def test_adapt_into_grows_the_file_with_the_checkpoint_that_wrote_it(checkpoint,
     assert all(torch.equal(after.lora[n], expected.lora[n]) for n in expected.lora)
     code, out, err = run_cli(["ask", str(memory), "Where is Daniel?", "--json"], capsys)
     assert code == 0, err
+    first_file, full = tmp_path / "first.safetensors", tmp_path / "full.safetensors"
+    before.save(first_file)  # --grow-step-scale reaches the inner loop; -o leaves the --into file as it was
+    code, _, err = run_cli(["adapt", str(tmp_path / "more.txt"), "--into", str(first_file), "-o", str(full),
+                            "--grow-step-scale", "1", "-q"], capsys)
+    assert code == 0, err
+    assert Memory.load(first_file).metadata == before.metadata
+    expected_full = adapt_text(runtime, origin, SECOND, into=before, grow_step_scale=1.0)
+    assert Memory.load(full).metadata["grow_step_scale"] == "1"
+    assert all(torch.equal(Memory.load(full).lora[n], expected_full.lora[n]) for n in expected_full.lora)
     # another checkpoint cannot grow it: one line, the file untouched
     other = tmp_path / "other"
     shutil.copytree(checkpoint.parent, other)

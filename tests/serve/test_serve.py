@@ -200,20 +200,29 @@ def test_every_bad_request_is_a_4xx_with_a_one_line_reason(server, checkpoint, t
     connection.close()
 
 
-def test_any_address_but_loopback_needs_a_token_and_a_token_guards_every_route(checkpoint, tmp_path):
+def test_any_address_but_loopback_needs_a_token_and_a_token_guards_every_route(checkpoint, tmp_path, capsys):
     refused = subprocess.run([sys.executable, "-m", "perk_cli.cli", "serve", "--checkpoint", str(checkpoint),
                               "--store", str(tmp_path / "s"), "--host", "0.0.0.0"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PERK_TOKEN"})
     assert refused.returncode == 2 and "--host 0.0.0.0" in refused.stderr and "--token" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    guarded = Server(checkpoint, tmp_path / "s", "--token", "s3cret")
+    guarded = Server(checkpoint, tmp_path / "s", "--token", "s3cret", "--max-text-chars", "40", "--max-body-mb",
+                     "0.001")
     try:
         for path in ("/health", "/v1/memories"):
             status, reply = guarded.call("GET", path)
             assert status == 401 and "bearer token" in reply["error"]
         assert guarded.call("GET", "/health", headers={"Authorization": "Bearer wrong"})[0] == 401
+        code, _, err = run_cli(["ask", "--server", guarded.url, "nobody", "Where?"], capsys)
+        assert code == 2 and "401" in err and len(err.strip().splitlines()) == 1
+        code, _, err = run_cli(["ask", "--server", guarded.url, "nobody", "Where?", "--token", "s3cret"], capsys)
+        assert code == 2 and "404 no memory 'nobody'" in err  # the token went through
         guarded.token = "s3cret"
         assert guarded.call("GET", "/health")[0] == 200
+        status, reply = guarded.call("POST", "/v1/memories", {"text": "Mary went to the kitchen. " * 2})
+        assert status == 400 and "over this server's limit of 40" in reply["error"]
+        status, reply = guarded.call("POST", "/v1/memories", {"text": "x" * 1100})
+        assert status == 413 and "limit of 1048" in reply["error"]
     finally:
         guarded.stop()
 
