@@ -8,8 +8,7 @@ set size is read from the kernel (ru_maxrss of the child). The frozen-prefix cac
 state of every accumulation group below the lowest adapted layer, tokens x hidden size x 4 bytes, so
 it grows with the document once it fills a group (88 MB at 32K tokens); so does the C allocator's
 fragmentation (MALLOC_MMAP_THRESHOLD_=131072 in the environment removes that, at 1.3x the time).
-Prints one table. Measured (one run, 2 cores): groups of 1,024 tokens 2,139 / 2,451 / 2,695 MB at
-1K / 8K / 32K tokens (1.26x), groups of 4,096 2,584 / 5,976 / 6,780 MB (2.62x); README, `perk adapt`.
+Prints one table; the measured one is in the README (`perk adapt`).
 """
 
 from __future__ import annotations

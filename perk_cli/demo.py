@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # the recipe module loads only with --retrain
     from perk_cli.training.recipe import Recipe, RecipeResult, StageCallback
 
 TRAIN_LENGTH = 128
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / "qa1-reader"  # = training.checkpoint.SHIPPED
 SHIPPED_TEST_TASKS = 8  # per length: the default that keeps the shipped demo to a few minutes on 2 cores
 SHIPPED_PLAIN_LR = 1e-2  # plain TTT's lr for the shipped top-8 LoRA, tuned on validation (benchmarks/RESULTS.md)
 Say = Callable[[str], None]

@@ -41,12 +41,10 @@ from perk_cli.training.checkpoint import (DEFAULT_RUNS, Runtime, build_runtime, 
 
 FORMAT = "perk-memory/1"
 # Tokens per accumulation group when writing a memory: the peak memory of `perk adapt` is set by this, not
-# by the document (shipped checkpoint: 2.1 GB at 1K tokens, 2.7 GB at 32K; 4,096 gave 2.6 GB and 6.8 GB;
-# benchmarks/adapt_memory.py), and on a CPU 1,024 is as fast or faster.
+# by the document, and on a CPU 1,024 is as fast or faster than larger groups (benchmarks/adapt_memory.py).
 ADAPT_GROUP_TOKENS = 1024
 # The learned step sizes are halved when a memory grows by another document: at full size the new steps
-# overwrite what it held (qa1, 1,024-token stories in two calls: 0.708 against 0.875 at half size on 24
-# validation stories; experiments/LOG.md, 2026-12-06).
+# overwrite what it held (chosen on validation stories: experiments/LOG.md, 2026-12-06).
 GROW_STEP_SCALE = 0.5
 REQUIRED = ("format", "base_model", "lora", "prompt", "segments", "steps", "perk_version")
 

@@ -119,8 +119,8 @@ def adapt(
                                         "memory's numbering and the inner steps start from what it holds (nothing "
                                         "it holds is read again)."),
     grow_step_scale: float = typer.Option(0.5, help="With --into: the learned step sizes times this (at 1 the new "
-                                          "document overwrote what the memory held: 0.71 against 0.88 at 0.5 on "
-                                          "qa1 validation stories)."),
+                                          "document overwrites what the memory held; 0.5 was chosen on validation "
+                                          "stories: experiments/LOG.md)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train, or 'shipped' "
                                               r"\[default: the most recent run's under runs/, else the shipped one; "
                                               "with --into, the one that wrote the memory]."),
@@ -129,8 +129,7 @@ def adapt(
     segment_tokens: Optional[int] = typer.Option(None, help=r"Max tokens per segment \[default: the checkpoint's]."),
     max_tokens_per_group: int = typer.Option(1024, "--max-tokens-per-group", min=1,
                                              help="Tokens per accumulation group: sets peak memory, which then "
-                                             "grows only slowly with the document (shipped checkpoint, 1,024: "
-                                             "2.1 GB at 1K tokens, 2.7 GB at 32K; 4,096: 2.6 and 6.8 GB)."),
+                                             "grows only slowly with the document (README, `perk adapt`)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Inner steps: plain TTT's [default: 4]; with a checkpoint, "
                                         "steps at test time in place of its trained count (more can help documents "
                                         "far longer than it trained on), those past it at --lr."),

@@ -35,6 +35,9 @@ from perk_cli.serve.store import MemoryStore
 from perk_cli.training.checkpoint import load_runtime
 
 
+MAX_JOBS_KEPT = 1000
+
+
 class Incompatible(PerkError):
     """A memory written by another checkpoint or over another base: it cannot be read here."""
 
@@ -168,6 +171,8 @@ class Service:
                 raise Busy(f"memory {memory_id}: a job is writing it already; wait for it (GET /v1/jobs/...)")
             job = Job(id=f"j-{secrets.token_hex(6)}", memory=memory_id, kind="append" if append else "adapt")
             self.jobs[job.id] = job
+            while len(self.jobs) > MAX_JOBS_KEPT:  # a long-running server keeps the most recent jobs only
+                del self.jobs[next(iter(self.jobs))]
             self._pending.add(memory_id)
         self._queue.put((job, text))
         return job

@@ -45,8 +45,7 @@ def checkpoint(tmp_path_factory):
 
 class Server:
     def __init__(self, checkpoint: Path, store: Path, *flags: str):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERK_TOKEN": ""}
-        env.pop("PERK_TOKEN")
+        env = {**{k: v for k, v in os.environ.items() if k != "PERK_TOKEN"}, "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "perk_cli.cli", "serve", "--checkpoint", str(checkpoint), "--store", str(store),
              "--port", "0", *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
