@@ -1,4 +1,4 @@
-"""Does a memory written in two calls remember the first? qa1 stories adapted whole, in two halves (the
+"""Does a memory written in two calls remember the first? bAbI stories adapted whole, in two halves (the
 second call grows the first's memory: `perk adapt --into`, `POST /v1/memories/{id}/append`), and the
 second half alone, scored by where the answer's supporting fact sits.
 
@@ -11,8 +11,10 @@ second half alone, scored by where the answer's supporting fact sits.
 `perk adapt --grow-step-scale`), a test-time lever chosen on a validation set of its own (0.5) before
 it was scored on the held-out one.
 
-A story's segments are cut in the middle; its supporting fact (the asked person's last move) lies in one
-half. Prints EM a condition, overall and by that half, and writes the rows as JSON.
+A story's segments are cut in the middle; its supporting facts (qa1: the asked person's last move; qa2:
+the object's last take or drop and its holder's move) lie in the first half, the second, or both. Prints
+EM a condition, overall and by that half, and writes the rows as JSON. A checkpoint that recites before it
+answers (qa2's) needs its full answer length: `--max-new-tokens 0` takes the checkpoint's own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from perk_cli.prompts import answer_question
 from perk_cli.training.checkpoint import load_runtime
 
 
+def where_support_lies(support: list[str], first: list[str], second: list[str]) -> str:
+    """'first', 'second' or 'both': the halves whose segments hold the task's supporting facts."""
+    def holds(half: list[str]) -> bool:
+        return any(fact in segment for fact in support for segment in half)
+    in_first, in_second = holds(first), holds(second)
+    return "both" if in_first and in_second else "second" if in_second else "first"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", type=Path)
@@ -42,6 +52,7 @@ def main() -> None:
     parser.add_argument("--added-lr", type=float, default=1e-3)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--skip-alone", action="store_true", help="Skip the second half alone.")
+    parser.add_argument("--max-new-tokens", type=int, default=6, help="0: the checkpoint's max_answer_tokens.")
     args = parser.parse_args()
     scales = [float(x) for x in args.append_scales.split(",")]
     runtime, files = load_runtime(Path(args.checkpoint), inner_steps=args.inner_steps, added_lr=args.added_lr)
@@ -50,7 +61,7 @@ def main() -> None:
     for task in read_split(args.tasks, args.split)[: args.limit]:
         half = len(task.context) // 2
         first, second = task.context[:half], task.context[half:]
-        fact_half = "second" if task.support and any(f in s for f in task.support for s in second) else "first"
+        fact_half = where_support_lies(task.support, first, second)
         first_memory = adapt_segments(runtime, origin, first)
         memories = {}
         if not args.only_grown:
@@ -64,15 +75,17 @@ def main() -> None:
         for name, (memory, n) in memories.items():
             with torch.no_grad():
                 answer, _ = answer_question(runtime.model, runtime.tokenizer, task.question, n, runtime.config.prompt,
-                                            lora=memory.lora, max_new_tokens=6)
+                                            lora=memory.lora, max_new_tokens=args.max_new_tokens or None)
             row[name] = {"answer": answer, "correct": exact_match(answer, task.answer)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("| condition | EM (n) | fact in the first half | fact in the second half |")
-    print("|---|---|---|---|")
+    halves = [h for h in ("first", "second", "both") if any(r["fact_half"] == h for r in rows)]
+    print("| condition | EM (n) | " + " | ".join(f"facts in the {h} half" if h != "both" else "facts in both" for h in halves)
+          + " |")
+    print("|---|---|" + "---|" * len(halves))
     for name in [k for k in rows[0] if isinstance(rows[0][k], dict)]:
         cells = []
-        for subset in (rows, [r for r in rows if r["fact_half"] == "first"], [r for r in rows if r["fact_half"] == "second"]):
+        for subset in [rows] + [[r for r in rows if r["fact_half"] == h] for h in halves]:
             correct = sum(r[name]["correct"] for r in subset)
             cells.append(f"{correct / max(1, len(subset)):.3f} ({len(subset)})")
         print(f"| {name} | " + " | ".join(cells) + " |")
