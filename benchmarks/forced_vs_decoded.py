@@ -21,10 +21,10 @@ import torch
 
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
-from perk_cli.evaluation.scores import exact_match
+from perk_cli.scores import exact_match
 from perk_cli.memory import perk_answer, perk_forced
 from perk_cli.prompts import decode_budget
-from perk_cli.training.checkpoint import build_runtime, read_checkpoint
+from perk_cli.checkpoint import build_runtime, read_checkpoint
 
 
 def compare(runtime, tasks) -> list[dict]:

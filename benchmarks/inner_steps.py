@@ -24,7 +24,7 @@ from pathlib import Path
 
 from perk_cli.data.schema import read_split
 from perk_cli.errors import PerkError
-from perk_cli.training.checkpoint import (CheckpointFiles, build_runtime, read_checkpoint, save_checkpoint,
+from perk_cli.checkpoint import (CheckpointFiles, build_runtime, read_checkpoint, save_checkpoint,
                                         with_inner_steps)
 from perk_cli.training.meta_train import validate
 

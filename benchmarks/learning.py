@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--top-layers", type=int, default=4)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma list of variants to run.")
     args = parser.parse_args()
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
     from perk_cli.training.meta_train import meta_train
 
     data = args.out / "data"

@@ -26,7 +26,7 @@ from perk_cli.data.schema import read_split
 from perk_cli.engine.losses import functional_model_call
 from perk_cli.errors import PerkError
 from perk_cli.prompts import encode_task
-from perk_cli.training.checkpoint import load_runtime
+from perk_cli.checkpoint import load_runtime
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "attn.c_proj")
 MLP = ("gate_proj", "up_proj", "down_proj", "c_fc", "mlp.c_proj")

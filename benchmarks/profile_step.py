@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 def build(model: str, context_tokens: int, top_layers: int | None, steps: int):
     from perk_cli import __version__
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
-    from perk_cli.training.checkpoint import build_runtime
+    from perk_cli.checkpoint import build_runtime
     from smollm2 import random_task  # benchmarks/ is on sys.path when run as a script
 
     torch.manual_seed(0)

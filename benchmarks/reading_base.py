@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import torch
 
 from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings, TrainSettings
-from perk_cli.data.prepare import prepare
+from perk_cli.prepare import prepare
 from perk_cli.data.schema import Task, read_split
 from perk_cli.data.vocab import DROP_VERBS, MOVE_VERBS, TAKE_VERBS
 from perk_cli.engine.batches import TokenBatch

@@ -67,7 +67,7 @@ def family_size(family: str, length: int | None) -> dict:
 
 def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_tasks: int = 2000,
                  length: int | None = None, segment_tokens: int = 128, validation_tasks: int = 16) -> dict[int, Path]:
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     task, subtask, _ = FAMILIES[family]
     size = family_size(family, length)
@@ -88,7 +88,7 @@ def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_task
 def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], train_tasks: int,
                        segment_tokens: int, validation_tasks: int = 16) -> Path:
     """Training tasks cycling over `lengths` (and the validation tasks likewise), a seed of their own."""
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     task, subtask, _ = FAMILIES[family]
     directory = out / "data" / f"{family}-curriculum"

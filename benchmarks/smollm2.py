@@ -44,7 +44,7 @@ def run_one(mode: str, context_tokens: int, repeats: int, top_layers: int) -> di
 
     from perk_cli import __version__
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig
-    from perk_cli.training.checkpoint import build_runtime
+    from perk_cli.checkpoint import build_runtime
 
     torch.manual_seed(0)
     started = time.perf_counter()

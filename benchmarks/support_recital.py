@@ -78,7 +78,7 @@ def score(rows: list[dict], support: dict[str, list[str]], hard: set[str] = froz
 def read_recitals(runtime, rows: list[dict], tasks: dict[str, Task], budget: int = 16) -> list[float]:
     """Exact match of the runtime's base (adapter off, plain answers) reading each row's recital in its
     prompt in place of the task's document; 0 where nothing was recited or it does not fit."""
-    from perk_cli.evaluation.scores import exact_match
+    from perk_cli.scores import exact_match
     from perk_cli.training.in_context import answer_in_context
 
     scores = []
@@ -116,7 +116,7 @@ def main() -> None:
             raise PerkError(f"{path}: no rows of method {args.method!r}")
         runtime = None
         if args.read_with_base is not None:
-            from perk_cli.training.checkpoint import load_runtime
+            from perk_cli.checkpoint import load_runtime
 
             runtime, _ = load_runtime(args.read_with_base)
     except PerkError as exc:

@@ -48,7 +48,7 @@ def child(config: dict, steps: int, tasks_per_forward: int, task_dir: str | None
     from perk_cli import __version__
     from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, RunConfig, TrainSettings
     from perk_cli.engine import MetaTask, TokenBatch
-    from perk_cli.training.checkpoint import build_runtime
+    from perk_cli.checkpoint import build_runtime
 
     torch.manual_seed(0)
     run = RunConfig(perk_version=__version__, model=ModelSettings(name=config["model"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from perk_cli import __version__
 from perk_cli.config import InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig, TrainSettings
-from perk_cli.data.prepare import prepare
+from perk_cli.prepare import prepare
 from perk_cli.training.meta_train import meta_train
 
 

@@ -62,7 +62,7 @@ def _worker_init() -> None:
 def encode_sets(spec: tuple, n: int, seed: int, tokenizer=None) -> list[tuple[list[int], list[bool]]]:
     """n tasks of one (family, subtask, facts, length) as (ids, answer-token mask) in the in-context format."""
     from perk_cli.config import PrepareSettings, PromptSettings
-    from perk_cli.data.prepare import _generate
+    from perk_cli.prepare import _generate
     from perk_cli.prompts import encode_question
 
     tokenizer = tokenizer or _tokenizer

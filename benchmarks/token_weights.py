@@ -22,7 +22,7 @@ import torch
 from perk_cli.data.schema import read_split
 from perk_cli.engine.losses import functional_model_call, weighted_token_nll
 from perk_cli.prompts import encode_context
-from perk_cli.training.checkpoint import load_runtime
+from perk_cli.checkpoint import load_runtime
 
 FACT = re.compile(r"Event \d+: [^.]*\.")
 

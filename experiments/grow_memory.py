@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from perk_cli.data.schema import read_split
-from perk_cli.evaluation.scores import exact_match
+from perk_cli.scores import exact_match
 from perk_cli.memory import Origin, adapt_segments
 from perk_cli.prompts import answer_question
-from perk_cli.training.checkpoint import load_runtime
+from perk_cli.checkpoint import load_runtime
 
 
 def where_support_lies(support: list[str], first: list[str], second: list[str]) -> str:

@@ -60,7 +60,7 @@ class DemoResult:
 
 
 def _data(out: Path, length: int, train: int, test: int, seed: int, model: str = "tiny") -> Path:
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     directory = out / "data" / f"qa1-{length}"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64, model=model,
@@ -82,7 +82,7 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
 
 def shipped_checkpoint() -> Path:
     """The checkpoint perk demo uses by default, after checking that its base can load here."""
-    from perk_cli.training.checkpoint import shipped_checkpoint as checked
+    from perk_cli.checkpoint import shipped_checkpoint as checked
 
     try:
         return checked("perk demo: --checkpoint")
@@ -114,7 +114,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     from perk_cli.evaluation.evaluate import evaluate
     from perk_cli.evaluation.references import references
     from perk_cli.memory import Reader, adapt_segments, adapting_runtime
-    from perk_cli.training.checkpoint import checkpoint_config
+    from perk_cli.checkpoint import checkpoint_config
     from perk_cli.training.meta_train import meta_train
 
     if out.exists() and any(out.iterdir()) and not ((out / "data").is_dir() or (out / "retrain").is_dir()):

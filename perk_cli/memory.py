@@ -36,7 +36,7 @@ from perk_cli.files import read_text, staged_file
 from perk_cli.models.base import load_base
 from perk_cli.models.lora import attach_lora, peft_init
 from perk_cli.prompts import answer_question, encode_context, encode_question, encode_task
-from perk_cli.training.checkpoint import (DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime,
+from perk_cli.checkpoint import (DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime,
                                           shipped_checkpoint)
 
 FORMAT = "perk-memory/1"

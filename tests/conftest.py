@@ -115,7 +115,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def prepared_qa1(tmp_path_factory, **sizes):
     """A small generated qa1 task directory (tiny tokenizer), for the training and evaluation tests."""
     from perk_cli.config import PrepareSettings
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     out = tmp_path_factory.mktemp("data") / "qa1"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, out=str(out), segment_tokens=32, **sizes))

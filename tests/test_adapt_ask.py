@@ -13,7 +13,7 @@ import torch
 from perk_cli import __version__
 from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.memory import Memory, Reader, adapt_text, adapting_runtime, load_reader
-from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from perk_cli.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
 
 DOC = " ".join(f"Event {i}: {name} went to the {place}." for i, (name, place) in
@@ -195,7 +195,7 @@ def test_default_checkpoint_is_the_latest_runs_never_a_baseline_else_the_shipped
                                                                                       monkeypatch):
     import shutil
 
-    import perk_cli.training.checkpoint as checkpoints
+    import perk_cli.checkpoint as checkpoints
 
     doc = tmp_path / "doc.txt"
     doc.write_text(DOC)

@@ -10,7 +10,7 @@ from perk_cli import __version__
 from perk_cli.config import EvalSettings, InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.data.schema import read_split
 from perk_cli.prompts import answer_target
-from perk_cli.training.checkpoint import build_runtime
+from perk_cli.checkpoint import build_runtime
 from tests.conftest import prepared_qa1
 
 
@@ -47,7 +47,7 @@ def test_validation_decodes_as_many_tokens_as_the_support_target_needs(qa1, monk
 
 def test_the_in_context_baseline_trains_the_steps_perk_took_and_keeps_its_best(qa1, tmp_path, monkeypatch):
     import perk_cli.training.in_context as baselines
-    from perk_cli.training.checkpoint import read_checkpoint
+    from perk_cli.checkpoint import read_checkpoint
     from perk_cli.training.meta_train import meta_train
 
     scripted = iter([0.25, 0.75, 0.5])  # validation EM after steps 1, 2, 3: step 2 is the best
@@ -72,7 +72,7 @@ def test_the_in_context_baseline_trains_the_steps_perk_took_and_keeps_its_best(q
 
 def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path):
     from perk_cli.evaluation.evaluate import evaluate
-    from perk_cli.training.checkpoint import save_checkpoint
+    from perk_cli.checkpoint import save_checkpoint
 
     config = _config()
     runtime = build_runtime(config)
@@ -97,7 +97,7 @@ def test_plain_ttt_learning_rate_is_tuned_on_the_validation_split(qa1, tmp_path)
 
 
 def test_the_plain_lr_grid_flag_reaches_the_tuning_and_a_bad_grid_is_one_line(qa1, tmp_path, capsys):
-    from perk_cli.training.checkpoint import save_checkpoint
+    from perk_cli.checkpoint import save_checkpoint
     from tests.conftest import run_cli
 
     config = _config()
@@ -118,9 +118,9 @@ def test_base_truncated_reads_the_last_segments_that_fit_the_window(qa1, tmp_pat
     segments that fits with the question and room to answer (one more segment would not fit), and answers
     as the base does from that tail; a document that fits is read whole, as by the base baseline."""
     from perk_cli.config import PrepareSettings
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
     from perk_cli.prompts import encode_question
-    from perk_cli.training.checkpoint import load_runtime, save_checkpoint
+    from perk_cli.checkpoint import load_runtime, save_checkpoint
     from perk_cli.training.in_context import answer_in_context
     from tests.conftest import run_cli
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from perk_cli.engine.learned import LearnedStepSizes
-from perk_cli.training.checkpoint import read_checkpoint
+from perk_cli.checkpoint import read_checkpoint
 
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recall-smollm2-r3" / "checkpoint"
 
@@ -23,7 +23,7 @@ def test_a_pre_fix_checkpoint_keeps_its_weighting_rule_and_step_sizes():
 def test_a_new_checkpoint_keeps_the_default_rule(tmp_path):
     from perk_cli import __version__
     from perk_cli.config import RunConfig
-    from perk_cli.training.checkpoint import save_checkpoint
+    from perk_cli.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "c", RunConfig(perk_version=__version__), {"x": torch.zeros(1)})
     assert read_checkpoint(tmp_path / "c").config.inner.weighting_mode == "coefficients"
@@ -35,7 +35,7 @@ def test_fit_step_sizes_keeps_the_trained_rows_and_starts_new_ones_at_lr_init():
     import pytest
 
     from perk_cli.engine.learned import inverse_softplus
-    from perk_cli.training.checkpoint import fit_step_sizes
+    from perk_cli.checkpoint import fit_step_sizes
 
     table = torch.arange(6.0).reshape(3, 2)  # 3 inner steps x 2 LoRA tensors, in log space
     tensors = {"step_sizes.log_eta": table, "lora_init.x": torch.ones(2)}

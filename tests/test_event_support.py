@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from perk_cli.config import PrepareSettings
-from perk_cli.data.prepare import prepare
+from perk_cli.prepare import prepare
 from perk_cli.data.segment import split_sentences
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "event_support.py"

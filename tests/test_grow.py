@@ -12,7 +12,7 @@ from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.data.segment import segment_text
 from perk_cli.memory import GROW_STEP_SCALE, Memory, adapt_text, adapting_runtime
 from perk_cli.prompts import encode_context
-from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from perk_cli.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
 
 FIRST = "Mary went to the kitchen. John went to the garden. Sandra travelled to the office."

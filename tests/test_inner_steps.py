@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from perk_cli import __version__
 from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.data.schema import read_split
-from perk_cli.training.checkpoint import load_runtime
+from perk_cli.checkpoint import load_runtime
 from perk_cli.training.meta_train import meta_train, validate
 from tests.conftest import benchmark_module, prepared_qa1
 

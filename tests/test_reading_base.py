@@ -61,7 +61,7 @@ def test_evaluate_saved_scores_a_saved_base_by_decoding(tmp_path, tmp_path_facto
     """`--evaluate` (and the gate after training) on a saved base directory: decoded in-context EM, as
     perk eval's `base` reads it, recorded in the report."""
     from perk_cli.config import ModelSettings
-    from perk_cli.evaluation.scores import exact_match
+    from perk_cli.scores import exact_match
     from perk_cli.models.base import load_base
     from perk_cli.training.in_context import answer_in_context
     from reading_base import evaluate_saved, in_context_runtime

@@ -10,7 +10,7 @@ from perk_cli import __version__
 from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
                              RunConfig, TrainSettings)
 from perk_cli.errors import PerkError
-from perk_cli.training.checkpoint import checkpoint_config, read_checkpoint
+from perk_cli.checkpoint import checkpoint_config, read_checkpoint
 from perk_cli.training.recipe import Recipe, RecipeStage, qa1_reader_recipe, run_recipe
 from tests.conftest import run_cli
 

@@ -32,7 +32,7 @@ def test_reproduce_runs_every_stage_and_resumes(tmp_path):
     assert "| PERK (truncated) |" in first and "| in-context |" in first
     # the id-blind reference, recomputed here by hand for the 1x test set
     from perk_cli.data.schema import read_split
-    from perk_cli.evaluation.scores import exact_match
+    from perk_cli.scores import exact_match
     tasks = read_split(out / "data" / "recall-x1", "test")
     hits = 0.0
     for task in tasks:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tiny_reading_base import build_model, collate, encode_sets, losses, save  # noqa: E402
 
 from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings  # noqa: E402
-from perk_cli.data.prepare import _generate  # noqa: E402
+from perk_cli.prepare import _generate  # noqa: E402
 from perk_cli.engine.losses import answer_loss  # noqa: E402
 from perk_cli.models.base import load_base  # noqa: E402
 from perk_cli.models.tiny import build_tiny_tokenizer  # noqa: E402

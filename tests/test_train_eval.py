@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from perk_cli import __version__
 from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
-from perk_cli.evaluation.scores import exact_match, normalize, token_f1
-from perk_cli.training.checkpoint import build_runtime
+from perk_cli.scores import exact_match, normalize, token_f1
+from perk_cli.checkpoint import build_runtime
 from perk_cli.training.meta_train import Interrupted, meta_train, validate
 from perk_cli.data.schema import read_split as read_split_tasks
 from tests.conftest import prepared_qa1, run_cli
@@ -147,7 +147,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_total_batch(qa1, tmp
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-4)
     # the equality is about trained values: the run's own initialisation (as meta_train draws it) moved
-    from perk_cli.training.checkpoint import build_runtime, read_checkpoint
+    from perk_cli.checkpoint import build_runtime, read_checkpoint
 
     config = read_checkpoint(tmp_path / "single" / "last").config
     torch.manual_seed(config.train.seed)
@@ -206,7 +206,7 @@ def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):
     assert (tmp_path / "ev" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     # a context beyond the model's positions is an in-context failure, reported, not skipped
     from perk_cli.config import PrepareSettings
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     long_dir = tmp_path / "long"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=3, length=1400, train=0, validation=0, test=2,
@@ -628,7 +628,7 @@ def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys)
 def test_eval_base_baseline_is_the_base_without_its_adapter(qa1, tmp_path, capsys):
     from perk_cli.data.schema import read_split
     from perk_cli.engine.lora import lora_parameters, lora_values
-    from perk_cli.training.checkpoint import load_runtime
+    from perk_cli.checkpoint import load_runtime
     from perk_cli.training.in_context import answer_in_context
 
     config = _config(max_steps=2, eval_every=2, baseline=False)
@@ -677,7 +677,7 @@ def test_eval_reads_the_base_baselines_answer_as_plain_text_under_a_support_form
     from perk_cli.memory import perk_answer, plain_ttt
     from perk_cli.models.lora import peft_init
     from perk_cli.prompts import encode_context, encode_task
-    from perk_cli.training.checkpoint import load_runtime
+    from perk_cli.checkpoint import load_runtime
 
     runtime, _ = load_runtime(tmp_path / "run")
     task = read_split_tasks(qa1, "test")[0]
@@ -759,7 +759,7 @@ def test_the_runs_answer_weight_reaches_every_loss_it_weighs(qa1, tmp_path, monk
 def test_eval_inner_steps_adapts_as_the_checkpoint_saved_with_that_count_does(qa1, tmp_path, capsys):
     """--inner-steps K --added-lr LR scores PERK exactly as a checkpoint saved with K steps (the added at LR)
     would, records both in metrics.json, and refuses a count below 1 in one line naming the flag."""
-    from perk_cli.training.checkpoint import read_checkpoint, save_checkpoint, with_inner_steps
+    from perk_cli.checkpoint import read_checkpoint, save_checkpoint, with_inner_steps
 
     run = tmp_path / "run"
     meta_train(_config(max_steps=1, eval_every=1, baseline=False), qa1, run)

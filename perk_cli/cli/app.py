@@ -92,7 +92,7 @@ def prepare(
 
     Example: perk prepare --task babi --subtask qa1 --length 512 -o data/qa1-512
     """
-    from perk_cli.data.prepare import prepare as run_prepare
+    from perk_cli.prepare import prepare as run_prepare
 
     flags = dict(task=task, out=str(out_dir) if out_dir else None, input=str(input) if input else None, hub=hub,
                  hub_config=hub_config, hub_split=hub_split, split=split, subtask=subtask, model=model,
@@ -331,7 +331,7 @@ def _resumed_config(resume: Path, built, flags: dict, base: dict, config: Path |
     change any other setting is refused in one line naming it, since the resumed run continues the saved
     one exactly; a flag equal to the saved value is fine."""
     from perk_cli.config import RunConfig
-    from perk_cli.training.checkpoint import checkpoint_config
+    from perk_cli.checkpoint import checkpoint_config
     from perk_cli.training.meta_train import RESUME_CHOICES
 
     recover_directory(resume / "last")
@@ -426,7 +426,7 @@ def meta_train_command(
     init_from = init_from or base.get("train", {}).get("init_from")
     source = None  # the --init-from checkpoint's config
     if init_from is not None and resume is None:
-        from perk_cli.training.checkpoint import checkpoint_config
+        from perk_cli.checkpoint import checkpoint_config
 
         source = checkpoint_config(Path(init_from), "--init-from")
         # the checkpoint's base unless --model (or the file) names another; also train_base's default

@@ -25,13 +25,13 @@ from perk_cli.config import EvalSettings
 from perk_cli.data.schema import Task, read_split
 from perk_cli.errors import Interrupted, PerkError
 from perk_cli.evaluation.outputs import EvalFolder
-from perk_cli.evaluation.scores import (exact_match, length_bucket, mean_scores, plot, position_bucket, summarise,
+from perk_cli.scores import (exact_match, length_bucket, mean_scores, plot, position_bucket, summarise,
                                         token_f1)
 from perk_cli.memory import perk_answer, plain_ttt
 from perk_cli.models.lora import peft_init
 from perk_cli.prompts import encode_context
-from perk_cli.training.checkpoint import DEFAULT_RUNS, Runtime, load_runtime, resolve_checkpoint
-from perk_cli.training.checkpoint import fingerprint as checkpoint_fingerprint
+from perk_cli.checkpoint import DEFAULT_RUNS, Runtime, load_runtime, resolve_checkpoint
+from perk_cli.checkpoint import fingerprint as checkpoint_fingerprint
 from perk_cli.training.in_context import (answer_in_context, answer_truncated, has_in_context_baseline,
                                          load_in_context)
 

@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 
 from perk_cli.data.records import ATTRIBUTES
-from perk_cli.evaluation.scores import exact_match
+from perk_cli.scores import exact_match
 
 STUDENT_ID = re.compile(r"\b\d{5,}\b")
 EVENT = re.compile(r"Event (\d+): (\w+) [a-z ]+? to the (\w+)\.")  # every verb of vocab.MOVE_VERBS

@@ -32,7 +32,7 @@ from perk_cli.errors import PerkError
 from perk_cli.memory import Memory, Origin, adapt_text, check_question, check_same_writer
 from perk_cli.prompts import answer_question
 from perk_cli.serve.store import MemoryStore
-from perk_cli.training.checkpoint import load_runtime
+from perk_cli.checkpoint import load_runtime
 
 
 MAX_JOBS_KEPT = 1000

@@ -18,10 +18,10 @@ from perk_cli.config import RunConfig
 from perk_cli.data.schema import Task
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.losses import answer_loss, answer_scores, functional_model_call
-from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
+from perk_cli.scores import mean_forced_scores, mean_scores
 from perk_cli.prompts import answer_question, decode_budget, encode_question
 from perk_cli.errors import Interrupted as StoppedByUser
-from perk_cli.training.checkpoint import (Runtime, build_runtime, load_optimizer_tensors, optimizer_tensors,
+from perk_cli.checkpoint import (Runtime, build_runtime, load_optimizer_tensors, optimizer_tensors,
                                           read_checkpoint, save_checkpoint)
 from perk_cli.training.outer import (NO_BEST, Interrupted, SaveClock, StopRequests, batch_indices, better, schedule_lr,
                                      validation_due)

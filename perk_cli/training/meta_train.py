@@ -22,16 +22,16 @@ from pydantic import ValidationError
 import torch
 
 from perk_cli.config import RunConfig
-from perk_cli.data.prepare import task_directory
+from perk_cli.prepare import task_directory
 from perk_cli.data.schema import Task, read_split
 from perk_cli.errors import Interrupted as StoppedByUser
 from perk_cli.errors import PerkError
 from perk_cli.files import recover_directory
-from perk_cli.evaluation.scores import mean_forced_scores, mean_scores
+from perk_cli.scores import mean_forced_scores, mean_scores
 from perk_cli.memory import perk_answer, perk_forced
 from perk_cli.prompts import answer_lengths, decode_budget, encode_task
 from perk_cli.training import distributed
-from perk_cli.training.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes,
+from perk_cli.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes,
                                           load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_checkpoint)
 from perk_cli.training.outer import (NO_BEST, Interrupted, SaveClock, StopRequests, batch_indices, better,
                                      keep_logged_steps, schedule_lr, validation_due)

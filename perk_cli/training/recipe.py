@@ -98,7 +98,7 @@ def run_stage(config: RunConfig, data_dir: Path, run_dir: Path, say: Callable[[s
 def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
                on_step: StageCallback | None = None) -> RecipeResult:
     """Run (or continue) every stage of `recipe` in `out`; returns the last stage's best/ checkpoint."""
-    from perk_cli.data.prepare import prepare
+    from perk_cli.prepare import prepare
 
     recipe_file = out / "recipe.json"
     if recipe_file.is_file():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from perk_cli import __version__
 from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.memory import adapt_text, adapting_runtime
-from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from perk_cli.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
 
 DOC = "Mary went to the kitchen. John went to the garden. Mary moved to the office."

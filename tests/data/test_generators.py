@@ -9,7 +9,7 @@ import pytest
 
 from perk_cli.config import PrepareSettings
 from perk_cli.data import vocab
-from perk_cli.data.prepare import prepare
+from perk_cli.prepare import prepare
 
 _FACT = re.compile(r"Event (\d+): (\w+) (.+?) the (\w+)( there)?\.")
 

@@ -19,7 +19,7 @@ import torch
 from perk_cli import __version__
 from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.memory import adapt_text, adapting_runtime
-from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from perk_cli.checkpoint import build_runtime, save_checkpoint
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.memory import adapt_text, adapting_runtime
 from perk_cli.serve.service import Service
 from perk_cli.serve.store import MemoryStore
-from perk_cli.training.checkpoint import build_runtime, save_checkpoint
+from perk_cli.checkpoint import build_runtime, save_checkpoint
 
 
 def test_the_cache_keeps_the_most_recent_memories_and_rereads_a_changed_file(tmp_path):

@@ -31,7 +31,7 @@ from perk_cli.models.lora import attach_lora
 
 CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
 DEFAULT_RUNS = Path("runs")
-SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / "qa1-reader"  # `--checkpoint shipped`
+SHIPPED = Path(__file__).resolve().parent / "shipped" / "qa1-reader"  # `--checkpoint shipped`
 
 
 def fingerprint(path: Path) -> str:
