@@ -340,3 +340,52 @@ class EvalSettings(_Settings):
         if isinstance(value, list) and any(isinstance(lr, (int, float)) and lr <= 0 for lr in value):
             raise ValueError(f"learning rates are > 0, got {value}")
         return value
+
+
+READING_SUBTASKS = ("qa1", "qa2", "qa3", "recall")
+BABI_FACTS = {"qa1": 4, "qa2": 6, "qa3": 8}  # a reading base's bAbI stories: facts a story
+
+
+class ReadingBaseSettings(_Settings):
+    """`perk reading-base`: fine-tune a base to answer from its prompt (stage 1: PERK presupposes it)."""
+
+    model: str = Field("smollm2", description="The base to fine-tune: a --model spec (a directory continues a "
+                       "saved reading base).")
+    out: str = Field("runs/reading-base", description="Writes <out>/model, <out>/reading_base.json and <out>/data.")
+    subtasks: list[Literal[READING_SUBTASKS]] = Field(
+        ["qa1"], min_length=1, description="Comma list of what it learns to read and is gated on: bAbI qa1 (4 facts), "
+        "qa2 (6), qa3 (8), recall (student records: 3 and 6 a database in training, 6 and 12 held out).")
+    steps: int = Field(60, ge=1, description="Optimiser steps.")
+    tasks_per_step: int = Field(8, ge=1, description="Tasks a step.")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate (all parameters).")
+    train_tasks: int = Field(1000, ge=1, description="Training tasks a set (a subtask has one set a size).")
+    test_tasks: int = Field(60, ge=1, description="Held-out tasks a set: the gate.")
+    seed: int = Field(0, description="Orders the batches; continuing a saved base on the same data needs a new one.")
+    pool: int = Field(0, ge=0, description="Training stories from fresh seeds (the first pool's + 1000 N), for a base "
+                      "continued past its pool; the held-out sets stay.")
+    hard_share: float = Field(0.0, ge=0, le=1, description="Share of each step's tasks drawn from the qa2 stories whose "
+                              "object was put down before its dropper moved on (the case readers miss).")
+    recite_share: float = Field(0.0, ge=0, le=1, description="Share of each step's bAbI tasks laid out as PERK's recite "
+                                "format reads them (the gold events one a line, the question again, the answer).")
+    bf16: bool = Field(True, description="bfloat16 autocast for the matmuls (weights and optimiser stay float32).")
+    delta_rank: int | None = Field(None, ge=1, description="Also save the base as a rank-R difference from "
+                                   "delta_from (<out>/reader-rR.safetensors, a few MB; --model loads it).")
+    delta_from: str = Field("smollm2", description="The full base the delta is a difference from (where the "
+                            "fine-tuning began, or that model's own source).")
+
+    @field_validator("subtasks", mode="before")
+    @classmethod
+    def _subtasks(cls, value):
+        parts = comma_list(value, str.strip, "a comma list of subtasks")
+        if isinstance(parts, list) and any(part not in READING_SUBTASKS for part in parts):
+            raise ValueError(f"expected a comma list of {', '.join(READING_SUBTASKS)}, got {value!r}")
+        return parts
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReadingBaseSettings":
+        if self.recite_share > 0 and not any(s in BABI_FACTS for s in self.subtasks):
+            raise ValueError(f"--recite-share: needs a bAbI subtask ({', '.join(BABI_FACTS)}) in --subtasks")
+        if self.hard_share > 0 and "qa2" not in self.subtasks:
+            raise ValueError("--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks "
+                             + ",".join(self.subtasks))
+        return self

@@ -137,13 +137,13 @@ def one_step_run(data, out):
     return out
 
 
-def benchmark_module(name: str):
-    """A script of benchmarks/ imported as a module (its functions, without running main)."""
+def experiment_module(name: str):
+    """A script of experiments/ imported as a module (its functions, without running main)."""
     import importlib
     import sys
     from pathlib import Path
 
-    directory = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    directory = str(Path(__file__).resolve().parents[1] / "experiments")
     sys.path.insert(0, directory)
     try:
         return importlib.import_module(name)

@@ -1,16 +1,11 @@
-"""benchmarks/paired.py: the 2x2 table of two methods on the same tasks and its exact sign test."""
+"""perk compare (perk_cli.evaluation.compare): the 2x2 table of two methods on the same tasks and its exact
+sign test."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import benchmark_module
-
-paired = benchmark_module("paired")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+from perk_cli.evaluation import compare as paired
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("wins, losses, p", [
@@ -43,17 +38,32 @@ def test_compare_counts_the_table_and_splits_by_what_the_truncated_reader_read(t
         "cut": {"tasks": 2, "em_first": 1.0, "em_second": 0.0}}
 
 
-def test_cli_reads_two_files_and_refuses_a_missing_method_in_one_line(tmp_path):
-    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    a.write_text("".join(json.dumps(r) + "\n" for r in _rows("perk", [True, True, False])))
-    b.write_text("".join(json.dumps(r) + "\n" for r in _rows("base", [False, True, False])))
-    done = subprocess.run([sys.executable, str(SCRIPT), f"{a}:perk", f"{b}:base", "--json"], capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert (result["tasks"], result["only_first"], result["only_second"]) == (3, 1, 0)
-    done = subprocess.run([sys.executable, str(SCRIPT), f"{a}:perk", f"{a}:perk"], capture_output=True, text=True)
-    assert done.returncode == 0 and f"{a}:perk: EM 0.667" in done.stdout and "only" in done.stdout
-    done = subprocess.run([sys.executable, str(SCRIPT), f"{a}:perk", f"{b}:plain-ttt"], capture_output=True,
-                          text=True)
-    assert done.returncode == 1 and done.stderr.strip() == f"error: {b}: no rows of method 'plain-ttt' (it holds base)"
+def test_perk_compare_reads_two_evaluations_and_refuses_a_missing_method_in_one_line(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows("perk", [True, True, False])
+                                                 + _rows("plain-ttt", [False, False, False])))
+    (b / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows("perk", [False, True, False])))
+    code, out, err = run_cli(["compare", str(a), f"{b / 'predictions.jsonl'}:perk", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["tasks"], result["only_first"], result["only_second"], result["neither"]) == (3, 1, 0, 1)
+    assert result["p_two_sided"] == 1.0 and result["em_first"] == pytest.approx(2 / 3)
+    # the same method in two evaluations is named by its argument; one evaluation's two methods by theirs
+    code, out, _ = run_cli(["compare", str(a), str(b)], capsys)
+    assert code == 0 and f"{a}: EM 0.667    {b}: EM 0.333" in out and "sign test on the 1 disagreements" in out
+    code, out, _ = run_cli(["compare", f"{a}:perk", f"{a}:plain-ttt"], capsys)
+    assert code == 0 and "perk: EM 0.667    plain-ttt: EM 0.000" in out
+    code, _, err = run_cli(["compare", str(a), f"{b}:plain-ttt"], capsys)
+    assert code == 2 and err.strip() == f"error: {b}:plain-ttt: no rows of method 'plain-ttt' in " \
+        f"{b / 'predictions.jsonl'} (it holds perk); name one with :METHOD"
+    code, _, err = run_cli(["compare", str(a), str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "nowhere: no such evaluation" in err and "Traceback" not in err
+    (b / "predictions.jsonl").write_text("not json\n")
+    code, _, err = run_cli(["compare", str(a), str(b)], capsys)
+    assert code == 2 and "line 1 is not JSON" in err
+    (b / "predictions.jsonl").write_text("".join(json.dumps({**r, "id": "x" + r["id"]}) + "\n"
+                                                 for r in _rows("perk", [True])))
+    code, _, err = run_cli(["compare", str(a), str(b)], capsys)
+    assert code == 2 and "share no task id" in err

@@ -1,14 +1,14 @@
-"""benchmarks/reading_base.py: which task sets --subtasks makes (names, seeds, facts) and its one-line error."""
+"""perk reading-base (perk_cli.training.reading_base): which task sets --subtasks makes (names, seeds, facts),
+what a step draws, the gate, the delta it saves, and its one-line errors."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from perk_cli.training.reading_base import task_sets
 
-from reading_base import task_sets  # noqa: E402
+COMMAND = [sys.executable, "-m", "perk_cli.cli", "reading-base"]
 
 
 def _prepared(directory: Path) -> dict:
@@ -50,10 +50,10 @@ def test_recall_is_sized_by_records_with_sets_of_its_own(tmp_path):
 
 
 def test_an_unknown_subtask_is_one_line_naming_the_option(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path),
                            "--model", "tiny", "--subtasks", "qa1,qa9"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "--subtasks qa1,qa9: expected a comma list of qa1, qa2, qa3, recall" in done.stderr
+    assert "--subtasks: expected a comma list of qa1, qa2, qa3, recall" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -64,7 +64,7 @@ def test_evaluate_saved_scores_a_saved_base_by_decoding(tmp_path, tmp_path_facto
     from perk_cli.scores import exact_match
     from perk_cli.models.base import load_base
     from perk_cli.training.in_context import answer_in_context
-    from reading_base import evaluate_saved, in_context_runtime
+    from perk_cli.training.reading_base import evaluate_saved, in_context_runtime
     from tests.conftest import prepared_qa1
 
     data = prepared_qa1(tmp_path_factory, train=0, validation=0, test=3, seed=5)
@@ -105,10 +105,10 @@ def test_a_fresh_pool_draws_new_training_seeds_and_keeps_the_test_sets(tmp_path)
 
 
 def test_a_negative_pool_is_one_line_naming_the_option(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path),
                            "--model", "tiny", "--subtasks", "qa2", "--pool", "-1"], capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 2 and "--pool -1: 0 (the first pool) or a positive pool number" in done.stderr
+    assert done.returncode == 2 and "--pool: Input should be greater than or equal to 0" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()
 
 
@@ -131,7 +131,7 @@ def test_recite_batch_is_perks_recite_target_read_at_the_answer():
     from perk_cli.config import ModelSettings, PromptSettings
     from perk_cli.models.base import load_base
     from perk_cli.prompts import encode_question, question_prompt
-    from reading_base import recite_batch, recite_reading
+    from perk_cli.training.reading_base import recite_batch, recite_reading
 
     tasks = _sentence_tasks()
     model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
@@ -166,7 +166,7 @@ def test_recite_batch_refuses_events_not_one_a_segment():
 
     from perk_cli.data.schema import Task
     from perk_cli.models.base import load_tokenizer
-    from reading_base import recite_batch
+    from perk_cli.training.reading_base import recite_batch
 
     task = Task(id="t", context=["Event 0: Mary went to the garden. Event 1: Mary got the apple there."],
                 question="Where is the apple?", answer="garden")
@@ -175,9 +175,9 @@ def test_recite_batch_refuses_events_not_one_a_segment():
 
 
 def test_a_recite_share_out_of_range_or_without_babi_is_one_line(tmp_path):
-    for extra, message in ((["--recite-share", "1.5"], "--recite-share 1.5: a share between 0 and 1"),
+    for extra, message in ((["--recite-share", "1.5"], "--recite-share: Input should be less than or equal to 1"),
                            (["--subtasks", "recall", "--recite-share", "0.5"], "--recite-share: needs a bAbI subtask")):
-        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+        done = subprocess.run(COMMAND + ["--out", str(tmp_path),
                                "--model", "tiny", *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
@@ -188,21 +188,25 @@ def test_evaluate_recite_scores_the_saved_base_reading_the_gold_events(tmp_path)
     from perk_cli.config import ModelSettings
     from perk_cli.data.schema import Task, write_prepared
     from perk_cli.models.base import load_base
-    from reading_base import recite_reading
+    from perk_cli.training.reading_base import recite_reading
 
     model, tokenizer = load_base(ModelSettings(name="tiny", dtype="float32"))
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     write_prepared(tmp_path / "sets", {"test": _sentence_tasks()}, {})
-    script = [sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path)]
-    done = subprocess.run(script + ["--evaluate", str(tmp_path / "sets"), "--evaluate-recite"], capture_output=True,
-                          text=True, timeout=300)
+    script = COMMAND + ["--out", str(tmp_path)]
+    done = subprocess.run(script + ["--evaluate", str(tmp_path / "sets"), "--evaluate-recite", "--json"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved, saved_tokenizer = load_base(ModelSettings(name=str(tmp_path / "model"), dtype="float32"))
     expected = recite_reading(saved, saved_tokenizer, _sentence_tasks())
     report = json.loads((tmp_path / "reading_base.json").read_text())["held_out_in_context"]
     assert report[f"{tmp_path / 'sets'} (recite layout)"] == expected
-    assert json.loads(done.stdout.strip().splitlines()[-1])["answer_em"] == expected["answer_em"]
+    assert json.loads(done.stdout)["answer_em"] == expected["answer_em"]
+    done = subprocess.run(script + ["--evaluate", str(tmp_path / "sets"), "--evaluate-recite"], capture_output=True,
+                          text=True, timeout=300)
+    assert f"held-out reading of the gold events in the recite layout, {tmp_path / 'sets'}-recite: " \
+        f"{expected['answer_em']:.3f}" in done.stdout
     joined = Task(id="j", context=["Event 0: Mary went to the garden. Event 1: Mary got the apple there."],
                   question="Where is the apple?", answer="garden")
     write_prepared(tmp_path / "joined", {"test": [joined]}, {})
@@ -217,7 +221,7 @@ def test_evaluate_recite_scores_the_saved_base_reading_the_gold_events(tmp_path)
 def test_recite_sets_whose_events_share_segments_are_refused_before_training(tmp_path):
     """The tiny tokenizer cuts these stories' sentences over 16 tokens: one line naming --recite-share, no
     training (no model directory written)."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path),
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path),
                            "--model", "tiny", "--subtasks", "qa2", "--recite-share", "0.5", "--train-tasks", "2",
                            "--test-tasks", "2", "--steps", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -229,7 +233,7 @@ def test_recite_sets_whose_events_share_segments_are_refused_before_training(tmp
 def test_step_tasks_draws_the_recite_share_and_replays_old_runs_without_it():
     import random
 
-    from reading_base import step_tasks
+    from perk_cli.training.reading_base import step_tasks
 
     pool, recite_pool = list(range(100)), list(range(1000, 1100))
     drawn = step_tasks(random.Random(7), pool, recite_pool, 8, 3)
@@ -248,7 +252,7 @@ def _qa2(i: int, events: list[str], support: list[str], answer: str):
 
 
 def test_dropped_then_moved_is_the_object_put_down_before_its_dropper_moved_on():
-    from reading_base import dropped_then_moved
+    from perk_cli.training.reading_base import dropped_then_moved
 
     story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.",
              "Event 2: Mary left the apple.", "Event 3: John went to the garden."]
@@ -281,7 +285,7 @@ def test_dropped_then_moved_is_the_object_put_down_before_its_dropper_moved_on()
 def test_step_tasks_draws_the_hard_share_from_dropped_then_moved_stories():
     import random
 
-    from reading_base import dropped_then_moved, step_tasks
+    from perk_cli.training.reading_base import dropped_then_moved, step_tasks
 
     story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.", "Event 2: Mary left the apple."]
     hard = [_qa2(i, story + ["Event 3: Mary moved to the park."], [story[2], story[0]], "kitchen") for i in range(10)]
@@ -303,11 +307,11 @@ def test_step_tasks_draws_the_hard_share_from_dropped_then_moved_stories():
 
 
 def test_a_hard_share_without_qa2_or_out_of_range_is_one_line(tmp_path):
-    script = [sys.executable, str(ROOT / "benchmarks" / "reading_base.py"), "--out", str(tmp_path), "--model", "tiny"]
+    script = COMMAND + ["--out", str(tmp_path), "--model", "tiny"]
     (tmp_path / "reading_base.json").write_text("{}")  # an earlier report: not removed by a refused run
     for extra, message in ((["--subtasks", "qa1", "--hard-share", "0.25"],
                             "--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks qa1"),
-                           (["--subtasks", "qa2", "--hard-share", "1.5"], "--hard-share 1.5: a share between 0 and 1"),
+                           (["--subtasks", "qa2", "--hard-share", "1.5"], "--hard-share: Input should be less than or equal to 1"),
                            (["--subtasks", "qa2", "--hard-share", "0.5", "--train-tasks", "2", "--test-tasks", "1"],
                             "dropped-then-moved stories, fewer than a step draws; raise --train-tasks")):
         done = subprocess.run(script + extra, capture_output=True, text=True, timeout=120)
@@ -319,7 +323,7 @@ def test_held_out_scores_add_the_dropped_then_moved_stories_alone():
     from perk_cli.config import ModelSettings
     from perk_cli.models.base import load_base
     from perk_cli.training.in_context import validate_in_context
-    from reading_base import held_out_scores, in_context_runtime, recite_reading
+    from perk_cli.training.reading_base import held_out_scores, in_context_runtime, recite_reading
 
     story = ["Event 0: Mary went to the kitchen.", "Event 1: Mary took the apple there.", "Event 2: Mary left the apple.",
              "Event 3: Mary moved to the park."]
@@ -334,3 +338,43 @@ def test_held_out_scores_add_the_dropped_then_moved_stories_alone():
     assert recited["answer_loss"] == recite_reading(model, tokenizer, [hard, held])["answer_loss"]
     assert recited["dropped_then_moved"] == {"em": recite_reading(model, tokenizer, [hard])["answer_em"], "n": 1}
     assert "dropped_then_moved" not in held_out_scores(runtime, [held])
+
+
+def test_perk_reading_base_trains_gates_and_saves_a_delta_that_loads_as_the_base(tmp_path):
+    """The whole command on the tiny preset: the base saved under --out changed (it trained), the report holds
+    the loss curve and every held-out set's gate, and --delta-rank at full rank stores the difference from
+    --delta-from so that `--model reader-r128.safetensors` computes what the saved directory does."""
+    import torch
+
+    from perk_cli.config import ModelSettings
+    from perk_cli.models.base import load_base
+
+    out = tmp_path / "rb"
+    done = subprocess.run(COMMAND + ["--out", str(out), "--model", "tiny", "--delta-from", "tiny", "--delta-rank", "128",
+                                     "--steps", "2", "--tasks-per-step", "2", "--train-tasks", "4", "--test-tasks", "2",
+                                     "--no-bf16", "--lr", "1e-3"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "reading_base.json").read_text())
+    assert [row["step"] for row in report["curve"]] == [1, 2] and report["recipe"]["subtasks"] == ["qa1"]
+    assert set(report["held_out_in_context"]) == {"128", "256"}
+    assert all(r["n"] == 2 if "n" in r else True for r in report["held_out_in_context"].values())
+    assert "held-out in-context EM, 128 tokens:" in done.stdout
+    delta = report["delta"]
+    assert delta["file"] == str(out / "reader-r128.safetensors") and delta["from"] == "tiny"
+    assert set(delta["held_out_in_context"]) == {"128", "256"}
+    tuned, tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
+    source, _ = load_base(ModelSettings(name="tiny", dtype="float32"))
+    loaded, _ = load_base(ModelSettings(name=delta["file"], dtype="float32"))
+    ids = torch.tensor([tokenizer("Mary went to the kitchen. Where is Mary?")["input_ids"]])
+    with torch.no_grad():
+        want, start, got = (m(input_ids=ids).logits for m in (tuned, source, loaded))
+    assert not torch.allclose(want, start, atol=1e-4)  # it trained
+    assert torch.allclose(got, want, atol=1e-3)
+    assert delta["held_out_in_context"]["128"]["val_em"] == report["held_out_in_context"]["128"]["val_em"]
+
+
+def test_a_delta_from_a_delta_is_refused_before_any_work(tmp_path):
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path), "--model", "tiny", "--delta-rank", "8",
+                                     "--delta-from", "smollm2-reader"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--delta-from smollm2-reader: is itself a delta" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()

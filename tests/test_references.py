@@ -1,4 +1,4 @@
-"""perk_cli.evaluation.references (and benchmarks/heuristics.py, its command line): the trivial qa1
+"""perk_cli.evaluation.references (and experiments/heuristics.py, its command line): the trivial qa1
 references read every event of a story."""
 
 import json
@@ -50,7 +50,7 @@ def test_a_qa3_question_is_scored_as_a_story(tmp_path):
 def test_the_benchmark_script_prints_the_references(tmp_path):
     task = {"context": ["Event 0: Mary went to the kitchen."], "question": "Where is Mary?", "answer": "kitchen"}
     (tmp_path / "test.jsonl").write_text(json.dumps(task) + "\n")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heuristics.py"), str(tmp_path)],
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "heuristics.py"), str(tmp_path)],
                           capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == references(tmp_path, "test") == {
         "chance": 1.0, "first mention of the person": 1.0, "last place in the story": 1.0, "tasks": 1}
@@ -104,6 +104,6 @@ def test_recall_errors_sort_answers_by_kind(tmp_path):
     assert recall_errors(tmp_path, "test", predictions) == {
         "perk": {"right": 0.333, "another student's value": 0.333, "not in the database": 0.333, "tasks": 3},
         "base": {"right": 0.667, "another student's value": 0.0, "not in the database": 0.333, "tasks": 3}}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heuristics.py"), str(tmp_path),
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "heuristics.py"), str(tmp_path),
                            "--predictions", str(predictions)], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["recall errors"] == recall_errors(tmp_path, "test", predictions)

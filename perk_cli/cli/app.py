@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perk_cli import __version__
 from perk_cli.cli import render
-from perk_cli.cli.options import build_settings, check_sections, option_name, setting
+from perk_cli.cli.options import build_settings, check_sections, given_settings, option_name, setting
 from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
-                             PromptSettings, TrainSettings)
+                             PromptSettings, ReadingBaseSettings, TrainSettings)
 from perk_cli.demo import SHIPPED_TEST_TASKS
 from perk_cli.errors import Interrupted, PerkError, os_error_line
 from perk_cli.files import read_config_file, recover_directory
@@ -94,11 +94,7 @@ def prepare(
     """
     from perk_cli.prepare import prepare as run_prepare
 
-    flags = dict(task=task, out=str(out_dir) if out_dir else None, input=str(input) if input else None, hub=hub,
-                 hub_config=hub_config, hub_split=hub_split, split=split, subtask=subtask, model=model,
-                 segment_tokens=segment_tokens, facts=facts, length=length, distractors=distractors,
-                 filler=str(filler) if filler else None, position=position, records=records, train=train,
-                 validation=validation, test=test, seed=seed)
+    flags = given_settings(prepare, locals(), PrepareSettings)
     settings = build_settings(PrepareSettings, config, flags)
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("preparing", total=None)
@@ -370,7 +366,7 @@ def meta_train_command(
     init_from: Optional[str] = setting(TrainSettings, "init_from"),
     lora_rank: Optional[int] = setting(LoraSettings, "rank", "--lora-rank"),
     lora_alpha: Optional[float] = setting(LoraSettings, "alpha", "--lora-alpha"),
-    lora_targets: Optional[str] = setting(LoraSettings, "targets", "--lora-targets",
+    lora_targets: Optional[str] = setting(LoraSettings, "targets", "--lora-targets", convert=lambda v: v.split(","),
                                           help="Comma-separated module names to adapt.", shown="all projections"),
     lora_top_layers: Optional[int] = setting(LoraSettings, "top_layers", "--lora-top-layers", shown="all layers"),
     inner_steps: Optional[int] = setting(InnerLoopSettings, "steps", "--inner-steps"),
@@ -433,22 +429,10 @@ def meta_train_command(
         model_name = model or base.get("model", {}).get("name") or source.model.name
     if train_base is None:
         train_base = base.get("train", {}).get("train_base", model_name == "tiny")
-    flags = {
-        "perk_version": __version__,
-        "model": {"name": model_name, "device": device, "dtype": dtype},
-        "lora": {"rank": lora_rank, "alpha": lora_alpha, "top_layers": lora_top_layers,
-                 "targets": lora_targets.split(",") if lora_targets else None},
-        "inner": {"steps": inner_steps, "optimizer": inner_optimizer, "lr_init": inner_lr, "unroll": unroll,
-                  "unroll_start": unroll_start, "weighting": weighting, "weighting_mode": weighting_mode,
-                  "step_size_space": step_size_space, "engine": engine, "cache_prefix": cache_prefix},
-        "prompt": {"segment_tokens": segment_tokens, "answer_format": answer_format},
-        "train": {"lr": lr, "step_size_lr": step_size_lr, "schedule": schedule, "warmup_steps": warmup_steps,
-                  "clip": clip, "answer_weight": answer_weight, "tasks_per_batch": tasks_per_batch,
-                  "tasks_per_forward": tasks_per_forward,
-                  "max_steps": max_steps, "max_minutes": max_minutes, "save_minutes": save_minutes, "epochs": epochs, "eval_every": eval_every,
-                  "eval_tasks": eval_tasks, "eval_decode": eval_decode, "baseline": baseline, "seed": seed,
-                  "train_base": train_base, "init_from": init_from},
-    }
+    flags = given_settings(meta_train_command, locals(), RunConfig)
+    flags["perk_version"] = __version__
+    flags["model"]["name"] = model_name  # the defaults filled above
+    flags["train"].update(train_base=train_base, init_from=init_from)
     if init_from is not None:
         _refuse_inherited_flags(flags, init_from)
         if config and source is not None:
@@ -506,7 +490,7 @@ def eval_command(
                                       shown="runs/eval/<checkpoint>-<task>-<split>-<settings digest>"),
     limit: Optional[int] = setting(EvalSettings, "limit"),
     seed: Optional[int] = setting(EvalSettings, "seed"),
-    baselines: Optional[str] = setting(EvalSettings, "baselines"),
+    baselines: Optional[str] = setting(EvalSettings, "baselines", convert=lambda v: [b for b in v.split(",") if b]),
     plain_lr: Optional[float] = setting(EvalSettings, "plain_lr", shown="tuned on the validation split"),
     plain_lr_grid: Optional[str] = setting(EvalSettings, "plain_lr_grid", shown="1e-4,3e-4,1e-3,3e-3,1e-2"),
     max_tokens_per_group: Optional[int] = setting(EvalSettings, "max_tokens_per_group"),
@@ -530,11 +514,7 @@ def eval_command(
     """
     from perk_cli.evaluation.evaluate import evaluate
 
-    flags = dict(checkpoint=str(checkpoint) if checkpoint else None, task=str(task) if task else None, split=split,
-                 out=str(out_dir) if out_dir else None, limit=limit, seed=seed, plain_lr=plain_lr,
-                 plain_lr_grid=plain_lr_grid, max_tokens_per_group=max_tokens_per_group,
-                 max_new_tokens=max_new_tokens, model=model, inner_steps=inner_steps, added_lr=added_lr, perk=perk,
-                 baselines=[b for b in baselines.split(",") if b] if baselines is not None else None)
+    flags = given_settings(eval_command, locals(), EvalSettings)
     settings = build_settings(EvalSettings, config, flags)
     with _progress(quiet or json_output) as bar:
         handle = bar.add_task("evaluating", total=None)
@@ -547,6 +527,93 @@ def eval_command(
     for note in report["notes"]:
         out.print(f"note: {note}", markup=False)
     out.print(f"predictions, metrics.json and accuracy_vs_length.png in {report['out']}", markup=False)
+
+
+@app.command()
+def compare(
+    first: str = typer.Argument(..., help="An evaluation: perk eval's --out folder (or its predictions.jsonl), "
+                                "then :METHOD [default: :perk]."),
+    second: str = typer.Argument(..., help="The other, the same way (may be the same folder with another method)."),
+    json_output: bool = _json("the comparison"),
+) -> None:
+    """Two evaluations task by task: each one's EM on the tasks both answered, who got what, the sign test.
+
+    Example: perk compare runs/eval/a runs/eval/b   (perk compare runs/eval/a:perk runs/eval/a:plain-ttt)
+    """
+    from perk_cli.evaluation.compare import compare as compare_methods
+    from perk_cli.evaluation.compare import read_method, render as render_comparison
+
+    (name_first, rows_first), (name_second, rows_second) = read_method(first), read_method(second)
+    result = compare_methods(rows_first, rows_second)
+    if result["tasks"] == 0:
+        raise PerkError(f"{first} and {second} share no task id: evaluations of different task sets")
+    if json_output:
+        out.print_json(json.dumps({"first": first, "second": second, **result}))
+        return
+    same = name_first == name_second  # one method in two evaluations: name each by its argument
+    out.print(render_comparison(first if same else name_first, second if same else name_second, result),
+              markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("reading-base")
+def reading_base_command(
+    model: Optional[str] = setting(ReadingBaseSettings, "model"),
+    out_dir: Optional[Path] = setting(ReadingBaseSettings, "out", "--out", "-o"),
+    subtasks: Optional[str] = setting(ReadingBaseSettings, "subtasks", shown="qa1"),
+    steps: Optional[int] = setting(ReadingBaseSettings, "steps"),
+    tasks_per_step: Optional[int] = setting(ReadingBaseSettings, "tasks_per_step"),
+    lr: Optional[float] = setting(ReadingBaseSettings, "lr"),
+    train_tasks: Optional[int] = setting(ReadingBaseSettings, "train_tasks"),
+    test_tasks: Optional[int] = setting(ReadingBaseSettings, "test_tasks"),
+    seed: Optional[int] = setting(ReadingBaseSettings, "seed"),
+    pool: Optional[int] = setting(ReadingBaseSettings, "pool"),
+    hard_share: Optional[float] = setting(ReadingBaseSettings, "hard_share"),
+    recite_share: Optional[float] = setting(ReadingBaseSettings, "recite_share"),
+    bf16: Optional[bool] = setting(ReadingBaseSettings, "bf16", "--bf16/--no-bf16"),
+    delta_rank: Optional[int] = setting(ReadingBaseSettings, "delta_rank", shown="none"),
+    delta_from: Optional[str] = setting(ReadingBaseSettings, "delta_from"),
+    evaluate: Optional[Path] = typer.Option(None, help="Only score the base saved under --out, the document in its "
+                                            "prompt, on this task directory's test split (nothing trained)."),
+    evaluate_recite: bool = typer.Option(False, "--evaluate-recite", help="With --evaluate: score its reading of "
+                                         "the gold events in the recite layout instead (one sentence a segment)."),
+    config: Optional[Path] = _config("file of these settings"),
+    json_output: bool = _json("the report (reading_base.json)"),
+    quiet: bool = _quiet(),
+) -> None:
+    """Fine-tune a base to answer from its prompt (the reading base PERK presupposes), and gate it on held-out sets.
+
+    Example: perk reading-base --model smollm2 --subtasks qa1 --steps 60 -o runs/reading-base --delta-rank 32
+    """
+    from perk_cli.training.reading_base import evaluate_saved, train_reading_base
+
+    settings = build_settings(ReadingBaseSettings, config, given_settings(reading_base_command, locals(),
+                                                                             ReadingBaseSettings))
+    if evaluate_recite and evaluate is None:
+        raise PerkError("--evaluate-recite: goes with --evaluate DIR, the task directory to score")
+    say = (lambda line: None) if quiet or json_output else (
+        lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+    if evaluate is not None:
+        from perk_cli.training.reading_base import gate_line
+
+        result = evaluate_saved(Path(settings.out), evaluate, evaluate_recite)
+        if json_output:
+            out.print_json(json.dumps(result))
+        else:
+            key = f"{evaluate}-recite" if evaluate_recite else str(evaluate)
+            say(gate_line(key, {**result, "val_em": result.get("in_context_em"), "val_loss": result.get("answer_loss")},
+                          result["n"]))
+        return
+    with _progress(quiet or json_output) as bar:
+        handle = bar.add_task("reading base", total=settings.steps)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update(handle, completed=step, description=f"reading base  step {step}  answer loss {loss:.3f}")
+
+        report = train_reading_base(settings, say=say, on_step=on_step)
+    if json_output:
+        out.print_json(json.dumps(report))
+    else:
+        say(f"wrote {Path(settings.out) / 'model'} (--model loads it) and {Path(settings.out) / 'reading_base.json'}")
 
 
 @app.command()

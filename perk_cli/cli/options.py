@@ -1,16 +1,19 @@
 """Command-line options made from the settings' pydantic fields, and settings made from the options.
 
-A flag that sets a settings field is declared with `setting(Model, "field")`: its help is the field's
-description and its default is the field's default (so neither is written twice), and the flag is
-recorded, so a validation error names the flag the user typed. Flags left out pass None and the
-field's default (or the --config file's value) applies.
+A flag that sets a settings field is declared once, with `setting(Model, "field")`: its help is the field's
+description and its default is the field's default (so neither is written twice); the option carries
+its field, so `given_settings(command, locals(), Model)` collects every such flag of a command into the
+settings' shape (no flag can be declared and not forwarded); and the flag is recorded, so a validation
+error names the flag the user typed. Flags left out pass None and the field's default (or the --config
+file's value) applies.
 """
 
 from __future__ import annotations
 
+import inspect
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -36,10 +39,11 @@ def _shown(value: Any) -> str | None:
 
 
 def setting(model: type[BaseModel], field: str, *decls: str, help: str | None = None, shown: str | None = None,
-            **kwargs) -> Any:
+            convert: Callable[[Any], Any] | None = None, **kwargs) -> Any:
     """A typer option for `model.field`: help from the field's description (or `help`), the field's
     default shown as [default: X] (or `shown`, where the default depends on something else). `decls`
-    are the flag names (default --<field>)."""
+    are the flag names (default --<field>); `convert` turns a given value into the field's (a Path
+    becomes its string without one)."""
     info = model.model_fields[field]
     decls = decls or ("--" + field.replace("_", "-"),)
     FLAGS[(model, field)] = next(d for d in decls if d.startswith("--")).split("/")[0]  # the long name
@@ -47,7 +51,38 @@ def setting(model: type[BaseModel], field: str, *decls: str, help: str | None = 
     shown = "required" if info.is_required() else shown or _shown(info.get_default(call_default_factory=True))
     if shown is not None:
         text = f"{text} " + escape(f"[{shown}]" if shown == "required" else f"[default: {shown}]")
-    return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
+    option = typer.Option(None, *decls, help=text, show_default=False, **kwargs)
+    option.perk_setting = (model, field, convert)
+    return option
+
+
+def setting_of(parameter: inspect.Parameter) -> tuple[type[BaseModel], str, Callable | None] | None:
+    """(settings class, field, convert) of a command parameter declared with setting(), else None."""
+    return getattr(parameter.default, "perk_setting", None)
+
+
+def given_settings(command: Callable, values: dict, model: type[BaseModel]) -> dict:
+    """The values of `command`'s setting() flags (`values`: its locals()), shaped as `model` reads them:
+    {field: value} for its own fields, {section: {field: value}} for a section's (RunConfig.lora ...).
+    Flags left out stay None, so build_settings keeps the --config file's value or the default."""
+    sections = {_nested(info.annotation): name for name, info in model.model_fields.items()
+                if _nested(info.annotation) is not None}
+    flags: dict = {}
+    for name, parameter in inspect.signature(command).parameters.items():
+        target = setting_of(parameter)
+        if target is None:
+            continue
+        owner, field, convert = target
+        value = values[name]
+        if value is not None:
+            value = convert(value) if convert else str(value) if isinstance(value, Path) else value
+        if owner is model:
+            flags[field] = value
+        elif owner in sections:
+            flags.setdefault(sections[owner], {})[field] = value
+        else:
+            raise TypeError(f"{command.__name__}: --{name} sets {owner.__name__}.{field}, not part of {model.__name__}")
+    return flags
 
 
 def _nested(annotation) -> type[BaseModel] | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from perk_cli.data import vocab
 from perk_cli.data.filler import Filler
+from perk_cli.data.schema import Task
 
 DEFAULT_FACTS = {"qa1": 6, "qa2": 10, "qa3": 12}
 _REGION = {"uniform": (0.0, 1.0), "early": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "late": (2 / 3, 1.0)}
@@ -164,3 +165,12 @@ def lay_out(story: Story, filler: Filler, n_filler: int, position: str, rng: ran
         if gap < n_filler:
             sentences.append(filler.next())
     return sentences, fact_at[min(story.support)]
+
+
+def event_support(task: Task) -> Task:
+    """`task` with its support replaced by every event of its story, in order (the recite layout's recital).
+    Needs segments of one sentence each (prepare with --segment-tokens 16), so that an event is a segment."""
+    events = [segment for segment in task.context if "Event " in segment]
+    if not events or any(not (s.startswith("Event ") and s.endswith(".") and s.count("Event ") == 1) for s in events):
+        raise ValueError(f"task {task.id}: its events are not one a segment; prepare with --segment-tokens 16")
+    return task.model_copy(update={"support": events})

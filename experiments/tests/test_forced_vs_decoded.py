@@ -1,13 +1,13 @@
-"""benchmarks/forced_vs_decoded.py: its summary against hand-computed figures, and a run end to end."""
+"""experiments/forced_vs_decoded.py: its summary against hand-computed figures, and a run end to end."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import benchmark_module, one_step_run, prepared_qa1
+from tests.conftest import experiment_module, one_step_run, prepared_qa1
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "forced_vs_decoded.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "forced_vs_decoded.py"
 
 
 def test_summary_counts_each_kind_of_disagreement():
@@ -15,7 +15,7 @@ def test_summary_counts_each_kind_of_disagreement():
             {"forced": False, "em": 1.0, "forced_s": 2.0, "decode_s": 2.0},
             {"forced": False, "em": 0.0, "forced_s": 3.0, "decode_s": 5.0},
             {"forced": False, "em": 0.0, "forced_s": 2.0, "decode_s": 4.0}]
-    result = benchmark_module("forced_vs_decoded").summary(rows)
+    result = experiment_module("forced_vs_decoded").summary(rows)
     assert (result["forced_em"], result["decoded_em"]) == (0.25, 0.5)
     assert (result["right_only_forced"], result["right_only_decoded"]) == (0, 1)
     assert (result["forced_s"], result["decoded_s"], result["speedup"]) == (2.0, 5.5, 2.75)  # medians 2 and 3.5

@@ -1,6 +1,6 @@
 """Copy a prepared bAbI task directory with every task's support replaced by all the story's events.
 
-    python benchmarks/event_support.py runs/qa2-train-4s runs/qa2-train-4s-ev
+    python experiments/event_support.py runs/qa2-train-4s runs/qa2-train-4s-ev
 
 With `--answer-format support`, the memory then recites the whole story's events ("Event 0: ...",
 in order, filler left out) before it answers: a diagnosis of where qa2 fails (can the memory recite
@@ -15,15 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from perk_cli.data.schema import SPLITS, Task, read_split, write_prepared
+from perk_cli.data.babi import event_support
+from perk_cli.data.schema import SPLITS, read_split, write_prepared
 from perk_cli.errors import PerkError
-
-
-def event_support(task: Task) -> Task:
-    events = [segment for segment in task.context if "Event " in segment]
-    if not events or any(not (s.startswith("Event ") and s.endswith(".") and s.count("Event ") == 1) for s in events):
-        raise ValueError(f"task {task.id}: its events are not one a segment; prepare with --segment-tokens 16")
-    return task.model_copy(update={"support": events})
 
 
 def main() -> None:
@@ -43,7 +37,7 @@ def main() -> None:
         except ValueError as exc:  # event_support's refusal; read_split's errors name their file already
             raise PerkError(f"{args.source}: {exc}")
         info = {**json.loads(info_path.read_text()),
-                "support": f"every event, by benchmarks/event_support.py from {args.source}"}
+                "support": f"every event, by experiments/event_support.py from {args.source}"}
         write_prepared(args.out, converted, info)
     except PerkError as exc:
         parser.error(str(exc))

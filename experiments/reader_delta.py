@@ -37,7 +37,7 @@ from perk_cli.training.in_context import validate_in_context
 
 
 def in_context_em(model, tokenizer, tasks_dir: Path) -> dict:
-    from reading_base import in_context_runtime  # benchmarks/ is on sys.path when run as a script
+    from perk_cli.training.reading_base import in_context_runtime
 
     tasks = read_split(tasks_dir, "test")
     result = validate_in_context(in_context_runtime(model, tokenizer), tasks, budget=8)
@@ -55,7 +55,7 @@ def summarise(report: dict) -> dict:
 
 def expand(parser: argparse.ArgumentParser, delta: str, out: Path) -> None:
     """Write the model `delta` loads as into the directory `out` (refused if `out` holds anything)."""
-    from reading_base import save_base  # benchmarks/ is on sys.path when run as a script
+    from perk_cli.training.reading_base import save_base
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(f"--out {out}: already exists and is not an empty directory; choose another")

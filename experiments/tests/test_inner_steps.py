@@ -1,4 +1,4 @@
-"""benchmarks/inner_steps.py: which (K, size) pairs it scores, the scores against validation's own, and the
+"""experiments/inner_steps.py: which (K, size) pairs it scores, the scores against validation's own, and the
 checkpoint it saves."""
 
 import json
@@ -15,13 +15,13 @@ from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, Run
 from perk_cli.data.schema import read_split
 from perk_cli.checkpoint import load_runtime
 from perk_cli.training.meta_train import meta_train, validate
-from tests.conftest import benchmark_module, prepared_qa1
+from tests.conftest import experiment_module, prepared_qa1
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inner_steps.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "inner_steps.py"
 
 
 def test_a_count_without_added_steps_is_scored_once():
-    pairs = benchmark_module("inner_steps").pairs
+    pairs = experiment_module("inner_steps").pairs
     assert pairs([2, 4, 6], [1e-3, 3e-4], trained=4) == [(2, 1e-3), (4, 1e-3), (6, 1e-3), (6, 3e-4)]
 
 

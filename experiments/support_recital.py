@@ -121,7 +121,7 @@ def main() -> None:
             runtime, _ = load_runtime(args.read_with_base)
     except PerkError as exc:
         parser.error(str(exc))
-    from reading_base import dropped_then_moved  # benchmarks/ is on sys.path when run as a script
+    from perk_cli.training.reading_base import dropped_then_moved
 
     result = score(rows, support, {i for i, task in tasks.items() if dropped_then_moved(task)})
     if runtime is not None:

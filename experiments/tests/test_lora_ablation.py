@@ -1,4 +1,4 @@
-"""benchmarks/lora_ablation.py: its variants partition the LoRA, a zeroed B is the base, the answer-only
+"""experiments/lora_ablation.py: its variants partition the LoRA, a zeroed B is the base, the answer-only
 match is checked against the model's own greedy tokens, and the script runs end to end."""
 
 import json
@@ -13,13 +13,13 @@ from perk_cli.engine.batches import TokenBatch
 from perk_cli.engine.lora import lora_parameters
 from perk_cli.engine.losses import functional_model_call
 from perk_cli.models.lora import attach_lora
-from tests.conftest import benchmark_module, micro_llama, one_step_run, prepared_qa1
+from tests.conftest import experiment_module, micro_llama, one_step_run, prepared_qa1
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_ablation.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "lora_ablation.py"
 
 
 def test_the_variants_partition_the_lora_by_kind_and_by_layer():
-    module = benchmark_module("lora_ablation")
+    module = experiment_module("lora_ablation")
     peft = attach_lora(micro_llama(n_layer=4), LoraSettings(rank=2, alpha=4.0))
     names = list(lora_parameters(peft))
     variants = module.variants(names)
@@ -34,7 +34,7 @@ def test_the_variants_partition_the_lora_by_kind_and_by_layer():
 
 
 def test_a_zeroed_b_is_the_base_and_the_answer_match_reads_only_the_answers_tokens():
-    module = benchmark_module("lora_ablation")
+    module = experiment_module("lora_ablation")
     peft = attach_lora(micro_llama(n_layer=2), LoraSettings(rank=2, alpha=4.0))
     torch.manual_seed(3)
     lora = {n: torch.randn_like(p) for n, p in lora_parameters(peft).items()}  # a LoRA that changes the model

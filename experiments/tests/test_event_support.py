@@ -1,4 +1,4 @@
-"""benchmarks/event_support.py: the support becomes the story's events, in order; a misfit directory is refused."""
+"""experiments/event_support.py: the support becomes the story's events, in order; a misfit directory is refused."""
 
 import json
 import re
@@ -10,7 +10,7 @@ from perk_cli.config import PrepareSettings
 from perk_cli.prepare import prepare
 from perk_cli.data.segment import split_sentences
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "event_support.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "event_support.py"
 
 
 def _one_sentence_a_segment(directory: Path) -> None:
@@ -29,7 +29,7 @@ def test_the_support_becomes_every_event_in_order(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(source), str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     info, source_info = (json.loads((d / "prepare.json").read_text()) for d in (out, source))
-    assert info == {**source_info, "support": f"every event, by benchmarks/event_support.py from {source}"}
+    assert info == {**source_info, "support": f"every event, by experiments/event_support.py from {source}"}
     for split in ("train", "test"):
         before = [json.loads(line) for line in (source / f"{split}.jsonl").read_text().splitlines()]
         after = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""benchmarks/tiny_reading_base.py: its held-out EM is greedy decoding's, its loss the package's answer
+"""experiments/tiny_reading_base.py: its held-out EM is greedy decoding's, its loss the package's answer
 loss, its saved base loads with `--model DIR` and gives the trained logits, and a short run ends saved."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from tiny_reading_base import build_model, collate, encode_sets, losses, save  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_saved_base_loads_as_a_model_directory_with_the_trained_logits(tmp_path)
 def test_a_short_run_ends_with_a_saved_base_and_a_curve(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "tiny_reading_base.py"), "--out", str(out), "--steps", "4",
+        [sys.executable, str(ROOT / "experiments" / "tiny_reading_base.py"), "--out", str(out), "--steps", "4",
          "--batch", "4", "--workers", "1", "--chunk", "2", "--held-out", "2", "--layers", "1", "--width", "32",
          "--heads", "2", "--positions", "512", "--eval-every", "0", "--device", "cpu"],
         capture_output=True, text=True, timeout=300,
@@ -106,7 +106,7 @@ def test_a_short_run_ends_with_a_saved_base_and_a_curve(tmp_path):
 
 
 def test_exactly_one_of_minutes_and_steps_is_asked_for(tmp_path):
-    script = str(ROOT / "benchmarks" / "tiny_reading_base.py")
+    script = str(ROOT / "experiments" / "tiny_reading_base.py")
     for extra in ([], ["--steps", "2", "--minutes", "1"]):
         done = subprocess.run([sys.executable, script, "--out", str(tmp_path), *extra],
                               capture_output=True, text=True, timeout=120)
