@@ -389,3 +389,45 @@ class ReadingBaseSettings(_Settings):
             raise ValueError("--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks "
                              + ",".join(self.subtasks))
         return self
+
+
+REPRODUCE_FAMILIES = ("recall", "qa1", "qa2")
+
+
+class ReproduceSettings(_Settings):
+    """`perk reproduce`: every method trained and evaluated at 1x, 2x, 4x and 8x the training length."""
+
+    recipe: str | None = Field(None, description="Truncated PERK as a multi-stage recipe: qa1-reader (the shipped "
+                               "checkpoint's) or a recipe.json; it fixes the family, base, length and segments.")
+    family: Literal[REPRODUCE_FAMILIES] | None = Field(None, description="recall | qa1 | qa2.")
+    model: str = Field("smollm2", description="Base whose LoRA and (tiny) weights are meta-trained, when no --base.")
+    base: str | None = Field(None, description="A base that reads, used frozen instead of --model: smollm2-reader, a "
+                             "delta file or a directory from perk reading-base; the in-context reference is then the "
+                             "base with the context in its prompt.")
+    out: str = Field("runs/repro", description="Run folder: data, every run, evaluations, results.json, the plot.")
+    minutes: float = Field(30.0, gt=0, description="Truncated PERK's training budget.")
+    steps: int | None = Field(None, ge=1, description="Truncated PERK's outer steps (instead of --minutes).")
+    length: int | None = Field(None, ge=1, description="Training length (1x) in tokens, babi families.")
+    segment_tokens: int | None = Field(None, ge=1, description="Tokens a segment.")
+    curriculum: list[int] | None = Field(None, description="Comma list of lengths: a second stage from truncated "
+                                         "PERK's best/ on a mixture of them (e.g. 128,512,1024), its own row.")
+    curriculum_steps: int = Field(80, ge=1, description="Outer steps of the curriculum stage.")
+    test_tasks: int = Field(20, ge=1, description="Held-out tasks a length.")
+    train_tasks: int = Field(2000, ge=1, description="Training tasks at 1x.")
+    validation_tasks: int = Field(16, ge=1, description="Validation tasks that choose each run's best/.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Decoding cap at evaluation.")
+    eval_forced: bool = Field(False, description="Validate by teacher-forced exact match (no decoding).")
+    answer_format: Literal["plain", "support", "recite"] = Field("plain", description="plain | support | recite (the "
+                                                                 "outer loss's target).")
+    top_layers: int = Field(4, ge=1, description="LoRA on the top k layers.")
+    inner_steps: int = Field(2, ge=1, description="Inner steps K.")
+    lr: float = Field(1e-3, gt=0, description="Outer learning rate.")
+    step_size_lr: float = Field(1e-2, gt=0, description="Outer learning rate of the step sizes.")
+    tasks_per_batch: int = Field(4, ge=1, description="Tasks an outer step.")
+    tasks_per_forward: int = Field(1, ge=1, description="Tasks batched in one forward.")
+    answer_weight: float = Field(1.0, gt=0, description="Weight of the answer's own tokens in the outer loss.")
+
+    @field_validator("curriculum", mode="before")
+    @classmethod
+    def _lengths(cls, value):
+        return comma_list(value, int, "a comma list of lengths in tokens")

@@ -1,4 +1,5 @@
-"""benchmarks/reproduce.py end to end on the tiny preset: every stage, the table, the plot, and resuming."""
+"""perk reproduce (perk_cli.evaluation.reproduce) end to end on the tiny preset: every stage, the table, the
+plot, and resuming."""
 
 import json
 import subprocess
@@ -6,11 +7,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+COMMAND = [sys.executable, "-m", "perk_cli.cli", "reproduce"]
 
 
 def _run(out: Path) -> str:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--family", "recall", "--model", "tiny", "--minutes", "0.05",
+    done = subprocess.run(COMMAND + ["--family", "recall", "--model", "tiny", "--minutes", "0.05",
                            "--train-tasks", "24", "--test-tasks", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -75,9 +76,7 @@ def test_base_problem_names_what_a_base_can_be(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from tests.conftest import benchmark_module
-
-    base_problem = benchmark_module("reproduce").base_problem
+    from perk_cli.evaluation.reproduce import base_problem
     assert base_problem("smollm2-reader") is None  # shipped with the package
     assert "not a model directory" in base_problem("runs/no-such-base")
     assert "shipped reader (smollm2-reader)" in base_problem("runs/no-such-base")
@@ -92,7 +91,7 @@ def test_reproduce_on_a_base_delta_with_a_curriculum(tmp_path):
     references, and the curriculum stage started from truncated PERK's best/."""
     base = _tiny_delta(tmp_path)
     out = tmp_path / "repro"
-    args = [sys.executable, str(SCRIPT), "--family", "qa1", "--base", str(base), "--length", "48", "--segment-tokens",
+    args = COMMAND + ["--family", "qa1", "--base", str(base), "--length", "48", "--segment-tokens",
             "24", "--steps", "2", "--curriculum", "48,96", "--curriculum-steps", "1", "--train-tasks", "8",
             "--test-tasks", "2", "--top-layers", "1", "--tasks-per-batch", "2", "--tasks-per-forward", "2",
             "--validation-tasks", "3", "--eval-forced", "--answer-format", "support", "--out", str(out)]
@@ -143,7 +142,7 @@ def test_reproduce_qa2_in_the_recite_format(tmp_path):
 
     base = _tiny_delta(tmp_path)
     out = tmp_path / "repro"
-    args = [sys.executable, str(SCRIPT), "--family", "qa2", "--base", str(base), "--length", "64", "--segment-tokens",
+    args = COMMAND + ["--family", "qa2", "--base", str(base), "--length", "64", "--segment-tokens",
             "24", "--steps", "1", "--train-tasks", "6", "--test-tasks", "2", "--top-layers", "1",
             "--tasks-per-batch", "2", "--tasks-per-forward", "2", "--validation-tasks", "2", "--eval-forced",
             "--answer-format", "recite", "--answer-weight", "30", "--out", str(out)]
@@ -198,7 +197,7 @@ def test_reproduce_with_a_recipe(tmp_path):
     base = _tiny_delta(tmp_path)
     recipe = _tiny_recipe_file(tmp_path, base)
     out = tmp_path / "repro"
-    args = [sys.executable, str(SCRIPT), "--recipe", str(recipe), "--test-tasks", "2", "--validation-tasks", "2",
+    args = COMMAND + ["--recipe", str(recipe), "--test-tasks", "2", "--validation-tasks", "2",
             "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -234,13 +233,13 @@ def test_reproduce_refuses_flags_a_recipe_sets(tmp_path):
     for extra, message in ((["--family", "qa2"], "--family qa2: --recipe tiny-two-stages uses qa1; leave --family out"),
                            (["--steps", "3"], "--steps: --recipe tiny-two-stages sets its own stages"),
                            (["--segment-tokens", "64"], "--segment-tokens 64: --recipe tiny-two-stages uses 24")):
-        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), *extra, "--out",
+        done = subprocess.run(COMMAND + ["--recipe", str(recipe), *extra, "--out",
                                str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
     for extra, message in ((["--base", "smollm2-reader"], f"--base smollm2-reader: --recipe tiny-two-stages uses {base}"),
                            (["--curriculum", "48,96"], "--curriculum: --recipe tiny-two-stages sets its own stages"),
                            (["--length", "96"], "--length: --recipe tiny-two-stages sets its own stages")):
-        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), *extra, "--out",
+        done = subprocess.run(COMMAND + ["--recipe", str(recipe), *extra, "--out",
                                str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
     from perk_cli.training.recipe import Recipe
@@ -257,10 +256,10 @@ def test_reproduce_refuses_flags_a_recipe_sets(tmp_path):
             ("bad.json", None, "--recipe " + str(tmp_path / "bad.json") + ": not a perk recipe")):
         if stages is not None:
             (tmp_path / name).write_text(good.model_copy(update={"stages": stages}).model_dump_json())
-        done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(tmp_path / name), "--out",
+        done = subprocess.run(COMMAND + ["--recipe", str(tmp_path / name), "--out",
                                str(tmp_path / "r")], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", "no-such-recipe", "--out", str(tmp_path / "r")],
+    done = subprocess.run(COMMAND + ["--recipe", "no-such-recipe", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert "--recipe no-such-recipe: not a recipe name (qa1-reader) nor a recipe.json file" in done.stderr
     assert not (tmp_path / "r").exists()  # refused before anything was written

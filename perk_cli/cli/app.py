@@ -16,7 +16,7 @@ from perk_cli import __version__
 from perk_cli.cli import render
 from perk_cli.cli.options import build_settings, check_sections, given_settings, option_name, setting
 from perk_cli.config import (TASK_NAMES, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
-                             PromptSettings, ReadingBaseSettings, TrainSettings)
+                             PromptSettings, ReadingBaseSettings, ReproduceSettings, TrainSettings)
 from perk_cli.demo import SHIPPED_TEST_TASKS
 from perk_cli.errors import Interrupted, PerkError, os_error_line
 from perk_cli.files import read_config_file, recover_directory
@@ -614,6 +614,60 @@ def reading_base_command(
         out.print_json(json.dumps(report))
     else:
         say(f"wrote {Path(settings.out) / 'model'} (--model loads it) and {Path(settings.out) / 'reading_base.json'}")
+
+
+@app.command()
+def reproduce(
+    recipe: Optional[str] = setting(ReproduceSettings, "recipe", shown="none"),
+    family: Optional[str] = setting(ReproduceSettings, "family", shown="recall, or the recipe's"),
+    model: Optional[str] = setting(ReproduceSettings, "model"),
+    base: Optional[str] = setting(ReproduceSettings, "base", shown="none: --model"),
+    out_dir: Optional[Path] = setting(ReproduceSettings, "out", "--out", "-o"),
+    minutes: Optional[float] = setting(ReproduceSettings, "minutes"),
+    steps: Optional[int] = setting(ReproduceSettings, "steps", shown="none: --minutes"),
+    length: Optional[int] = setting(ReproduceSettings, "length", shown="the family's"),
+    segment_tokens: Optional[int] = setting(ReproduceSettings, "segment_tokens", shown="128, or the recipe's"),
+    curriculum: Optional[str] = setting(ReproduceSettings, "curriculum", shown="none"),
+    curriculum_steps: Optional[int] = setting(ReproduceSettings, "curriculum_steps"),
+    test_tasks: Optional[int] = setting(ReproduceSettings, "test_tasks"),
+    train_tasks: Optional[int] = setting(ReproduceSettings, "train_tasks"),
+    validation_tasks: Optional[int] = setting(ReproduceSettings, "validation_tasks"),
+    max_new_tokens: Optional[int] = setting(ReproduceSettings, "max_new_tokens",
+                                             shown="16; 72 with support; the target cap + 4 with recite"),
+    eval_forced: Optional[bool] = setting(ReproduceSettings, "eval_forced", "--eval-forced/--eval-decode"),
+    answer_format: Optional[str] = setting(ReproduceSettings, "answer_format"),
+    top_layers: Optional[int] = setting(ReproduceSettings, "top_layers"),
+    inner_steps: Optional[int] = setting(ReproduceSettings, "inner_steps"),
+    lr: Optional[float] = setting(ReproduceSettings, "lr"),
+    step_size_lr: Optional[float] = setting(ReproduceSettings, "step_size_lr"),
+    tasks_per_batch: Optional[int] = setting(ReproduceSettings, "tasks_per_batch"),
+    tasks_per_forward: Optional[int] = setting(ReproduceSettings, "tasks_per_forward"),
+    answer_weight: Optional[float] = setting(ReproduceSettings, "answer_weight"),
+    config: Optional[Path] = _config("file of these settings"),
+    json_output: bool = _json("results.json"),
+    quiet: bool = _quiet("Only the final table."),
+) -> None:
+    """Reproduce the paper's comparison: truncated and first-order PERK, plain TTT and the in-context reference, by length.
+
+    Each stage is skipped when its output exists, so a stopped run continues with the same command.
+
+    Example: perk reproduce --recipe qa1-reader --test-tasks 20 -o runs/repro-qa1
+    """
+    from perk_cli.evaluation.reproduce import reproduce as run_reproduction
+
+    settings = build_settings(ReproduceSettings, config, given_settings(reproduce, locals(), ReproduceSettings))
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if not (quiet or json_output):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    results = run_reproduction(settings, say)
+    if json_output:
+        out.print_json(json.dumps(results))
+    elif quiet and lines:
+        out.print(lines[-1], markup=False, highlight=False, soft_wrap=True)  # the table
 
 
 @app.command()

