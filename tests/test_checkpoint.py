@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from perk_cli.engine.learned import LearnedStepSizes
 from perk_cli.checkpoint import read_checkpoint
 
-COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recall-smollm2-r3" / "checkpoint"
+# a checkpoint made before the weighting fix and log-space step sizes: its config and step-size table only
+COMMITTED = Path(__file__).resolve().parent / "fixtures" / "legacy-checkpoint"
 
 
 def test_a_pre_fix_checkpoint_keeps_its_weighting_rule_and_step_sizes():
