@@ -1,7 +1,7 @@
 """Teacher-forced exact match (`--eval-forced` validation) against decoded EM, task by task.
 
-    python benchmarks/forced_vs_decoded.py benchmarks/results/perk-recall-reader/checkpoint-D runs/recall-train-3 \
-        --split validation --model benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors
+    python experiments/forced_vs_decoded.py experiments/results/perk-recall-reader/checkpoint-D runs/recall-train-3 \
+        --split validation --model experiments/results/perk-recall-reader/recall-reader-r32.safetensors
 
 Each task's context is written into one memory; the same memory is scored both ways (teacher-forced:
 one forward pass; decoded: greedy decoding, read in the run's answer format, as `perk eval` does).

@@ -1,7 +1,7 @@
 """Trivial references for qa1, qa2 and recall task sets, as JSON (perk_cli.evaluation.references).
 
-    python benchmarks/heuristics.py runs/learning-tiny/data --split validation
-    python benchmarks/heuristics.py runs/recall-heldout-6 --predictions runs/ev-k4-6/predictions.jsonl
+    python experiments/heuristics.py runs/learning-tiny/data --split validation
+    python experiments/heuristics.py runs/recall-heldout-6 --predictions runs/ev-k4-6/predictions.jsonl
 
 With --predictions (perk eval's predictions.jsonl on that split), recall answers are sorted per method
 into right, another student's value of the asked attribute, and neither.

@@ -1,9 +1,9 @@
 """A checkpoint adapted with more (or fewer) inner steps than it was meta-trained with: the curve, and the
 checkpoint that takes the chosen count.
 
-    python benchmarks/inner_steps.py benchmarks/results/perk-recall-reader/checkpoint-G runs/recall-train-3 \
+    python experiments/inner_steps.py experiments/results/perk-recall-reader/checkpoint-G runs/recall-train-3 \
         --steps 4,6,8 --added-lr 3e-4,1e-3,2.9e-3            # teacher-forced EM on the validation split
-    python benchmarks/inner_steps.py benchmarks/results/perk-recall-reader/checkpoint-G --save 6:1e-3 \
+    python experiments/inner_steps.py experiments/results/perk-recall-reader/checkpoint-G --save 6:1e-3 \
         --out runs/G-k6                                       # G taking 6 steps, the 2 added at 1e-3
 
 Steps past the checkpoint's K take `--added-lr` as their size (`with_inner_steps`, the rule `perk eval

@@ -1,8 +1,8 @@
 """Does meta-training learn? The learning fixes measured one at a time on the same run.
 
-    python benchmarks/reading_base.py --out runs/reading-base          # the base (stage 1), once
-    python benchmarks/learning.py --model runs/reading-base/model --steps 60 --out runs/learning
-    python benchmarks/learning.py --model tiny --steps 200 --eval-every 25 --tasks-per-batch 8 --lr 2e-3 --out runs/learning-tiny
+    perk reading-base --out runs/reading-base          # the base (stage 1), once
+    python experiments/learning.py --model runs/reading-base/model --steps 60 --out runs/learning
+    python experiments/learning.py --model tiny --steps 200 --eval-every 25 --tasks-per-batch 8 --lr 2e-3 --out runs/learning-tiny
 
 Meta-trains the same configuration (qa1, 4 facts in 128 tokens; LoRA r=16 on the top 4 layers; K=2
 AdamW; 4 tasks a step; the base frozen, except for `tiny`, whose base exists nowhere else and is
@@ -69,7 +69,7 @@ def zero_b_start(enabled: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="A base that reads (benchmarks/reading_base.py), or "
+    parser.add_argument("--model", required=True, help="A base that reads (perk reading-base), or "
                         "'tiny' (the built-in preset, its base trained in the outer loop as meta-train does).")
     parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     parser.add_argument("--steps", type=int, default=60)

@@ -1,6 +1,6 @@
 """Which part of a memory hurts reading? Answer-only teacher-forced EM with parts of the LoRA switched off.
 
-    python benchmarks/lora_ablation.py benchmarks/results/perk-qa2-reader/checkpoint-qa2-W2 \
+    python experiments/lora_ablation.py experiments/results/perk-qa2-reader/checkpoint-qa2-W2 \
         runs/qa2-heldout-128-s16-ev --split test --limit 60
 
 Each task's context is written into one memory (the checkpoint's inner loop). The question is then

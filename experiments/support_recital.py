@@ -1,6 +1,6 @@
 """How well a support- or recite-format memory recites the facts its answers rest on, from a `perk eval` run.
 
-    python benchmarks/support_recital.py runs/ev-qa2C-last-602 runs/qa2-heldout-128-v2
+    python experiments/support_recital.py runs/ev-qa2C-last-602 runs/qa2-heldout-128-v2
 
 Reads the evaluation's predictions.jsonl (one method's rows, `perk` by default) beside the tasks'
 gold support, splits each recital (the text before `</support>`) into sentences, and prints, over the
@@ -15,7 +15,7 @@ right, the answer wrong). --json prints the figures as one object.
 the recital, not the document, in its prompt, as `perk eval`'s `base` baseline reads: what the recital
 is worth to a reader the memory has not changed.
 
-    python benchmarks/support_recital.py runs/ev-qa2E-602 runs/qa2-heldout-128-s16-ev \
+    python experiments/support_recital.py runs/ev-qa2E-602 runs/qa2-heldout-128-s16-ev \
         --read-with-base runs/perk-qa2-E/last
 """
 

@@ -1,6 +1,6 @@
 """Why the tiny preset trains its base in the outer loop: the same meta-training with and without it.
 
-    python benchmarks/tiny_base.py        # about 3 minutes on 2 cores
+    python experiments/tiny_base.py        # about 3 minutes on 2 cores
 
 qa1 at 128 tokens (2,000 training tasks, 32 validation tasks), LoRA r=8, K=2, 150 outer steps of
 8 tasks; prints the final outer loss, validation answer loss and validation EM of each variant.

@@ -1,7 +1,7 @@
 """Stage 1, the in-domain route: pretrain a small GPT-2 from scratch until it answers from its prompt.
 
-    python benchmarks/tiny_reading_base.py --out runs/tiny-reader --minutes 7 --device cuda   # one GPU
-    python benchmarks/tiny_reading_base.py --out runs/tiny-reader --steps 20 --batch 8          # a CPU smoke run
+    python experiments/tiny_reading_base.py --out runs/tiny-reader --minutes 7 --device cuda   # one GPU
+    python experiments/tiny_reading_base.py --out runs/tiny-reader --steps 20 --batch 8          # a CPU smoke run
 
 The tiny preset's tokenizer (made locally, vocab 2,048), a GPT-2 of `--layers` x `--width` with
 `--positions` positions (default 4 x 256, 512: 3.7M parameters, 7 MB in float16), trained on the
@@ -18,7 +18,7 @@ seconds the held-out EM per set is logged (teacher-forced: every answer token an
 `em`, a lower bound of greedy decoding's, which also stops at a newline; `em_without_eos`, the
 answer tokens alone, an upper bound up to tokenisation) and the base is saved, so a run stopped at any
 moment leaves its last save. The gate itself is measured afterwards with the package's own decoding:
-`python benchmarks/reading_base.py --out DIR --evaluate TASKS` (DIR/model is what this writes).
+`perk reading-base --out DIR --evaluate TASKS` (DIR/model is what this writes).
 
 Writes <out>/model (config.json, model.safetensors in float16, tokenizer) and <out>/metrics.jsonl.
 """

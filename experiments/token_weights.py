@@ -1,6 +1,6 @@
 """Where a checkpoint's learned token weights go: the story's facts against the filler, by length.
 
-    python benchmarks/token_weights.py --checkpoint runs/perk-rb2-top8-best110 runs/heldout2-128 runs/heldout2-1024
+    python experiments/token_weights.py --checkpoint runs/perk-rb2-top8-best110 runs/heldout2-128 runs/heldout2-1024
 
 The inner step descends sum_j w_j grad CE_j with the weights normalised to mean 1 over the context,
 and Adam's first step moves each entry by about lr x sign(gradient): what the memory stores is

@@ -223,7 +223,7 @@ def with_inner_steps(config: RunConfig, tensors: dict[str, torch.Tensor], steps:
     """(config, tensors) of a checkpoint taking `steps` inner steps at test time: fewer keep its first step
     sizes; the steps it never took are `added_lr` each (and `inner.lr_init` records that size). Repeating
     the last trained sizes instead wrecked a recall memory; two steps added at 1e-3 helped it, and a qa1
-    memory of stories 8x longer than trained on (benchmarks/RESULTS.md)."""
+    memory of stories 8x longer than trained on (experiments/LOG.md)."""
     if steps < 1:
         raise PerkError(f"inner steps: at least 1, not {steps}")
     added = steps - config.inner.steps

@@ -331,7 +331,7 @@ class EvalSettings(_Settings):
     )
     added_lr: float = Field(1e-3, gt=0, description="Size of the inner steps inner_steps adds past the trained count.")
     perk: bool = Field(True, description="Score PERK; off, the baselines alone (to set beside an earlier "
-                       "evaluation's PERK on the same tasks without adapting again: benchmarks/paired.py).")
+                       "evaluation's PERK on the same tasks without adapting again: perk compare).")
 
     @field_validator("plain_lr_grid", mode="before")
     @classmethod

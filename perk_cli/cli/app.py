@@ -116,7 +116,7 @@ def adapt(
                                         "it holds is read again)."),
     grow_step_scale: float = typer.Option(0.5, help="With --into: the learned step sizes times this (at 1 the new "
                                           "document overwrites what the memory held; 0.5 was chosen on validation "
-                                          "stories: experiments/LOG.md)."),
+                                          "stories)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train, or 'shipped' "
                                               r"\[default: the most recent run's under runs/, else the shipped one; "
                                               "with --into, the one that wrote the memory]."),
@@ -125,7 +125,7 @@ def adapt(
     segment_tokens: Optional[int] = typer.Option(None, help=r"Max tokens per segment \[default: the checkpoint's]."),
     max_tokens_per_group: int = typer.Option(1024, "--max-tokens-per-group", min=1,
                                              help="Tokens per accumulation group: sets peak memory, which then "
-                                             "grows only slowly with the document (README, `perk adapt`)."),
+                                             "grows only slowly with the document."),
     steps: Optional[int] = typer.Option(None, min=1, help="Inner steps: plain TTT's [default: 4]; with a checkpoint, "
                                         "steps at test time in place of its trained count (more can help documents "
                                         "far longer than it trained on), those past it at --lr."),

@@ -1,7 +1,7 @@
 """Trivial references for qa1, qa2 and recall task sets: what an answer that ignores the question's logic scores.
 
     references(Path("runs/learning-tiny/data"), "validation")
-    python benchmarks/heuristics.py runs/learning-tiny/data --split validation   # the same, as JSON
+    python experiments/heuristics.py runs/learning-tiny/data --split validation   # the same, as JSON
 
 Every accuracy perk reports stands beside these (perk demo prints them under its table):
 

@@ -1,6 +1,6 @@
 """A base shipped as its difference from another base: a few MB instead of a whole model.
 
-A fully fine-tuned SmolLM2-135M that reads (benchmarks/reading_base.py) is 538 MB; the GGUF it was
+A fully fine-tuned SmolLM2-135M that reads (perk reading-base) is 538 MB; the GGUF it was
 tuned from ships in a pip package. What it learned is stored here as the difference, each weight
 matrix's by its top singular directions (a @ b, float16) and each vector's whole (float32), in one
 safetensors file whose metadata names the base it applies to. `--model FILE.safetensors` loads that

@@ -94,8 +94,8 @@ _EVENT = re.compile(r"Event (\d+): (\w+) (.+?) the (\w+)(?: there)?\.")
 def dropped_then_moved(task: Task) -> bool:
     """A qa2 story whose object was last put down, and whose dropper then moved on elsewhere: the answer is
     where it was dropped, not where the person who last held it is. Read from the story's events alone (not the
-    gold support, which event_support.py replaces). The reading bases miss this case most (benchmarks/
-    RESULTS.md: 0 of 9 held out, against 0.95 on the rest); about 6% of qa2 stories."""
+    gold support, which event_support replaces). The reading bases missed this case most (0 of 9 held out, against
+    0.95 on the rest: experiments/LOG.md); about 6% of qa2 stories."""
     asked = re.fullmatch(r"Where is the (\w+)\?", task.question)
     if asked is None:
         return False

@@ -11,7 +11,7 @@ meta-trains on them; every stage after the first starts from the previous stage'
 and skips whatever is already there, so a run stopped at any moment continues where it stopped
 (a stage with a last/ checkpoint is resumed; one stopped before its first checkpoint starts again).
 
-`qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader (benchmarks/RESULTS.md has each
+`qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader (experiments/LOG.md has each
 stage as the perk commands that first ran it); `perk demo --retrain` runs it.
 """
 
@@ -154,7 +154,7 @@ def qa1_reader_recipe() -> Recipe:
         name="qa1-reader",
         description="PERK on qa1 over smollm2-reader: 120 steps on 128-token stories, 80 on a curriculum of "
                     "128/512/1,024 tokens, 50 more on fresh curriculum tasks at a third of the learning rate",
-        minutes=70,  # measured: 18 + 31 + 20 minutes here (benchmarks/RESULTS.md, "Retrained from its recipe")
+        minutes=70,  # measured: 18 + 31 + 20 minutes here (experiments/LOG.md, "Retrained from its recipe")
         stages=[
             RecipeStage(name="1-qa1-128", data=_qa1_data(128, 1000, 301),
                         config=_reader_config(120, lr=1e-3, step_size_lr=1e-2, warmup_steps=5)),
@@ -166,4 +166,4 @@ def qa1_reader_recipe() -> Recipe:
     )
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe}  # by name (benchmarks/reproduce.py --recipe)
+RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe}  # by name (perk reproduce --recipe)
