@@ -14,7 +14,7 @@ from perk_cli.checkpoint import read_checkpoint, upgrade_config
 from perk_cli.training.recipe import Recipe, RecipeStage, qa1_reader_recipe, run_recipe
 from tests.conftest import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_stage(name: str, seed: int, lr: float = 1e-2, steps: int = 2) -> RecipeStage:

@@ -133,7 +133,7 @@ def test_the_benchmark_script_writes_a_delta_that_loads_and_its_report(tmp_path)
     _tuned(base).save_pretrained(tuned_dir)
     build_tiny_tokenizer().save_pretrained(tuned_dir)
     out = tmp_path / "shipped" / "reader.safetensors"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reader_delta.py"
+    script = Path(__file__).resolve().parents[2] / "experiments" / "reader_delta.py"
     done = subprocess.run([sys.executable, str(script), "--tuned", str(tuned_dir), "--base", str(directory),
                            "--rank", "2", "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -164,7 +164,7 @@ def test_the_benchmark_script_expands_a_delta_into_the_model_it_loads_as(tmp_pat
     tensors, report = make_delta(base, _tuned(base), rank=2)
     delta = tmp_path / "reader.safetensors"
     save_delta(delta, tensors, base=str(directory), rank=2, report=report)
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reader_delta.py"
+    script = Path(__file__).resolve().parents[2] / "experiments" / "reader_delta.py"
     out = tmp_path / "expanded"
     done = subprocess.run([sys.executable, str(script), "--expand", str(delta), "--out", str(out)],
                           capture_output=True, text=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from perk_cli.data import vocab
 from perk_cli.evaluation.references import events, recall_attribute, recall_errors, references
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_move_verb_is_an_event():
