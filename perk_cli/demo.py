@@ -141,7 +141,7 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
     say(f"generating qa1 tasks at {lengths[0]} tokens (training length) and {lengths[1]} tokens "
         f"({lengths[1] // lengths[0]}x) in {out}/data"
         + ("; the shipped checkpoint's later stages trained on 128-1,024 tokens: past them, on 8,192-token "
-           "stories (78 s a task), see the results table in the project's docs/results.md" if shipped else ""))
+           "stories (78 s a task) it is measured apart: perk eval --inner-steps 4" if shipped else ""))
     train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model)
     long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1, model)
     if trained_here:
