@@ -149,3 +149,24 @@ def experiment_module(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(directory)
+
+
+@pytest.fixture(scope="module")
+def qa1(tmp_path_factory):
+    """The qa1 task directory the meta-train and eval tests share (64 / 8 / 8 tasks, seed 5), made once a module;
+    a module that needs another defines its own."""
+    return prepared_qa1(tmp_path_factory, train=64, validation=8, test=8, seed=5)
+
+
+def tiny_run_config(**train):
+    """A run config those tests start from: a rank-4 LoRA, 2 inner steps, 6 outer steps of 4 tasks; `train`
+    overrides TrainSettings fields."""
+    from perk_cli import __version__
+    from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+
+    values = dict(max_steps=6, tasks_per_batch=4, eval_every=3, eval_tasks=8, lr=3e-3, warmup_steps=1,
+                  train_base=True, seed=1)
+    values.update(train)
+    return RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
+                     inner=InnerLoopSettings(lr_init=1e-2, steps=2, unroll_start=1),
+                     prompt=PromptSettings(segment_tokens=32), train=TrainSettings(**values))

@@ -7,24 +7,10 @@ import shutil
 import pytest
 import torch
 
-from perk_cli import __version__
-from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.training.meta_train import meta_train
-from tests.conftest import prepared_qa1, run_cli
+from tests.conftest import run_cli, tiny_run_config
 
-
-@pytest.fixture(scope="module")
-def qa1(tmp_path_factory):
-    return prepared_qa1(tmp_path_factory, train=64, validation=8, test=8, seed=5)
-
-
-def _config(**train):
-    values = dict(max_steps=6, tasks_per_batch=4, eval_every=3, eval_tasks=8, lr=3e-3, warmup_steps=1,
-                  train_base=True, seed=1)
-    values.update(train)
-    return RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
-                     inner=InnerLoopSettings(lr_init=1e-2, steps=2, unroll_start=1),
-                     prompt=PromptSettings(segment_tokens=32), train=TrainSettings(**values))
+_config = tiny_run_config
 
 
 def test_meta_train_and_eval_cli_write_every_output(qa1, tmp_path, capsys):

@@ -6,19 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import prepared_qa1
-
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def qa1(tmp_path_factory):
-    return prepared_qa1(tmp_path_factory, train=64, validation=8, test=8, seed=5)
 
 
 def _cli_train(args, out, env=None, nproc=None):
