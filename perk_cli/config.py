@@ -352,6 +352,8 @@ class ReadingBaseSettings(_Settings):
     model: str = Field("smollm2", description="The base to fine-tune: a --model spec (a directory continues a "
                        "saved reading base).")
     out: str = Field("runs/reading-base", description="Writes <out>/model, <out>/reading_base.json and <out>/data.")
+    task: str | None = Field(None, description="A task directory from perk prepare: train on its train split and gate "
+                             "on its test split, in place of the generated sets of --subtasks.")
     subtasks: list[Literal[READING_SUBTASKS]] = Field(
         ["qa1"], min_length=1, description="Comma list of what it learns to read and is gated on: bAbI qa1 (4 facts), "
         "qa2 (6), qa3 (8), recall (student records: 3 and 6 a database in training, 6 and 12 held out).")
@@ -385,6 +387,9 @@ class ReadingBaseSettings(_Settings):
     def _check(self) -> "ReadingBaseSettings":
         if self.recite_share > 0 and not any(s in BABI_FACTS for s in self.subtasks):
             raise ValueError(f"--recite-share: needs a bAbI subtask ({', '.join(BABI_FACTS)}) in --subtasks")
+        if self.task is not None and (self.recite_share > 0 or self.hard_share > 0 or self.pool > 0):
+            raise ValueError("--task: trains on that directory's own tasks; --recite-share, --hard-share and --pool "
+                             "choose among the generated sets, so leave them out")
         if self.hard_share > 0 and "qa2" not in self.subtasks:
             raise ValueError("--hard-share: the dropped-then-moved stories are qa2's; add qa2 to --subtasks "
                              + ",".join(self.subtasks))

@@ -21,6 +21,7 @@ from perk_cli.files import read_config_file, recover_directory
 def reading_base_command(
     model: Optional[str] = setting(ReadingBaseSettings, "model"),
     out_dir: Optional[Path] = setting(ReadingBaseSettings, "out", "--out", "-o"),
+    task: Optional[Path] = setting(ReadingBaseSettings, "task", shown="the generated sets of --subtasks"),
     subtasks: Optional[str] = setting(ReadingBaseSettings, "subtasks", shown="qa1"),
     steps: Optional[int] = setting(ReadingBaseSettings, "steps"),
     tasks_per_step: Optional[int] = setting(ReadingBaseSettings, "tasks_per_step"),

@@ -246,6 +246,19 @@ def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def directory_sets(directory: Path) -> tuple[dict, dict]:
+    """A prepared task directory's train split to train on and its test split as the gate's held-out set."""
+    if not (directory / "prepare.json").is_file() and not (directory / "train.jsonl").is_file():
+        raise PerkError(f"--task {directory}: not a task directory (no prepare.json or train.jsonl); make one with "
+                        "perk prepare")
+    train, test = read_split(directory, "train"), read_split(directory, "test")
+    for split, tasks in (("train", train), ("test", test)):
+        if not tasks:
+            raise PerkError(f"--task {directory}: its {split} split is empty; the reading base trains on train and is "
+                            "gated on test")
+    return {directory.name: train}, {f"{directory.name}-test": test}
+
+
 def _check_pools(settings: ReadingBaseSettings, train: dict, test: dict) -> tuple[list, list, tuple, dict, int]:
     """The two training pools and their hard stories, refused in one line where a step cannot be drawn."""
     try:  # every recite task's events one a segment, before any training
@@ -271,6 +284,9 @@ def _recipe(settings: ReadingBaseSettings, hard_counts: dict) -> dict:
     """What reading_base.json records of the run: the settings and the seeds of every set it drew."""
     subtasks, stride = settings.subtasks, POOL_SEED_STRIDE * settings.pool
     recite = settings.recite_share > 0
+    if settings.task is not None:
+        return {**settings.model_dump(mode="json"), "trainable": "all parameters", "loss": "answer tokens + eos",
+                "dtype": "float32 weights, bf16 autocast" if settings.bf16 else "float32"}
     return {**settings.model_dump(mode="json"),
             "train_lengths": [length or "clean" for length in TRAIN_LENGTHS],
             "facts": {sub: FACTS[sub] for sub in subtasks if sub in FACTS},
@@ -307,8 +323,11 @@ def train_reading_base(settings: ReadingBaseSettings, say: Say = print, on_step:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     subtasks, recite = tuple(settings.subtasks), settings.recite_share > 0
-    train, test = task_sets(out, settings.train_tasks, settings.test_tasks, settings.model, subtasks, recite,
-                            settings.pool)
+    if settings.task is not None:
+        train, test = directory_sets(Path(settings.task))
+    else:
+        train, test = task_sets(out, settings.train_tasks, settings.test_tasks, settings.model, subtasks, recite,
+                                settings.pool)
     pool, recite_pool, hard_pools, hard_counts, n_recite = _check_pools(settings, train, test)
     (out / "reading_base.json").unlink(missing_ok=True)  # a new training run (every check passed): a new report
     model, tokenizer = load_base(ModelSettings(name=settings.model, dtype="float32"))

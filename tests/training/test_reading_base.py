@@ -378,3 +378,31 @@ def test_a_delta_from_a_delta_is_refused_before_any_work(tmp_path):
                                      "--delta-from", "smollm2-reader"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--delta-from smollm2-reader: is itself a delta" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()
+
+
+def test_a_task_directory_replaces_the_generated_sets(tmp_path, tmp_path_factory):
+    """--task DIR: the base trains on DIR's train split and is gated on its test split (no generated sets);
+    an empty test split, or a lever that chooses among generated sets, is one line before any training."""
+    from tests.conftest import prepared_qa1
+
+    data = prepared_qa1(tmp_path_factory, train=4, validation=0, test=2, seed=9)
+    out = tmp_path / "rb"
+    done = subprocess.run(COMMAND + ["--out", str(out), "--model", "tiny", "--task", str(data), "--steps", "1",
+                                     "--tasks-per-step", "2", "--no-bf16", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["recipe"]["task"] == str(data) and "train_seeds" not in report["recipe"]
+    assert list(report["held_out_in_context"]) == [f"{data.name}-test"]
+    assert report["held_out_in_context"][f"{data.name}-test"]["n"] == 2 if "n" in report["held_out_in_context"][
+        f"{data.name}-test"] else True
+    assert not (out / "data").exists()  # nothing generated
+    empty = prepared_qa1(tmp_path_factory, train=4, validation=0, test=0, seed=9)
+    (empty / "test.jsonl").write_text("")
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path / "e"), "--model", "tiny", "--task", str(empty)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "test.jsonl: file is empty" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "e" / "model").exists()
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path / "e"), "--model", "tiny", "--task", str(data),
+                                     "--recite-share", "0.5"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--task: trains on that directory's own tasks" in done.stderr
