@@ -79,7 +79,7 @@ def test_demo_on_a_checkpoint_of_another_base_uses_its_tokenizer_and_shows_the_b
 
 def test_the_default_demo_uses_the_shipped_checkpoint_at_8x_with_no_training(tmp_path, capsys, monkeypatch):
     """The shipped checkpoint needs SmolLM2 (not in the default suite): a tiny run stands in for it here;
-    tests/test_demo_shipped.py runs the real one (-m slow)."""
+    `perk demo` itself is run by hand (its table: docs/results.md's figures on 8 tasks a length)."""
     import perk_cli.demo
 
     run = tmp_path / "first"
