@@ -47,7 +47,7 @@ def reading_base_command(
 
     Example: perk reading-base --model smollm2 --subtasks qa1 --steps 60 -o runs/reading-base --delta-rank 32
     """
-    from perk_cli.training.reading_base import evaluate_saved, train_reading_base
+    from perk_cli.training.reading_base import evaluate_saved, gate_line, train_reading_base
 
     settings = build_settings(ReadingBaseSettings, config, given_settings(reading_base_command, locals(),
                                                                              ReadingBaseSettings))
@@ -56,15 +56,12 @@ def reading_base_command(
     say = (lambda line: None) if quiet or json_output else (
         lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
     if evaluate is not None:
-        from perk_cli.training.reading_base import gate_line
-
         result = evaluate_saved(Path(settings.out), evaluate, evaluate_recite)
         if json_output:
             out.print_json(json.dumps(result))
         else:
             key = f"{evaluate}-recite" if evaluate_recite else str(evaluate)
-            say(gate_line(key, {**result, "val_em": result.get("in_context_em"), "val_loss": result.get("answer_loss")},
-                          result["n"]))
+            say(gate_line(key, result))
         return
     with progress(quiet or json_output) as bar:
         handle = bar.add_task("reading base", total=settings.steps)

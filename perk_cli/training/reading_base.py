@@ -199,14 +199,14 @@ def in_context_runtime(model, tokenizer) -> SimpleNamespace:
 
 def held_out_scores(runtime, tasks: list[Task], recite: bool = False) -> dict:
     """The gate's figures on `tasks`: decoded in-context EM and loss (with `recite`: the teacher-forced
-    reading of the gold events in the recite layout), and, where the set has dropped_then_moved stories,
-    the same figure on those alone under "dropped_then_moved" ({"em", "n"})."""
+    reading of the gold events in the recite layout), the task count "n", and, where the set has
+    dropped_then_moved stories, the same figure on those alone under "dropped_then_moved" ({"em", "n"})."""
     def scores(subset: list[Task]) -> dict:
         if recite:
             return recite_reading(runtime.model, runtime.tokenizer, subset)
         return validate_in_context(runtime, subset, budget=8)
 
-    result = scores(tasks)
+    result = {**scores(tasks), "n": len(tasks)}
     hard = [task for task in tasks if dropped_then_moved(task)]
     if hard:
         result["dropped_then_moved"] = {"em": scores(hard)["answer_em" if recite else "val_em"], "n": len(hard)}
@@ -228,13 +228,9 @@ def evaluate_saved(out: Path, tasks_dir: Path, recite: bool = False) -> dict:
     except ValueError as exc:
         raise PerkError(f"--evaluate {tasks_dir}: {exc}")
     result = held_out_scores(in_context_runtime(model, tokenizer), tasks, recite)
-    hard = {"dropped_then_moved": result["dropped_then_moved"]} if "dropped_then_moved" in result else {}
-    if recite:
-        write_report(out, held_out={f"{tasks_dir} (recite layout)": result})
-        return {"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite", **result}
-    write_report(out, held_out={str(tasks_dir): {**result, "n": len(tasks)}})
-    return {"base": str(out / "model"), "tasks": str(tasks_dir), "n": len(tasks),
-            "in_context_em": result["val_em"], "answer_loss": result["val_loss"], **hard}
+    write_report(out, held_out={f"{tasks_dir} (recite layout)" if recite else str(tasks_dir): result})
+    return {"base": str(out / "model"), "tasks": str(tasks_dir), "layout": "recite" if recite else "in context",
+            **result}
 
 
 def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
@@ -302,15 +298,15 @@ def _recipe(settings: ReadingBaseSettings, hard_counts: dict) -> dict:
             "dtype": "float32 weights, bf16 autocast" if settings.bf16 else "float32"}
 
 
-def gate_line(key, result: dict, n: int) -> str:
-    """One held-out set's figure as the command prints it."""
+def gate_line(key, result: dict) -> str:
+    """One held-out set's figure (held_out_scores's) as the command prints it."""
     hard = result.get("dropped_then_moved")
     hard_text = f"; dropped then moved: {hard['em']:.3f} of {hard['n']}" if hard else ""
     if is_recite(key):
         return (f"held-out reading of the gold events in the recite layout, {key}: {result['answer_em']:.3f} "
-                f"(answer loss {result['answer_loss']:.4f}, {n} tasks{hard_text})")
+                f"(answer loss {result['answer_loss']:.4f}, {result['n']} tasks{hard_text})")
     return (f"held-out in-context EM, {key}{' tokens' if isinstance(key, int) else ''}: {result['val_em']:.3f} "
-            f"(answer loss {result['val_loss']:.4f}, {n} tasks{hard_text})")
+            f"(answer loss {result['val_loss']:.4f}, {result['n']} tasks{hard_text})")
 
 
 def train_reading_base(settings: ReadingBaseSettings, say: Say = print, on_step: StepCallback | None = None) -> dict:
@@ -363,7 +359,7 @@ def train_reading_base(settings: ReadingBaseSettings, say: Say = print, on_step:
     runtime.model, runtime.tokenizer = reloaded, reloaded_tokenizer
     for key, tasks in test.items():
         result = held_out_scores(runtime, tasks, is_recite(key))
-        say(gate_line(key, result, len(tasks)))
+        say(gate_line(key, result))
         write_report(out, held_out={str(key): result})
     if settings.delta_rank is not None:
         save_reader_delta(settings, reloaded, test, say)
@@ -393,6 +389,6 @@ def save_reader_delta(settings: ReadingBaseSettings, tuned, test: dict, say: Say
         if not is_recite(key):
             result = held_out_scores(in_context_runtime(model, tokenizer), tasks)
             report["held_out_in_context"][str(key)] = result
-            say("delta: " + gate_line(key, result, len(tasks)))
+            say("delta: " + gate_line(key, result))
     write_report(out, delta=report)
     return path

@@ -357,7 +357,7 @@ def test_perk_reading_base_trains_gates_and_saves_a_delta_that_loads_as_the_base
     report = json.loads((out / "reading_base.json").read_text())
     assert [row["step"] for row in report["curve"]] == [1, 2] and report["recipe"]["subtasks"] == ["qa1"]
     assert set(report["held_out_in_context"]) == {"128", "256"}
-    assert all(r["n"] == 2 if "n" in r else True for r in report["held_out_in_context"].values())
+    assert [r["n"] for r in report["held_out_in_context"].values()] == [2, 2]
     assert "held-out in-context EM, 128 tokens:" in done.stdout
     delta = report["delta"]
     assert delta["file"] == str(out / "reader-r128.safetensors") and delta["from"] == "tiny"
@@ -394,8 +394,7 @@ def test_a_task_directory_replaces_the_generated_sets(tmp_path, tmp_path_factory
     report = json.loads(done.stdout)
     assert report["recipe"]["task"] == str(data) and "train_seeds" not in report["recipe"]
     assert list(report["held_out_in_context"]) == [f"{data.name}-test"]
-    assert report["held_out_in_context"][f"{data.name}-test"]["n"] == 2 if "n" in report["held_out_in_context"][
-        f"{data.name}-test"] else True
+    assert report["held_out_in_context"][f"{data.name}-test"]["n"] == 2
     assert not (out / "data").exists()  # nothing generated
     empty = prepared_qa1(tmp_path_factory, train=4, validation=0, test=0, seed=9)
     (empty / "test.jsonl").write_text("")
