@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from perk_cli import __version__
-from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig,
+from perk_cli.config import (GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig,
                              TrainSettings)
 
 VARIANTS = {
@@ -85,7 +85,7 @@ def main() -> None:
     data = args.out / "data"
     if not (data / "prepare.json").is_file():
         prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=128, segment_tokens=64, model=args.model,
-                                train=1000, validation=16, test=0, seed=301, out=str(data)))
+                                train=1000, validation=16, test=0, seed=301, out=str(data), **GENERATOR_LAYOUT))
     results = {}
     for variant in args.variants.split(","):
         run = args.out / variant.replace(" ", "_").replace("+", "plus").replace("=", "")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from perk_cli import __version__
-from perk_cli.config import InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig, TrainSettings
+from perk_cli.config import GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig, TrainSettings
 from perk_cli.prepare import prepare
 from perk_cli.training.meta_train import meta_train
 
@@ -22,7 +22,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=128, segment_tokens=64, train=2000,
-                                validation=32, test=0, out=str(data), seed=0))
+                                validation=32, test=0, out=str(data), seed=0, **GENERATOR_LAYOUT))
         for train_base in (False, True):
             config = RunConfig(
                 perk_version=__version__, lora=LoraSettings(rank=8, alpha=16),

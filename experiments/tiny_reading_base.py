@@ -61,14 +61,14 @@ def _worker_init() -> None:
 
 def encode_sets(spec: tuple, n: int, seed: int, tokenizer=None) -> list[tuple[list[int], list[bool]]]:
     """n tasks of one (family, subtask, facts, length) as (ids, answer-token mask) in the in-context format."""
-    from perk_cli.config import PrepareSettings, PromptSettings
+    from perk_cli.config import GENERATOR_LAYOUT, PrepareSettings, PromptSettings
     from perk_cli.prepare import _generate
     from perk_cli.prompts import encode_question
 
     tokenizer = tokenizer or _tokenizer
     task, subtask, facts, length = spec[:4]
     settings = PrepareSettings(task=task, subtask=subtask, facts=facts, length=length, segment_tokens=64,
-                               train=n, validation=0, test=0, seed=seed, out="-")
+                               train=n, validation=0, test=0, seed=seed, out="-", **GENERATOR_LAYOUT)
     rows, prompt = [], PromptSettings()
     for t in _generate(settings, tokenizer, None)["train"]:
         batch = encode_question(tokenizer, t.question, len(t.context), prompt, t.answer, t.support, context=t.context)

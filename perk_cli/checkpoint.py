@@ -86,20 +86,6 @@ def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
     raise PerkError(f"{option} {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
 
 
-def latest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
-    """The PERK checkpoint of the most recently written run under the runs directory (its best/, else its
-    last/), or a checkpoint directory there; never a baseline (in-context/ holds a LoRA fine-tuned to read
-    in context, with untrained step sizes), nor a run's working files."""
-    found = [p.parent for p in runs.glob("*/*/" + META) if p.parent.name in ("best", "last")]
-    found += [p.parent for p in runs.glob("*/" + META)]
-    if not found:
-        return None
-    newest = max(found, key=lambda p: (p / META).stat().st_mtime)
-    if newest.name == "last" and (newest.parent / "best" / META).is_file():
-        return newest.parent / "best"
-    return newest
-
-
 def shipped_checkpoint(option: str = "--checkpoint") -> Path:
     """The checkpoint this package ships (qa1-reader), after checking that its base can load here."""
     from perk_cli.models.base import resolve_model_name

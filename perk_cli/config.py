@@ -149,7 +149,18 @@ class PrepareSettings(_Settings):
         "each split taking the (i mod n)-th length."
     )
     distractors: int = Field(0, ge=0, description="babi: filler sentences when --length is not given.")
-    filler: str | None = Field(None, description="babi: text file or directory of .txt haystack filler.")
+    filler: str = Field(
+        "prose", description="babi haystack: prose (Python's documentation, split by source: each split reads its "
+        "own documents) | template (procedural sentences) | a .txt file or a directory of them."
+    )
+    vocab: Literal["open", "closed"] = Field(
+        "open", description="Generated names, places and objects: open (thousands, split into disjoint train / "
+        "validation / test parts, each split drawing from its own) | closed (the generator's ten people, nine rooms)."
+    )
+    order_tags: Literal["none", "event"] = Field(
+        "none", description="babi: none (facts in story order, the BABILong layout) | event (each fact numbered, "
+        "'Event 3: ...', the PERK paper's layout)."
+    )
     position: Literal["uniform", "early", "middle", "late"] = Field(
         "uniform", description="babi: where the facts sit: uniform | early | middle | late."
     )
@@ -192,6 +203,10 @@ class PrepareSettings(_Settings):
             if self.hub is not None and self.task != "babilong":
                 raise ValueError("--hub is supported for --task babilong")
         return self
+
+
+# The layout every figure before 2026-12-07 was made with, and the shipped qa1-reader was trained on.
+GENERATOR_LAYOUT = {"vocab": "closed", "order_tags": "event", "filler": "template"}
 
 
 def recite_marker(question_template: str) -> str:
@@ -353,7 +368,7 @@ class ReadingBaseSettings(_Settings):
                        "saved reading base).")
     out: str = Field("runs/reading-base", description="Writes <out>/model, <out>/reading_base.json and <out>/data.")
     task: str | None = Field(None, description="A task directory from perk prepare: train on its train split and gate "
-                             "on its test split, in place of the generated sets of --subtasks.")
+                             "on its validation split (test if it has none), in place of the generated sets of --subtasks.")
     subtasks: list[Literal[READING_SUBTASKS]] = Field(
         ["qa1"], min_length=1, description="Comma list of what it learns to read and is gated on: bAbI qa1 (4 facts), "
         "qa2 (6), qa3 (8), recall (student records: 3 and 6 a database in training, 6 and 12 held out).")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from perk_cli import __version__
-from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig,
+from perk_cli.config import (GENERATOR_LAYOUT, EvalSettings, InnerLoopSettings, LoraSettings, PrepareSettings, PromptSettings, RunConfig,
                              TrainSettings)
 from perk_cli.data import vocab
 from perk_cli.errors import PerkError
@@ -64,7 +64,8 @@ def _data(out: Path, length: int, train: int, test: int, seed: int, model: str =
 
     directory = out / "data" / f"qa1-{length}"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64, model=model,
-                            train=train, validation=16 if train else 0, test=test, out=str(directory), seed=seed))
+                            train=train, validation=16 if train else 0, test=test, out=str(directory), seed=seed,
+                            **GENERATOR_LAYOUT))
     return directory
 
 

@@ -48,6 +48,11 @@ def staged_directory(target: Path):
         raise
 
 
+def cache_dir() -> Path:
+    """Where perk keeps what it assembles or converts once: $XDG_CACHE_HOME/perk, else ~/.cache/perk."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perk"
+
+
 @contextmanager
 def staged_file(target: Path):
     """Yield a temporary path in `target`'s directory; on success it replaces `target` (os.replace)."""

@@ -36,7 +36,7 @@ from perk_cli.files import read_text, staged_file
 from perk_cli.models.base import load_base
 from perk_cli.models.lora import attach_lora, peft_init
 from perk_cli.prompts import answer_question, encode_context, encode_question, encode_task
-from perk_cli.checkpoint import (DEFAULT_RUNS, Runtime, build_runtime, latest_checkpoint, load_runtime,
+from perk_cli.checkpoint import (Runtime, build_runtime, load_runtime,
                                           shipped_checkpoint)
 
 FORMAT = "perk-memory/1"
@@ -187,21 +187,16 @@ def read_document(document: str) -> tuple[str | None, list[str] | None]:
     return read_text(path), None
 
 
-def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, runs: Path = DEFAULT_RUNS,
-                     plain_steps: int = 4, plain_lr: float = 1e-3, device: str | None = None,
-                     inner_steps: int | None = None, added_lr: float = 1e-3) -> tuple[Runtime, Origin]:
+def adapting_runtime(checkpoint: Path | None = None, model: str | None = None, plain_steps: int = 4,
+                     plain_lr: float = 1e-3, device: str | None = None, inner_steps: int | None = None,
+                     added_lr: float = 1e-3) -> tuple[Runtime, Origin]:
     """The runtime that writes memories: a checkpoint's (taking `inner_steps` if given, those past its
-    trained count at `added_lr`), the latest one under `runs`, or plain TTT on `model` (PEFT's
-    initialisation from seed 0, so the same document gives the same memory)."""
+    trained count at `added_lr`), the shipped one when neither a checkpoint nor a model is named, or plain
+    TTT on `model` (PEFT's initialisation from seed 0, so the same document gives the same memory)."""
+    note = ""
     if checkpoint is None and model is None:
-        checkpoint = latest_checkpoint(runs)
-        if checkpoint is None:
-            checkpoint = shipped_checkpoint()
-            note = f"no run under {runs}/: using the shipped checkpoint {checkpoint} (pass --checkpoint to choose)"
-        else:
-            note = f"using the most recent run's checkpoint {checkpoint} (pass --checkpoint to choose)"
-    else:
-        note = ""
+        checkpoint = shipped_checkpoint()
+        note = f"using the shipped checkpoint {checkpoint} (pass --checkpoint to use one of your runs)"
     if checkpoint is not None:
         runtime, files = load_runtime(Path(checkpoint), model, device, inner_steps, added_lr)
         return runtime, Origin("checkpoint", str(files.path), files.fingerprint, note)

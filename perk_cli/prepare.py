@@ -6,7 +6,9 @@ one validated task directory (train/validation/test.jsonl + prepare.json).
 
 from __future__ import annotations
 
+import platform
 import random
+import re
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from perk_cli import __version__
 from perk_cli.config import SUBTASKS, TASK_NAMES, PrepareSettings
 from perk_cli.data import babi, records
 from perk_cli.data.filler import Filler
+from perk_cli.data.open_vocab import Vocabulary, vocabulary
 from perk_cli.data.readers import babilong, make_segmenter, read_source
 from perk_cli.data.schema import SPLITS, Task, TaskMeta, write_prepared
 from perk_cli.data.segment import segment_text
@@ -34,9 +37,11 @@ def _count(tokenizer, texts: list[str]) -> list[int]:
 
 
 def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler: Filler, ident: str,
-               length: int | None) -> Task:
+               length: int | None, words: Vocabulary) -> Task:
     n_facts = settings.facts or babi.DEFAULT_FACTS[settings.subtask]
-    story = babi.make_story(settings.subtask, n_facts, rng)
+    story = babi.make_story(settings.subtask, n_facts, rng, words, settings.order_tags)
+    if filler.sentences is not None:  # real text may name a story's person: such a sentence is skipped
+        filler = _Avoiding(filler, story.people)
     n_filler = settings.distractors
     if length is not None:
         total = sum(_count(tokenizer, story.facts))
@@ -64,6 +69,21 @@ def _babi_task(settings: PrepareSettings, tokenizer, rng: random.Random, filler:
     )
 
 
+class _Avoiding:
+    """A filler that skips sentences naming any of `people` (so filler never places a story's person)."""
+
+    def __init__(self, filler: Filler, people: list[str]):
+        self.filler = filler
+        self.names = re.compile(r"\b(" + "|".join(map(re.escape, people)) + r")\b")
+
+    def next(self) -> str:
+        for _ in range(1000):
+            sentence = self.filler.next()
+            if not self.names.search(sentence):
+                return sentence
+        raise PerkError(f"the filler names {self.names.pattern} in 1,000 sentences running; use another --filler")
+
+
 class _Replay:
     """A filler that hands out a precomputed list (so length control counts exactly what is used)."""
 
@@ -76,9 +96,9 @@ class _Replay:
 
 
 def _records_task(settings: PrepareSettings, tokenizer, rng: random.Random, per_record: float, ident: str,
-                  length: int | None) -> Task:
+                  length: int | None, words: Vocabulary) -> Task:
     n = settings.records or (max(2, round(length / per_record)) if length else 20)
-    db = records.make_database(n, rng)
+    db = records.make_database(n, rng, words)
     question, answer, relevant = records.make_question(settings.subtask, db, rng)
     segments = [s.record() for s in db]
     return Task(
@@ -102,15 +122,15 @@ def _generate(settings: PrepareSettings, tokenizer, progress: Progress | None) -
             continue
         # One independent stream a split: changing --test never changes the training set.
         rng = random.Random(f"{settings.seed}/{settings.task}/{settings.subtask}/{split}")
-        filler = Filler(random.Random(f"{settings.seed}/filler/{split}"),
-                        Path(settings.filler) if settings.filler else None)
+        filler = Filler(random.Random(f"{settings.seed}/filler/{split}"), settings.filler, split)
+        words = vocabulary(settings.vocab, split)
         tasks = []
         for i in range(n):
             ident = f"{settings.subtask}-{split}-{i:05d}"
             if settings.task == "babi":
-                tasks.append(_babi_task(settings, tokenizer, rng, filler, ident, settings.length_of(i)))
+                tasks.append(_babi_task(settings, tokenizer, rng, filler, ident, settings.length_of(i), words))
             else:
-                tasks.append(_records_task(settings, tokenizer, rng, per_record, ident, settings.length_of(i)))
+                tasks.append(_records_task(settings, tokenizer, rng, per_record, ident, settings.length_of(i), words))
             done += 1
             if progress:
                 progress(done, total)
@@ -156,6 +176,8 @@ def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict
         source = f"file:{settings.input}"
     summary = {"perk_version": __version__, "source": source, "settings": settings.model_dump(mode="json"),
                "counts": {}, "length_tokens": {}}
+    if settings.task in ("babi", "records") and settings.filler == "prose":
+        summary["python"] = platform.python_version()  # the prose corpus is this Python's documentation
     for split in SPLITS:
         if split in splits:
             lengths = _lengths(splits[split], tokenizer)

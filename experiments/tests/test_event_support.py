@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perk_cli.config import PrepareSettings
+from perk_cli.config import GENERATOR_LAYOUT, PrepareSettings
 from perk_cli.prepare import prepare
 from perk_cli.data.segment import split_sentences
 
@@ -24,7 +24,7 @@ def _one_sentence_a_segment(directory: Path) -> None:
 def test_the_support_becomes_every_event_in_order(tmp_path):
     source, out = tmp_path / "qa2", tmp_path / "qa2-ev"
     prepare(PrepareSettings(task="babi", subtask="qa2", facts=5, length=160, train=6, validation=0, test=3,
-                            seed=4, out=str(source)))
+                            seed=4, out=str(source), **GENERATOR_LAYOUT))
     _one_sentence_a_segment(source)
     done = subprocess.run([sys.executable, str(SCRIPT), str(source), str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -46,7 +46,7 @@ def test_the_support_becomes_every_event_in_order(tmp_path):
 def test_a_directory_whose_segments_hold_several_events_is_refused(tmp_path):
     source = tmp_path / "qa2"
     prepare(PrepareSettings(task="babi", subtask="qa2", facts=5, length=160, segment_tokens=32, train=3,
-                            validation=0, test=0, seed=4, out=str(source)))  # a segment holds two events
+                            validation=0, test=0, seed=4, out=str(source), **GENERATOR_LAYOUT))  # a segment holds two events
     done = subprocess.run([sys.executable, str(SCRIPT), str(source), str(tmp_path / "ev")], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "--segment-tokens 16" in done.stderr.strip().splitlines()[-1]

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from tiny_reading_base import build_model, collate, encode_sets, losses, save  # noqa: E402
 
-from perk_cli.config import ModelSettings, PrepareSettings, PromptSettings  # noqa: E402
+from perk_cli.config import GENERATOR_LAYOUT, ModelSettings, PrepareSettings, PromptSettings  # noqa: E402
 from perk_cli.prepare import _generate  # noqa: E402
 from perk_cli.engine.losses import answer_loss  # noqa: E402
 from perk_cli.models.base import load_base  # noqa: E402
@@ -41,7 +41,7 @@ def test_rows_are_the_in_context_format_with_only_the_answer_and_eos_as_targets(
     tokenizer = build_tiny_tokenizer()
     rows = encode_sets(SPEC, 3, seed=5, tokenizer=tokenizer)
     task = _generate(PrepareSettings(task="babi", subtask="qa1", facts=4, segment_tokens=64, train=3, validation=0,
-                                     test=0, seed=5, out="-"), tokenizer, None)["train"][0]
+                                     test=0, seed=5, out="-", **GENERATOR_LAYOUT), tokenizer, None)["train"][0]
     ids, mask = rows[0]
     expected = "\n".join(task.context) + f"\nYou have memorized {len(task.context)} documents.\n{task.question}\nAnswer: {task.answer}"
     assert tokenizer.decode(ids) == expected + tokenizer.eos_token
@@ -52,7 +52,7 @@ def test_teacher_forced_hits_bound_greedy_decoding_and_the_loss_is_the_packages_
     tokenizer = build_tiny_tokenizer()
     rows = encode_sets(SPEC, 6, seed=7, tokenizer=tokenizer)
     tasks = _generate(PrepareSettings(task="babi", subtask="qa1", facts=4, segment_tokens=64, train=6, validation=0,
-                                      test=0, seed=7, out="-"), tokenizer, None)["train"]
+                                      test=0, seed=7, out="-", **GENERATOR_LAYOUT), tokenizer, None)["train"]
     model = _overfit_one(tokenizer, rows)
     ids, attention, answer = collate(rows, tokenizer.eos_token_id, torch.device("cpu"))
     with torch.no_grad():

@@ -28,7 +28,9 @@ def prepare(
     facts: Optional[int] = setting(PrepareSettings, "facts"),
     length: Optional[str] = setting(PrepareSettings, "length"),
     distractors: Optional[int] = setting(PrepareSettings, "distractors"),
-    filler: Optional[Path] = setting(PrepareSettings, "filler"),
+    filler: Optional[str] = setting(PrepareSettings, "filler"),
+    vocab: Optional[str] = setting(PrepareSettings, "vocab"),
+    order_tags: Optional[str] = setting(PrepareSettings, "order_tags"),
     position: Optional[str] = setting(PrepareSettings, "position"),
     records: Optional[int] = setting(PrepareSettings, "records"),
     train: Optional[int] = setting(PrepareSettings, "train"),
@@ -42,6 +44,10 @@ def prepare(
     """Turn task files, a Hub dataset, or generated tasks into a task directory.
 
     Example: perk prepare --task babi --subtask qa1 --length 512 -o data/qa1-512
+
+    Generated splits each draw names and haystack documents from their own disjoint part, so the test
+    split is made of names and prose the training never saw (--vocab closed --order-tags event
+    --filler template is the layout of the shipped qa1-reader).
     """
     from perk_cli.prepare import prepare as run_prepare
 

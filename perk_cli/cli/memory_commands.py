@@ -26,7 +26,7 @@ def adapt(
                                           "document overwrites what the memory held; 0.5 was chosen on validation "
                                           "stories)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run directory from meta-train, or 'shipped' "
-                                              r"\[default: the most recent run's under runs/, else the shipped one; "
+                                              r"\[default: the shipped one; "
                                               "with --into, the one that wrote the memory]."),
     model: Optional[str] = typer.Option(None, help="Base model for plain test-time training (no checkpoint), "
                                         "or to override the checkpoint's base path."),

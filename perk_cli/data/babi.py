@@ -1,7 +1,9 @@
 """A generator of bAbI-style tasks (qa1, qa2, qa3) hidden in a haystack of filler, of a chosen length.
 
-Every fact carries its temporal order ("Event 7: Mary went to the kitchen."), so the answer is
-determined by the set of segments whatever order they are presented in.
+Facts appear in story order. With `order_tags="event"` (the PERK paper's layout) each also carries
+its number ("Event 7: Mary went to the kitchen."), so the answer is determined by the set of segments
+whatever order they are presented in; with `"none"` (BABILong's layout, the default) the order is
+only where a fact sits. People, places and objects come from a `Vocabulary` (`open_vocab.py`).
 
   qa1  single supporting fact   "Where is Mary?"            last place Mary moved to
   qa2  two supporting facts     "Where is the apple?"       where its holder is, or where it was dropped
@@ -21,9 +23,12 @@ from dataclasses import dataclass, field
 
 from perk_cli.data import vocab
 from perk_cli.data.filler import Filler
+from perk_cli.data.open_vocab import Vocabulary, closed_vocabulary
 from perk_cli.data.schema import Task
 
 DEFAULT_FACTS = {"qa1": 6, "qa2": 10, "qa3": 12}
+ORDER_TAGS = ("none", "event")
+
 _REGION = {"uniform": (0.0, 1.0), "early": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "late": (2 / 3, 1.0)}
 
 
@@ -33,6 +38,7 @@ class Story:
     question: str
     answer: str
     support: list[int]  # indices into facts
+    people: list[str] = field(default_factory=list)  # everyone the story names
 
 
 @dataclass
@@ -60,9 +66,10 @@ class _World:
             trail.append((place, event, named_by))
 
 
-def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str], _World]:
-    people = rng.sample(vocab.PEOPLE, k=2 if subtask == "qa1" and n_facts < 4 else 3)
-    objects = rng.sample(vocab.OBJECTS, k=2)
+def _simulate(subtask: str, n_facts: int, rng: random.Random, words: Vocabulary) -> tuple[list[str], _World, list[str]]:
+    people = rng.sample(words.people, k=2 if subtask == "qa1" and n_facts < 4 else 3)
+    objects = rng.sample(words.objects, k=2)
+    places = words.story_places(rng)
     world, facts = _World(), []
     while len(facts) < n_facts:
         event = len(facts)
@@ -79,9 +86,9 @@ def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str]
         if action == "move":
             person = rng.choice(people)
             here = world.person_at.get(person, (None,))[0]
-            place = rng.choice([p for p in vocab.LOCATIONS if p != here])
+            place = rng.choice([p for p in places if p != here])
             world.person_at[person] = (place, event)
-            text = f"{person} {rng.choice(vocab.MOVE_VERBS)} the {place}."
+            text = f"{person} {rng.choice(vocab.MOVE_VERBS)} {words.place_phrase(place)}."
             for obj, (who, _) in world.holder.items():
                 if who == person:
                     world.note(obj, event)
@@ -98,8 +105,8 @@ def _simulate(subtask: str, n_facts: int, rng: random.Random) -> tuple[list[str]
             place, named_by = world.person_at[person]
             world.dropped[obj] = (place, event, named_by)
             text = f"{person} {rng.choice(vocab.DROP_VERBS)} the {obj}."
-        facts.append(f"Event {event}: {text}")
-    return facts, world
+        facts.append(text)
+    return facts, world, people
 
 
 def _question(subtask: str, world: _World, rng: random.Random):
@@ -132,21 +139,27 @@ def _question(subtask: str, world: _World, rng: random.Random):
     obj, i = rng.choice(candidates)
     trail = world.history[obj]
     take = max(e for e in world.takes[obj] if e <= trail[i][1])  # who carried it there
-    return (f"Where was the {obj} before the {trail[i][0]}?", trail[i - 1][0],
+    return (f"Where was the {obj} before {Vocabulary.place_phrase(trail[i][0])}?", trail[i - 1][0],
             sorted({trail[i - 1][2], take, trail[i][2]}))
 
 
-def make_story(subtask: str, n_facts: int, rng: random.Random, max_tries: int = 1000) -> Story:
+def make_story(subtask: str, n_facts: int, rng: random.Random, words: Vocabulary | None = None,
+               order_tags: str = "event", max_tries: int = 1000) -> Story:
+    words = words or closed_vocabulary()
+    if order_tags not in ORDER_TAGS:
+        raise ValueError(f"order_tags must be one of {', '.join(ORDER_TAGS)}, got {order_tags!r}")
     if subtask not in DEFAULT_FACTS:
         raise ValueError(f"unknown bAbI subtask {subtask!r}")
     minimum = {"qa1": 1, "qa2": 2, "qa3": 4}[subtask]
     if n_facts < minimum:
         raise ValueError(f"{subtask} needs at least {minimum} facts")
     for _ in range(max_tries):
-        facts, world = _simulate(subtask, n_facts, rng)
+        facts, world, people = _simulate(subtask, n_facts, rng, words)
         q = _question(subtask, world, rng)
         if q is not None:
-            return Story(facts, q[0], q[1], q[2])
+            if order_tags == "event":
+                facts = [f"Event {i}: {fact}" for i, fact in enumerate(facts)]
+            return Story(facts, q[0], q[1], q[2], people)
     raise ValueError(f"could not generate a {subtask} story with {n_facts} facts; use more facts")
 
 
@@ -172,5 +185,6 @@ def event_support(task: Task) -> Task:
     Needs segments of one sentence each (prepare with --segment-tokens 16), so that an event is a segment."""
     events = [segment for segment in task.context if "Event " in segment]
     if not events or any(not (s.startswith("Event ") and s.endswith(".") and s.count("Event ") == 1) for s in events):
-        raise ValueError(f"task {task.id}: its events are not one a segment; prepare with --segment-tokens 16")
+        raise ValueError(f"task {task.id}: its events are not one a segment; prepare with --order-tags event "
+                         "--segment-tokens 16")
     return task.model_copy(update={"support": events})

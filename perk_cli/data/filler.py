@@ -1,8 +1,10 @@
 """Haystack filler: distractor sentences around the facts that matter.
 
-The built-in source is procedural (templates over neutral words: no person, place or object of the
-task vocabulary, so filler never answers or contradicts a question). `--filler PATH` takes the
-sentences of a user's text file, or of every *.txt file in a directory, in a seeded rotation.
+Three sources (`--filler`): `prose` (the default), the plain sentences of Python's own documentation
+in the split's part (`data/prose.py`: a held-out split reads documents the training never saw);
+`template`, procedural sentences over neutral words (no person, place or object of the closed
+vocabulary, so filler never answers or contradicts a question); or a PATH, the sentences of a user's
+text file or of every *.txt file in a directory. Sentences come in a seeded rotation.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ _TAILS = ["last spring", "after a long debate", "with some surprise", "for the t
 class Filler:
     """An endless, deterministic stream of filler sentences."""
 
-    def __init__(self, rng: random.Random, path: Path | None = None):
+    def __init__(self, rng: random.Random, source: str = "template", part: str = "train"):
         self.rng = rng
-        self.sentences: list[str] | None = None
-        if path is not None:
-            self.sentences = _load_sentences(path)
+        self.sentences: list[str] | tuple[str, ...] | None = None
+        if source == "prose":
+            from perk_cli.data.prose import sentences
+
+            self.sentences = sentences(part)
+        elif source != "template":
+            self.sentences = _load_sentences(Path(source))
+        if self.sentences is not None:
             self.index = rng.randrange(len(self.sentences))
 
     def next(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from perk_cli.data import vocab
+from perk_cli.data.open_vocab import Vocabulary
 
 ATTRIBUTES = {"name": "Name", "year": "Year", "school": "School", "major": "Major", "grade": "Grade"}
 
@@ -34,14 +35,17 @@ class Student:
         return str(getattr(self, attribute))
 
 
-def make_database(n: int, rng: random.Random) -> list[Student]:
+def make_database(n: int, rng: random.Random, words: Vocabulary | None = None) -> list[Student]:
+    """`n` students; names from `words` (its people and surnames), else the closed name lists."""
+    first = words.people if words else vocab.FIRST_NAMES
+    last = words.surnames if words else vocab.LAST_NAMES
     ids = rng.sample(range(1_000_000, 10_000_000), n)
     students = []
     for sid in ids:
         school = rng.choice(sorted(vocab.SCHOOLS_MAJORS))
         students.append(Student(
             id=str(sid),
-            name=f"{rng.choice(vocab.FIRST_NAMES)} {rng.choice(vocab.LAST_NAMES)}",
+            name=f"{rng.choice(first)} {rng.choice(last)}",
             year=rng.choice(vocab.YEARS),
             school=school,
             major=rng.choice(vocab.SCHOOLS_MAJORS[school]),

@@ -31,15 +31,20 @@ import json
 import re
 from pathlib import Path
 
+from perk_cli.data import vocab
 from perk_cli.data.records import ATTRIBUTES
 from perk_cli.scores import exact_match
 
 STUDENT_ID = re.compile(r"\b\d{5,}\b")
-EVENT = re.compile(r"Event (\d+): (\w+) [a-z ]+? to the (\w+)\.")  # every verb of vocab.MOVE_VERBS
+# A move fact, numbered ("Event 3: Mary went to the kitchen.") or not ("Odalys went to Gougnies.").
+MOVE = re.compile(r"(?:Event (\d+): )?\b([A-Z][a-z]+) (?:" + "|".join(vocab.MOVE_VERBS)
+                  + r") (?:the ([a-z]+)|([A-Z][a-z]+))\.")
 
 
 def events(task: dict) -> list[tuple[int, str, str]]:
-    return sorted((int(i), who, where) for segment in task["context"] for i, who, where in EVENT.findall(segment))
+    """(order, person, place) of every move in the story: by its event number, else where it sits."""
+    found = [m for segment in task["context"] for m in MOVE.finditer(segment)]
+    return sorted((int(m[1]) if m[1] else i, m[2], m[3] or m[4]) for i, m in enumerate(found))
 
 
 def references(directory: Path, split: str) -> dict:

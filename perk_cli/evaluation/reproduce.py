@@ -46,7 +46,7 @@ from perk_cli import __version__
 from types import SimpleNamespace
 from typing import Callable
 
-from perk_cli.config import (EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
+from perk_cli.config import (GENERATOR_LAYOUT, EvalSettings, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings,
                              PromptSettings, ReproduceSettings, RunConfig, TrainSettings)
 from perk_cli.errors import PerkError
 
@@ -84,7 +84,7 @@ def prepare_sets(family: str, model: str, out: Path, test_tasks: int, train_task
         prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
                                 train=train_tasks if m == 1 else 0, validation=validation_tasks if m == 1 else 0,
                                 test=test_tasks,
-                                out=str(directory), seed=100 + m, **scaled))
+                                out=str(directory), seed=100 + m, **GENERATOR_LAYOUT, **scaled))
     return dirs
 
 
@@ -99,7 +99,7 @@ def prepare_curriculum(family: str, model: str, out: Path, lengths: list[int], t
         size = {**family_size(family, None), "length": lengths}
         prepare(PrepareSettings(task=task, subtask=subtask, model=model, segment_tokens=segment_tokens,
                                 train=train_tasks, validation=validation_tasks, test=0, out=str(directory), seed=200,
-                                **size))
+                                **GENERATOR_LAYOUT, **size))
     return directory
 
 

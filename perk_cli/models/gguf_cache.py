@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from perk_cli.files import staged_directory
+from perk_cli.files import cache_dir, staged_directory
 
 FORMAT = "perk-gguf-cache/1"
 MARKER = "perk-cache.json"  # written last: an entry without it is incomplete
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perk"
+    return cache_dir()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

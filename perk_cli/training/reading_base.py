@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from perk_cli.config import BABI_FACTS, ModelSettings, PrepareSettings, PromptSettings, ReadingBaseSettings, TrainSettings
+from perk_cli.config import BABI_FACTS, GENERATOR_LAYOUT, ModelSettings, PrepareSettings, PromptSettings, ReadingBaseSettings, TrainSettings
 from perk_cli.data.babi import event_support
 from perk_cli.data.schema import Task, read_split
 from perk_cli.data.vocab import DROP_VERBS, MOVE_VERBS, TAKE_VERBS
@@ -78,9 +78,9 @@ RECITE = PromptSettings(answer_format="recite", max_answer_tokens=512)
 
 def _settings(subtask: str, size: int | None, segment_tokens: int = 64, **fields) -> PrepareSettings:
     if subtask == "recall":
-        return PrepareSettings(task="records", subtask="recall", records=size, **fields)
+        return PrepareSettings(task="records", subtask="recall", records=size, **GENERATOR_LAYOUT, **fields)
     return PrepareSettings(task="babi", subtask=subtask, facts=FACTS[subtask], length=size,
-                           segment_tokens=segment_tokens, **fields)
+                           segment_tokens=segment_tokens, **GENERATOR_LAYOUT, **fields)
 
 
 def is_recite(key) -> bool:
@@ -243,16 +243,19 @@ def write_report(out: Path, held_out: dict | None = None, **fields) -> None:
 
 
 def directory_sets(directory: Path) -> tuple[dict, dict]:
-    """A prepared task directory's train split to train on and its test split as the gate's held-out set."""
+    """A prepared task directory's train split to train on and, as the gate's held-out set, its validation
+    split (so choosing a recipe by the gate leaves the test split unread), or its test split if it has none."""
     if not (directory / "prepare.json").is_file() and not (directory / "train.jsonl").is_file():
         raise PerkError(f"--task {directory}: not a task directory (no prepare.json or train.jsonl); make one with "
                         "perk prepare")
-    train, test = read_split(directory, "train"), read_split(directory, "test")
-    for split, tasks in (("train", train), ("test", test)):
+    train = read_split(directory, "train")
+    gate_split = "validation" if (directory / "validation.jsonl").is_file() else "test"
+    gate = read_split(directory, gate_split) if (directory / f"{gate_split}.jsonl").is_file() else []
+    for split, tasks in (("train", train), ("validation or test", gate)):
         if not tasks:
             raise PerkError(f"--task {directory}: its {split} split is empty; the reading base trains on train and is "
-                            "gated on test")
-    return {directory.name: train}, {f"{directory.name}-test": test}
+                            "gated on validation (or test)")
+    return {directory.name: train}, {f"{directory.name}-{gate_split}": gate}
 
 
 def _check_pools(settings: ReadingBaseSettings, train: dict, test: dict) -> tuple[list, list, tuple, dict, int]:

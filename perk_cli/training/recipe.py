@@ -26,7 +26,7 @@ from typing import Callable
 from pydantic import BaseModel, Field, model_validator
 
 from perk_cli import __version__
-from perk_cli.config import InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig, \
+from perk_cli.config import GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig, \
     TrainSettings
 from perk_cli.errors import PerkError
 
@@ -131,7 +131,8 @@ def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
 
 def _qa1_data(length: int | list[int], train: int, seed: int) -> PrepareSettings:
     return PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64,
-                           model="smollm2-reader", train=train, validation=16, test=0, seed=seed, out="-")
+                           model="smollm2-reader", train=train, validation=16, test=0, seed=seed, out="-",
+                           **GENERATOR_LAYOUT)
 
 
 def _reader_config(max_steps: int, lr: float, step_size_lr: float, warmup_steps: int) -> RunConfig:

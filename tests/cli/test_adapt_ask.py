@@ -191,8 +191,7 @@ def test_checkpoint_missing_a_file(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_default_checkpoint_is_the_latest_runs_never_a_baseline_else_the_shipped_one(checkpoint, tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_default_checkpoint_is_the_shipped_one_even_beside_runs(checkpoint, tmp_path, capsys, monkeypatch):
     import shutil
 
     import perk_cli.checkpoint as checkpoints
@@ -203,17 +202,17 @@ def test_default_checkpoint_is_the_latest_runs_never_a_baseline_else_the_shipped
     shipped = tmp_path / "shipped-copy"  # the shipped checkpoint needs SmolLM2; a tiny one stands in for it
     shutil.copytree(checkpoint, shipped)
     monkeypatch.setattr(checkpoints, "SHIPPED", shipped)
-    code, out, err = run_cli(["adapt", str(doc), "-o", "m.safetensors", "--json"], capsys)
-    assert code == 0, err
-    assert "no run under runs/: using the shipped checkpoint" in err and json.loads(out)["checkpoint"] == str(shipped)
-    run = tmp_path / "runs" / "mine"
+    run = tmp_path / "runs" / "mine"  # a run of the user's does not change what the default is
     shutil.copytree(checkpoint.parent, run)
-    shutil.copytree(checkpoint, run / "in-context")  # the baseline meta-train writes after best/: newer
-    os.utime(run / "in-context" / "meta.safetensors", (2e9, 2e9))
+    shutil.copytree(checkpoint, run / "in-context")
     code, out, err = run_cli(["adapt", str(doc), "-o", "m.safetensors", "--json"], capsys)
     assert code == 0, err
-    assert "runs/mine/best" in err and json.loads(out)["checkpoint"] == "runs/mine/best"
+    assert "using the shipped checkpoint" in err and json.loads(out)["checkpoint"] == str(shipped)
     assert json.loads(out)["origin"] == "checkpoint"
+    code, out, err = run_cli(["adapt", str(doc), "-o", "m2.safetensors", "--json", "--checkpoint", "runs/mine"],
+                             capsys)
+    assert code == 0, err
+    assert "using the shipped" not in err and json.loads(out)["checkpoint"] == "runs/mine/best"
 
 
 def test_the_shipped_checkpoint_is_named_shipped_and_needs_its_base(tmp_path, capsys, monkeypatch):

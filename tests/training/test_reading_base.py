@@ -381,8 +381,9 @@ def test_a_delta_from_a_delta_is_refused_before_any_work(tmp_path):
 
 
 def test_a_task_directory_replaces_the_generated_sets(tmp_path, tmp_path_factory):
-    """--task DIR: the base trains on DIR's train split and is gated on its test split (no generated sets);
-    an empty test split, or a lever that chooses among generated sets, is one line before any training."""
+    """--task DIR: the base trains on DIR's train split and is gated on its validation split, or on its test
+    split when it has none (no generated sets); an empty gate split, or a lever that chooses among generated
+    sets, is one line before any training."""
     from tests.conftest import prepared_qa1
 
     data = prepared_qa1(tmp_path_factory, train=4, validation=0, test=2, seed=9)
@@ -396,6 +397,13 @@ def test_a_task_directory_replaces_the_generated_sets(tmp_path, tmp_path_factory
     assert list(report["held_out_in_context"]) == [f"{data.name}-test"]
     assert report["held_out_in_context"][f"{data.name}-test"]["n"] == 2
     assert not (out / "data").exists()  # nothing generated
+    with_validation = prepared_qa1(tmp_path_factory, train=4, validation=3, test=2, seed=10)
+    done = subprocess.run(COMMAND + ["--out", str(tmp_path / "v"), "--model", "tiny", "--task", str(with_validation),
+                                     "--steps", "1", "--tasks-per-step", "2", "--no-bf16", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gate = json.loads(done.stdout)["held_out_in_context"]
+    assert list(gate) == [f"{with_validation.name}-validation"] and gate[f"{with_validation.name}-validation"]["n"] == 3
     empty = prepared_qa1(tmp_path_factory, train=4, validation=0, test=0, seed=9)
     (empty / "test.jsonl").write_text("")
     done = subprocess.run(COMMAND + ["--out", str(tmp_path / "e"), "--model", "tiny", "--task", str(empty)],

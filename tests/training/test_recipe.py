@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from perk_cli import __version__
-from perk_cli.config import (InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
+from perk_cli.config import (GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings,
                              RunConfig, TrainSettings)
 from perk_cli.errors import PerkError
 from perk_cli.checkpoint import read_checkpoint, upgrade_config
@@ -21,7 +21,7 @@ def tiny_stage(name: str, seed: int, lr: float = 1e-2, steps: int = 2) -> Recipe
     return RecipeStage(
         name=name,
         data=PrepareSettings(task="babi", subtask="qa1", facts=4, length=64, segment_tokens=32, model="tiny", train=4,
-                             validation=1, test=0, seed=seed, out="-"),
+                             validation=1, test=0, seed=seed, out="-", **GENERATOR_LAYOUT),
         config=RunConfig(perk_version=__version__, model=ModelSettings(name="tiny", dtype="float32"),
                          lora=LoraSettings(rank=2, alpha=4, top_layers=1),
                          inner=InnerLoopSettings(steps=1, optimizer="adamw", lr_init=1e-2),
