@@ -98,7 +98,8 @@ class _Replay:
 def _records_task(settings: PrepareSettings, tokenizer, rng: random.Random, per_record: float, ident: str,
                   length: int | None, words: Vocabulary) -> Task:
     n = settings.records or (max(2, round(length / per_record)) if length else 20)
-    db = records.make_database(n, rng, words)
+    # The closed layout keeps the records' own name lists (vocab.FIRST_NAMES), not the bAbI people.
+    db = records.make_database(n, rng, words if settings.vocab == "open" else None)
     question, answer, relevant = records.make_question(settings.subtask, db, rng)
     segments = [s.record() for s in db]
     return Task(

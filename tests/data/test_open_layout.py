@@ -131,6 +131,14 @@ def test_records_name_students_from_the_splits_part(tmp_path):
                 assert name[0] in words.people and name[1] in words.surnames
 
 
+def test_closed_records_keep_the_record_name_lists(tmp_path):
+    splits = _splits(tmp_path / "d", task="records", subtask="recall", records=12, vocab="closed", train=10,
+                     validation=0, test=0, seed=3)
+    names = [n for t in splits["train"] for n in re.findall(r"Name: (\w+) (\w+),", " ".join(t["context"]))]
+    assert len(names) == 120
+    assert all(first in vocab.FIRST_NAMES and last in vocab.LAST_NAMES for first, last in names)
+
+
 def test_references_read_untagged_moves_in_story_order():
     task = {"context": ["Odalys went to the port. Some prose here.", "Antoon journeyed to Gougnies.",
                         "Odalys moved to Schladming."], "question": "Where is Odalys?"}
