@@ -4,6 +4,7 @@ checks a command makes of its arguments before any work."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import typer
@@ -49,9 +50,36 @@ def config_option(what: str):
     return typer.Option(None, help=f"YAML or JSON {what}; flags override it.")
 
 
-def progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, disable=quiet, transient=True)
+class _LoggedProgress(Progress):
+    """A progress bar that, where stderr is not a terminal (a run logged to a file under nohup), writes one
+    plain line at most every `every` seconds instead, so a long run's log shows where it is."""
+
+    def __init__(self, *columns, every: float = 30.0, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self._logging = not self.disable and not self.console.is_terminal
+        self._every, self._last_line = every, time.monotonic()
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id) -> None:
+        now = time.monotonic()
+        if self._logging and now - self._last_line >= self._every:
+            self._last_line = now
+            task = self._tasks[task_id]
+            total = f"/{task.total:g}" if task.total is not None else ""
+            self.console.print(f"{task.description}  {task.completed:g}{total}  "
+                               f"{task.elapsed or 0.0:.0f} s", markup=False, highlight=False, soft_wrap=True)
+
+
+def progress(quiet: bool, every: float = 30.0, console: Console | None = None) -> Progress:
+    return _LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeRemainingColumn(), console=console or err, disable=quiet, transient=True, every=every)
 
 
 
