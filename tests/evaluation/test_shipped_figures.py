@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from perk_cli.config import GENERATOR_LAYOUT
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "perk_cli" / "shipped" / "qa1-reader"
 RESULTS = ROOT / "experiments" / "results" / "perk-shipped-reader-curriculum-2"
-BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask", "qa1", "--facts", "4"]
+LAYOUT = [arg for key, value in GENERATOR_LAYOUT.items() for arg in (f"--{key.replace('_', '-')}", value)]
+BABI = ["--task", "babi", "--segment-tokens", "64", "--subtask", "qa1", "--facts", "4", *LAYOUT]  # as measured
 CASES = [  # held-out set (prepare arguments, seed, validation, test), its metrics file, the least that figure is
     ("heldout2-128", ["--length", "128"], 402, 16, 60, "heldout2-128-metrics.json", 0.85),
     ("heldout2-1024", ["--length", "1024"], 403, 0, 20, "heldout2-1024-metrics.json", 0.85),
