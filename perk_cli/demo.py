@@ -97,7 +97,7 @@ def retrain_checkpoint(out: Path, recipe: Recipe | None, say: Say,
     from perk_cli.training.recipe import qa1_reader_recipe, run_recipe
 
     recipe = recipe or qa1_reader_recipe()
-    if recipe.stages[0].config.model.name == "smollm2-reader":
+    if recipe.base_model().startswith("smollm2"):
         shipped_checkpoint()  # the same base check: SmolLM2 must be installed
     say(f"retraining {recipe.name}: {recipe.description}. About {recipe.minutes:.0f} minutes on 2 CPU cores "
         f"(less on a GPU); stopped at any point, the same command continues where it stopped")

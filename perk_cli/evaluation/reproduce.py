@@ -185,6 +185,9 @@ def load_recipe(value: str):
 def recipe_settings(recipe, args: SimpleNamespace) -> tuple[str, str, int, int]:
     """What a recipe fixes that the flags would otherwise choose: (family, base, length, segment tokens),
     read from its first stage; flags that disagree are refused rather than silently overridden."""
+    if len(recipe.meta_stages()) != len(recipe.stages):
+        raise PerkError(f"--recipe {recipe.name}: has a reading-base stage; perk reproduce compares the methods over "
+                        "one fixed base, so give it a recipe of meta-training stages only")
     first = recipe.stages[0]
     data, config = first.data, first.config
     family = next((name for name, (task, subtask, _) in FAMILIES.items()

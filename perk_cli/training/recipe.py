@@ -1,15 +1,19 @@
 """Multi-stage meta-training recipes: the commands that made a shipped checkpoint, as one resumable run.
 
 A recipe is a list of stages. Each stage prepares its own generated tasks (a seed of its own) and
-meta-trains on them; every stage after the first starts from the previous stage's best/ checkpoint
-(`--init-from`: its meta-parameters, a fresh outer optimiser). `run_recipe` lays a recipe out as
+meta-trains on them; every meta-training stage after the first starts from the previous one's best/
+checkpoint (`--init-from`: its meta-parameters, a fresh outer optimiser); the first starts from its
+own `init_from` (a checkpoint, `shipped`) or from scratch. A reading-base stage fine-tunes a base on its
+tasks (`perk reading-base --task`), and every meta-training stage after it runs over that base.
+`run_recipe` lays a recipe out as
 
     OUT/recipe.json            the recipe, validated; a recipe with other stages in OUT is refused
     OUT/data/<stage>/          the stage's tasks (perk prepare)
-    OUT/<stage>/               the stage's run (perk meta-train), done.json once it has finished
+    OUT/<stage>/               the stage's run (perk meta-train or perk reading-base), done.json once finished
 
 and skips whatever is already there, so a run stopped at any moment continues where it stopped
-(a stage with a last/ checkpoint is resumed; one stopped before its first checkpoint starts again).
+(a meta-training stage with a last/ checkpoint is resumed; one stopped before its first checkpoint, and a
+reading base stopped before it finished, start again).
 
 `qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader (experiments/LOG.md has each
 stage as the perk commands that first ran it); `perk demo --retrain` runs it.
@@ -23,36 +27,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from perk_cli import __version__
-from perk_cli.config import GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, RunConfig, \
-    TrainSettings
+from perk_cli.config import GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, ModelSettings, PrepareSettings, PromptSettings, \
+    ReadingBaseSettings, RunConfig, TrainSettings
 from perk_cli.errors import PerkError
 
 StageCallback = Callable[[str, int, int, dict], None]  # stage name, step, total steps, metrics
 
 
-class RecipeStage(BaseModel):
-    """One stage: the tasks it trains on and the run's settings (task and init_from are filled in)."""
+STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Directory name of the stage.")
+
+class RecipeStage(BaseModel):
+    """A meta-training stage: the tasks it trains on and the run's settings (task, init_from after the first
+    meta-training stage, and the model after a reading-base stage are filled in)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=STAGE_NAME, description="Directory name of the stage.")
     data: PrepareSettings = Field(description="Its tasks; `out` is replaced by OUT/data/<name>.")
     config: RunConfig = Field(description="Its run; from the second stage on it starts from the previous best/.")
+
+
+class ReadingBaseStage(BaseModel):
+    """A reading-base stage: a base fine-tuned to answer from its prompt on the stage's tasks (train split),
+    gated on their validation split; the meta-training stages after it run over OUT/<name>/model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=STAGE_NAME, description="Directory name of the stage.")
+    data: PrepareSettings = Field(description="Its tasks; `out` is replaced by OUT/data/<name>.")
+    reading_base: ReadingBaseSettings = Field(description="Its settings; `task` and `out` are filled in.")
 
 
 class Recipe(BaseModel):
     name: str
     description: str
     minutes: float = Field(gt=0, description="Measured wall time of the whole recipe on 2 CPU cores.")
-    stages: list[RecipeStage] = Field(min_length=1)
+    stages: list[RecipeStage | ReadingBaseStage] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _distinct_names(self) -> "Recipe":
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names) or "data" in names:
             raise ValueError(f"stage names must be distinct and not 'data': {names}")
+        if not self.meta_stages():
+            raise ValueError("a recipe needs at least one meta-training stage")
         return self
+
+    def meta_stages(self) -> list[RecipeStage]:
+        return [stage for stage in self.stages if isinstance(stage, RecipeStage)]
+
+    def base_model(self) -> str:
+        """The --model spec the first stage starts from."""
+        first = self.stages[0]
+        return first.reading_base.model if isinstance(first, ReadingBaseStage) else first.config.model.name
 
 
 @dataclass
@@ -63,15 +92,44 @@ class RecipeResult:
 
 
 def stage_configs(recipe: Recipe, out: Path) -> list[tuple[RecipeStage, Path, RunConfig]]:
-    """Each stage with its data directory and its run config as `run_recipe` trains it."""
-    planned, previous = [], None
+    """Each meta-training stage with its data directory and its run config as `run_recipe` trains it."""
+    from perk_cli.checkpoint import resolve_checkpoint
+
+    planned, previous, reader = [], None, None
     for stage in recipe.stages:
         data_dir = out / "data" / stage.name
-        train = stage.config.train.model_copy(
-            update={"init_from": str(out / previous / "best") if previous else None})
-        planned.append((stage, data_dir, stage.config.model_copy(update={"task": str(data_dir), "train": train})))
+        if isinstance(stage, ReadingBaseStage):
+            reader = str(out / stage.name / "model")
+            continue
+        first_init = stage.config.train.init_from
+        init_from = str(out / previous / "best") if previous else (
+            str(resolve_checkpoint(Path(first_init), f"recipe stage {stage.name}: init_from")) if first_init else None)
+        train = stage.config.train.model_copy(update={"init_from": init_from})
+        model = stage.config.model.model_copy(update={"name": reader}) if reader else stage.config.model
+        planned.append((stage, data_dir, stage.config.model_copy(update={"task": str(data_dir), "train": train,
+                                                                         "model": model})))
         previous = stage.name
     return planned
+
+
+def run_reading_base_stage(stage: ReadingBaseStage, data_dir: Path, run_dir: Path, say: Callable[[str], None] = print,
+                           header: str = "") -> tuple[dict, bool]:
+    """Fine-tune the stage's reading base into `run_dir` (OUT/<stage>/model), or read back the finished one
+    (done.json); one stopped before it finished starts again. Returns ({"steps", "gate"}, done before)."""
+    from perk_cli.training.reading_base import train_reading_base
+
+    done = run_dir / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text()), True
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a reading base saves nothing to continue from before it finishes
+    settings = stage.reading_base.model_copy(update={"task": str(data_dir), "out": str(run_dir)})
+    say(f"{header + ': ' if header else ''}fine-tuning the reading base for {settings.steps} steps into {run_dir}")
+    report = train_reading_base(settings, say=lambda line: say(f"{header}: {line}" if header else line))
+    gate = {key: result.get("val_em") for key, result in report.get("held_out_in_context", {}).items()}
+    summary = {"steps": settings.steps, "gate": gate}
+    done.write_text(json.dumps(summary) + "\n")
+    return summary, False
 
 
 def run_stage(config: RunConfig, data_dir: Path, run_dir: Path, say: Callable[[str], None] = print,
@@ -114,17 +172,23 @@ def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
         raise PerkError(f"{out}: not empty and holds no recipe.json; choose another output directory")
     out.mkdir(parents=True, exist_ok=True)
     recipe_file.write_text(recipe.model_dump_json(indent=2) + "\n")
-    result = RecipeResult(out=out, checkpoint=out / recipe.stages[-1].name / "best")
-    for index, (stage, data_dir, config) in enumerate(stage_configs(recipe, out), start=1):
-        run_dir = out / stage.name
+    result = RecipeResult(out=out, checkpoint=out / recipe.meta_stages()[-1].name / "best")
+    configs = {stage.name: config for stage, _, config in stage_configs(recipe, out)}
+    for index, stage in enumerate(recipe.stages, start=1):
+        run_dir, data_dir = out / stage.name, out / "data" / stage.name
         header = f"stage {index}/{len(recipe.stages)} ({stage.name})"
         if not (data_dir / "prepare.json").is_file():
             say(f"{header}: preparing {stage.data.train} training tasks in {data_dir}")
             prepare(stage.data.model_copy(update={"out": str(data_dir)}))
-        summary, before = run_stage(config, data_dir, run_dir, say, header,
-                                    (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None)
-        if before:
-            say(f"{header}: done before ({summary['steps']} steps, best at step {summary['best']['step']})")
+        if isinstance(stage, ReadingBaseStage):
+            summary, before = run_reading_base_stage(stage, data_dir, run_dir, say, header)
+            if before:
+                say(f"{header}: done before ({summary['steps']} steps)")
+        else:
+            summary, before = run_stage(configs[stage.name], data_dir, run_dir, say, header,
+                                        (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None)
+            if before:
+                say(f"{header}: done before ({summary['steps']} steps, best at step {summary['best']['step']})")
         result.stages.append({"name": stage.name, **summary})
     return result
 

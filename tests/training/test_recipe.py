@@ -11,7 +11,8 @@ from perk_cli.config import (GENERATOR_LAYOUT, InnerLoopSettings, LoraSettings, 
                              RunConfig, TrainSettings)
 from perk_cli.errors import PerkError
 from perk_cli.checkpoint import read_checkpoint, upgrade_config
-from perk_cli.training.recipe import Recipe, RecipeStage, qa1_reader_recipe, run_recipe
+from perk_cli.config import ReadingBaseSettings
+from perk_cli.training.recipe import ReadingBaseStage, Recipe, RecipeStage, qa1_reader_recipe, run_recipe
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,6 +110,72 @@ def test_a_directory_of_another_recipe_or_of_anything_else_is_refused(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(ValueError, match="distinct"):
         Recipe(name="x", description="x", minutes=1, stages=[tiny_stage("one", 1), tiny_stage("one", 2)])
+
+
+def reading_stage(name: str = "reader", seed: int = 21, lr: float = 1e-3) -> ReadingBaseStage:
+    return ReadingBaseStage(
+        name=name,
+        data=PrepareSettings(task="babi", subtask="qa1", facts=4, length=64, segment_tokens=32, model="tiny", train=4,
+                             validation=2, test=0, seed=seed, out="-"),
+        reading_base=ReadingBaseSettings(model="tiny", steps=2, tasks_per_step=2, lr=lr, bf16=False))
+
+
+def test_a_reading_base_stage_fine_tunes_the_base_the_later_stages_run_over(tmp_path):
+    from perk_cli.models.base import load_base
+
+    recipe = Recipe(name="reader-then-perk", description="a reading base, then PERK over it", minutes=1.0,
+                    stages=[reading_stage(), tiny_stage("perk", seed=11)])
+    said = []
+    result = run_recipe(recipe, tmp_path / "r", say=said.append)
+    reader = tmp_path / "r" / "reader"
+    assert result.checkpoint == tmp_path / "r" / "perk" / "best"
+    assert result.stages[0]["name"] == "reader" and result.stages[0]["steps"] == 2
+    gate = result.stages[0]["gate"]  # gated on its own data's validation split
+    assert list(gate) and all(0.0 <= em <= 1.0 for em in gate.values())
+    config = json.loads((tmp_path / "r" / "perk" / "config.json").read_text())
+    assert config["model"]["name"] == str(reader / "model")
+    assert config["train"]["init_from"] is None  # the first meta-training stage, with no init_from of its own
+    # the base really moved: the saved reading base differs from the tiny preset it started from
+    tuned, _ = load_base(ModelSettings(name=str(reader / "model"), dtype="float32"))
+    fresh, _ = load_base(ModelSettings(name="tiny", dtype="float32"))
+    moved = max(float((a - b).abs().max()) for a, b in zip(tuned.state_dict().values(), fresh.state_dict().values()))
+    assert moved > 1e-6
+    # run again: nothing is retrained; a reading base stopped before it finished starts again
+    said.clear()
+    again = run_recipe(recipe, tmp_path / "r", say=said.append)
+    assert any("stage 1/2 (reader): done before" in m for m in said) and again.stages == result.stages
+    (reader / "done.json").unlink()
+    said.clear()
+    run_recipe(recipe, tmp_path / "r", say=said.append)
+    assert any("stage 1/2 (reader): fine-tuning the reading base" in m for m in said)
+    assert any("stage 2/2 (perk): done before" in m for m in said)
+
+
+def test_a_first_stage_starts_from_its_own_init_from(tmp_path):
+    first = run_recipe(tiny_recipe(), tmp_path / "first", say=lambda m: None)
+    stage = tiny_stage("from-there", seed=13, lr=1e-12)
+    stage.config.train.init_from = str(first.checkpoint)
+    result = run_recipe(Recipe(name="continued", description="from a checkpoint", minutes=1.0, stages=[stage]),
+                        tmp_path / "second", say=lambda m: None)
+    config = json.loads((tmp_path / "second" / "from-there" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(first.checkpoint)
+    a, b = meta_tensors(first.checkpoint), meta_tensors(result.checkpoint)
+    for key in a:  # a vanishing learning rate: it ends where it started, at the given checkpoint
+        torch.testing.assert_close(b[key], a[key], atol=1e-8, rtol=0)
+
+
+def test_a_recipe_of_reading_bases_alone_is_refused():
+    with pytest.raises(ValueError, match="at least one meta-training stage"):
+        Recipe(name="x", description="x", minutes=1, stages=[reading_stage()])
+
+
+def test_reproduce_refuses_a_recipe_with_a_reading_base_stage_in_one_line(tmp_path, capsys):
+    recipe = Recipe(name="reader-then-perk", description="x", minutes=1.0,
+                    stages=[reading_stage(), tiny_stage("perk", seed=11)])
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe.model_dump_json())
+    code, out, err = run_cli(["reproduce", "--recipe", str(path), "-o", str(tmp_path / "out")], capsys)
+    assert code != 0 and "has a reading-base stage" in err and "Traceback" not in err
 
 
 # The recipe of the shipped checkpoint against the configs its three stages recorded when they first ran
