@@ -31,7 +31,8 @@ from perk_cli.models.lora import attach_lora
 
 CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
 DEFAULT_RUNS = Path("runs")
-SHIPPED = Path(__file__).resolve().parent / "shipped" / "qa1-reader"  # `--checkpoint shipped`
+SHIPPED_QA1_READER = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
+SHIPPED = SHIPPED_QA1_READER  # `--checkpoint shipped`
 
 
 def fingerprint(path: Path) -> str:

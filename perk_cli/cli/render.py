@@ -54,3 +54,30 @@ def demo_table(result, test_tasks: int) -> Table:
         if all(name in result.references.get(n, {}) for n in result.lengths):
             table.add_row(label, *[f"{result.references[n][name]:.3f}" for n in result.lengths])
     return table
+
+
+def recipe_table(recipe, stages: list[dict]) -> Table:
+    """Each stage of a finished recipe: what it is, its steps, and its validation figure."""
+    table = Table(title=f"recipe {escape(recipe.name)}")
+    for column in ("stage", "kind", "steps", "validation"):
+        table.add_column(column)
+    for stage in stages:
+        if "gate" in stage:
+            figure = ", ".join(f"in-context EM {em:.3f}" for em in stage["gate"].values())
+            kind = "reading base"
+        else:
+            best = stage["best"]
+            figure = f"EM {best['val_em']:.3f}, loss {best['val_loss']:.4f} (step {best['step']})"
+            kind = "meta-training"
+        table.add_row(escape(stage["name"]), kind, str(stage["steps"]), figure)
+    return table
+
+
+def recipes_table(recipes: dict) -> Table:
+    table = Table(title="recipes (perk recipe NAME -o OUT)")
+    for column in ("name", "stages", "minutes on 2 CPU cores", "what it makes"):
+        table.add_column(column)
+    for name, make in recipes.items():
+        recipe = make()
+        table.add_row(escape(name), str(len(recipe.stages)), f"{recipe.minutes:.0f}", escape(recipe.description))
+    return table

@@ -1,4 +1,4 @@
-"""`perk reading-base` and `perk meta-train` (with what --init-from and --resume refuse)."""
+"""`perk reading-base`, `perk meta-train` (with what --init-from and --resume refuse) and `perk recipe`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Optional
 import typer
 
 from perk_cli import __version__
+from perk_cli.cli import render
 from perk_cli.cli.common import app, out, err, json_option, quiet_option, config_option, progress
 from perk_cli.cli.options import build_settings, check_sections, given_settings, option_name, setting
 from perk_cli.config import (TASK_NAMES, InnerLoopSettings, LoraSettings, ModelSettings, PromptSettings,
                              ReadingBaseSettings, TrainSettings)
-from perk_cli.errors import PerkError
+from perk_cli.errors import Interrupted, PerkError
 from perk_cli.files import read_config_file, recover_directory
 
 
@@ -262,3 +263,54 @@ def meta_train_command(
         out.print(f"run in {plan.out}: {result.step} steps; best validation EM {result.best['val_em']:.3f} "
                   f"(loss {result.best['val_loss']:.3f}) at step {result.best['step']}"
                   + (f"; in-context baseline in {result.baseline}" if result.baseline else "; no in-context baseline"))
+
+
+@app.command("recipe")
+def recipe_command(
+    name: Optional[str] = typer.Argument(None, help="A recipe name or a recipe.json file; none lists the recipes."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Where its data and stages go; the same "
+                                           "command continues a stopped run there."),
+    json_output: bool = json_option("each stage's summary"),
+    quiet: bool = quiet_option(),
+) -> None:
+    """Run a multi-stage recipe (the commands that made a checkpoint) as one resumable run.
+
+    Each stage prepares its own tasks, then meta-trains (from the previous stage's best/) or fine-tunes a
+    reading base the later stages run over. Stopped at any point, the same command continues it.
+
+    Example: perk recipe qa1-open -o runs/qa1-open     (perk recipe: the recipes, with their cost)
+    """
+    from perk_cli.training.recipe import RECIPES, load_recipe, run_recipe
+
+    if name is None:
+        if json_output:
+            out.print_json(json.dumps({key: make().model_dump(mode="json") for key, make in RECIPES.items()}))
+        else:
+            out.print(render.recipes_table(RECIPES))
+        return
+    recipe = load_recipe(name, "NAME")
+    if out_dir is None:
+        raise PerkError(f"--out: where recipe {recipe.name} writes its stages; e.g. perk recipe {name} -o runs/{recipe.name}")
+    say = (lambda line: None) if quiet or json_output else (
+        lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+    if not quiet and not json_output:
+        say(f"recipe {recipe.name}: {recipe.description}; about {recipe.minutes:.0f} minutes on 2 CPU cores")
+    with progress(quiet or json_output) as bar:
+        handle = bar.add_task("recipe", total=None)
+
+        def on_step(stage: str, step: int, total: int, metrics: dict) -> None:
+            loss = metrics.get("outer_loss", metrics.get("answer_loss"))
+            val = f"  val EM {metrics['val_em']:.2f}" if "val_em" in metrics else ""
+            bar.update(handle, completed=step, total=total, description=f"{stage}  step {step}  loss {loss:.3f}{val}")
+
+        try:
+            result = run_recipe(recipe, out_dir, say=say, on_step=on_step)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            raise Interrupted((str(exc) if isinstance(exc, Interrupted) else "interrupted")
+                              + f"; rerun perk recipe {name} -o {out_dir} to continue where it stopped")
+    if json_output:
+        out.print_json(json.dumps({"recipe": recipe.name, "checkpoint": str(result.checkpoint),
+                                   "stages": result.stages}))
+        return
+    out.print(render.recipe_table(recipe, result.stages))
+    out.print(f"checkpoint: {result.checkpoint} (perk adapt --checkpoint {result.checkpoint.parent})", markup=False)

@@ -166,22 +166,6 @@ def base_problem(base: str) -> str | None:
             f"reader ({', '.join(SHIPPED_DELTAS)}); build one with perk reading-base")
 
 
-def load_recipe(value: str):
-    """--recipe: a named recipe of perk_cli.training.recipe or a recipe.json file (as `run_recipe` writes one)."""
-    from perk_cli.training.recipe import RECIPES, Recipe
-
-    if value in RECIPES:
-        return RECIPES[value]()
-    path = Path(value)
-    if not path.is_file():
-        raise PerkError(f"--recipe {value}: not a recipe name ({', '.join(RECIPES)}) nor a recipe.json file")
-    try:
-        return Recipe.model_validate_json(path.read_text())
-    except ValueError as exc:
-        first = str(exc).splitlines()[0]
-        raise PerkError(f"--recipe {value}: not a perk recipe ({first})")
-
-
 def recipe_settings(recipe, args: SimpleNamespace) -> tuple[str, str, int, int]:
     """What a recipe fixes that the flags would otherwise choose: (family, base, length, segment tokens),
     read from its first stage; flags that disagree are refused rather than silently overridden."""
@@ -255,6 +239,8 @@ def reproduce(settings: ReproduceSettings, say: Callable[[str], None] = print) -
     """Every stage into settings.out (each skipped when its output exists, so a stopped run continues), the
     table logged (and kept in reproduce.log), results.json returned."""
     args = SimpleNamespace(**settings.model_dump())
+    from perk_cli.training.recipe import load_recipe
+
     recipe_run = load_recipe(args.recipe) if args.recipe else None
     if recipe_run is not None:
         args.family, args.base, args.length, args.segment_tokens = recipe_settings(recipe_run, args)

@@ -113,7 +113,7 @@ def stage_configs(recipe: Recipe, out: Path) -> list[tuple[RecipeStage, Path, Ru
 
 
 def run_reading_base_stage(stage: ReadingBaseStage, data_dir: Path, run_dir: Path, say: Callable[[str], None] = print,
-                           header: str = "") -> tuple[dict, bool]:
+                           header: str = "", on_step: Callable[[int, int, dict], None] | None = None) -> tuple[dict, bool]:
     """Fine-tune the stage's reading base into `run_dir` (OUT/<stage>/model), or read back the finished one
     (done.json); one stopped before it finished starts again. Returns ({"steps", "gate"}, done before)."""
     from perk_cli.training.reading_base import train_reading_base
@@ -125,7 +125,9 @@ def run_reading_base_stage(stage: ReadingBaseStage, data_dir: Path, run_dir: Pat
         shutil.rmtree(run_dir)  # a reading base saves nothing to continue from before it finishes
     settings = stage.reading_base.model_copy(update={"task": str(data_dir), "out": str(run_dir)})
     say(f"{header + ': ' if header else ''}fine-tuning the reading base for {settings.steps} steps into {run_dir}")
-    report = train_reading_base(settings, say=lambda line: say(f"{header}: {line}" if header else line))
+    report = train_reading_base(settings, say=lambda line: say(f"{header}: {line}" if header else line),
+                                on_step=(lambda step, total, loss: on_step(step, total, {"answer_loss": loss}))
+                                if on_step else None)
     gate = {key: result.get("val_em") for key, result in report.get("held_out_in_context", {}).items()}
     summary = {"steps": settings.steps, "gate": gate}
     done.write_text(json.dumps(summary) + "\n")
@@ -181,7 +183,9 @@ def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
             say(f"{header}: preparing {stage.data.train} training tasks in {data_dir}")
             prepare(stage.data.model_copy(update={"out": str(data_dir)}))
         if isinstance(stage, ReadingBaseStage):
-            summary, before = run_reading_base_stage(stage, data_dir, run_dir, say, header)
+            summary, before = run_reading_base_stage(
+                stage, data_dir, run_dir, say, header,
+                (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None)
             if before:
                 say(f"{header}: done before ({summary['steps']} steps)")
         else:
@@ -231,4 +235,54 @@ def qa1_reader_recipe() -> Recipe:
     )
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe}  # by name (perk reproduce --recipe)
+def _open_qa1_data(train: int, validation: int, seed: int) -> PrepareSettings:
+    """qa1 in prepare's default layout: held-out names and towns, Python's documentation as the haystack,
+    no order tags."""
+    return PrepareSettings(task="babi", subtask="qa1", facts=4, length=[128, 512, 1024], segment_tokens=64,
+                           model="smollm2-reader", train=train, validation=validation, test=0, seed=seed, out="-")
+
+
+def _open_config() -> RunConfig:
+    config = _reader_config(40, lr=1e-3, step_size_lr=1e-2, warmup_steps=3)
+    from perk_cli.checkpoint import SHIPPED_QA1_READER
+
+    train = config.train.model_copy(update={"tasks_per_batch": 8, "tasks_per_forward": 1,
+                                            "init_from": str(SHIPPED_QA1_READER)})
+    return config.model_copy(update={"train": train})
+
+
+def qa1_open_recipe() -> Recipe:
+    """qa1 for documents the generator's first layout never showed: from the shipped qa1-reader, 40 steps in
+    the open layout, a reading base fine-tuned on that layout, 40 more steps over it (experiments/LOG.md,
+    2026-12-07, "over a reading base of the open layout")."""
+    return Recipe(
+        name="qa1-open",
+        description="PERK on qa1 in the open layout (held-out names, real prose, no order tags): 40 steps from "
+                    "the shipped qa1-reader, a reading base fine-tuned 40 steps on that layout, 40 steps over it",
+        minutes=105,  # measured: 37 + 28 + 40 minutes here (experiments/LOG.md)
+        stages=[
+            RecipeStage(name="1-open-qa1", data=_open_qa1_data(600, 16, 9101), config=_open_config()),
+            ReadingBaseStage(name="2-reading-base", data=_open_qa1_data(800, 40, 9104),
+                             reading_base=ReadingBaseSettings(model="smollm2-reader", steps=40, tasks_per_step=8,
+                                                              lr=2e-5, bf16=False, delta_rank=16, seed=11)),
+            RecipeStage(name="3-open-qa1-reader", data=_open_qa1_data(600, 16, 9101), config=_open_config()),
+        ],
+    )
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe,  # by name (perk reproduce --recipe)
+                                            "qa1-open": qa1_open_recipe}
+
+
+def load_recipe(value: str, option: str = "--recipe") -> Recipe:
+    """A named recipe (RECIPES) or a recipe.json file (as `run_recipe` writes one); errors name `option`."""
+    if value in RECIPES:
+        return RECIPES[value]()
+    path = Path(value)
+    if not path.is_file():
+        raise PerkError(f"{option} {value}: not a recipe name ({', '.join(RECIPES)}) nor a recipe.json file")
+    try:
+        return Recipe.model_validate_json(path.read_text())
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise PerkError(f"{option} {value}: not a perk recipe ({first})")

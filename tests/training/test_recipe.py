@@ -235,3 +235,30 @@ def test_perk_demo_retrain_runs_the_recipe_then_evaluates_what_it_made(tmp_path,
     assert "done before" in err and "retrained two: 2 steps" in stdout
     code, _, err = run_cli(["demo", "--retrain", "--train-here", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "choose one" in err
+
+
+def test_perk_recipe_runs_a_recipe_file_and_continues_it(tmp_path, capsys):
+    recipe = Recipe(name="reader-then-perk", description="a reading base, then PERK over it", minutes=1.0,
+                    stages=[reading_stage(), tiny_stage("perk", seed=11)])
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe.model_dump_json())
+    code, out, err = run_cli(["recipe", str(path), "-o", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["checkpoint"] == str(tmp_path / "r" / "perk" / "best")
+    assert [stage["name"] for stage in report["stages"]] == ["reader", "perk"]
+    assert "gate" in report["stages"][0] and report["stages"][1]["steps"] == 2
+    code, out, err = run_cli(["recipe", str(path), "-o", str(tmp_path / "r")], capsys)  # done: the table again
+    assert code == 0 and "reading base" in out and "meta-training" in out and "done before" in err
+
+
+def test_perk_recipe_lists_the_recipes_and_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    code, out, _ = run_cli(["recipe", "--json"], capsys)
+    listed = json.loads(out)
+    assert code == 0 and {"qa1-reader", "qa1-open"} <= set(listed)
+    assert [stage["name"] for stage in listed["qa1-open"]["stages"]] == ["1-open-qa1", "2-reading-base",
+                                                                         "3-open-qa1-reader"]
+    for args, message in ((["recipe", "qa9"], "NAME qa9: not a recipe name"),
+                          (["recipe", "qa1-open"], "--out: where recipe qa1-open writes its stages")):
+        code, _, err = run_cli(args, capsys)
+        assert code != 0 and message in err and "Traceback" not in err
