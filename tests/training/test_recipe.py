@@ -262,3 +262,27 @@ def test_perk_recipe_lists_the_recipes_and_refuses_bad_arguments_in_one_line(tmp
                           (["recipe", "qa1-open"], "--out: where recipe qa1-open writes its stages")):
         code, _, err = run_cli(args, capsys)
         assert code != 0 and message in err and "Traceback" not in err
+
+
+GENERAL = REPO / "experiments" / "results" / "general-qa1"
+
+
+def test_the_qa1_open_recipe_is_what_ran():
+    """Its stages against the configs and data settings the runs of experiments/LOG.md recorded."""
+    from perk_cli.training.recipe import qa1_open_recipe
+
+    recipe = qa1_open_recipe()
+    first, reader, last = recipe.stages
+    for stage, config_file in ((first, "meta-train-config.json"), (last, "over-reader-config.json")):
+        recorded = RunConfig.model_validate(upgrade_config(json.loads((GENERAL / config_file).read_text())))
+        assert _comparable(stage.config.model_dump(mode="json")) == _comparable(recorded.model_dump(mode="json"))
+        assert recorded.train.max_steps >= stage.config.train.max_steps  # ran (or was stopped at) its steps
+    for stage, prepared in ((first, "qa1-train-prepare.json"), (reader, "reading-base-data-prepare.json"),
+                            (last, "qa1-train-prepare.json")):
+        settings = json.loads((GENERAL / prepared).read_text())["settings"]
+        assert {k: v for k, v in stage.data.model_dump(mode="json").items() if k != "out"} == \
+               {k: v for k, v in settings.items() if k != "out"}, stage.name
+    ran = json.loads((GENERAL / "reading-base-open.json").read_text())["recipe"]
+    mine = reader.reading_base.model_dump(mode="json")
+    assert {k: ran[k] for k in mine if k not in ("out", "task")} == {k: v for k, v in mine.items()
+                                                                     if k not in ("out", "task")}
