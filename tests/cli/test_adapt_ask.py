@@ -315,3 +315,25 @@ def test_adapt_steps_with_a_checkpoint_takes_that_many_inner_steps(checkpoint, t
                             str(checkpoint), "--steps", "6", "--lr", "0"], capsys)
     assert code == 2 and "--lr" in err and "positive" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_shipped_name_picks_any_shipped_checkpoint_and_an_unknown_one_is_one_line(tmp_path, capsys, monkeypatch):
+    import types
+
+    import perk_cli.models.base as base
+    from perk_cli.checkpoint import SHIPPED, SHIPPED_CHECKPOINTS, resolve_checkpoint
+
+    monkeypatch.setattr(base, "resolve_model_name", lambda name: name)  # as where SmolLM2 is installed
+    monkeypatch.setitem(sys.modules, "gguf", types.ModuleType("gguf"))
+    assert resolve_checkpoint(Path("shipped")) == SHIPPED == SHIPPED_CHECKPOINTS["qa1-open"]
+    assert resolve_checkpoint(Path("shipped:qa1-reader")) == SHIPPED_CHECKPOINTS["qa1-reader"]
+    for name, path in SHIPPED_CHECKPOINTS.items():  # every one ships whole, its base with it
+        config = json.loads((path / "config.json").read_text())
+        assert (path / "meta.safetensors").is_file() and config["model"]["name"] in base.SHIPPED_DELTAS, name
+        assert (base.SHIPPED_DIR / base.SHIPPED_DELTAS[config["model"]["name"]]).is_file()
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    code, _, err = run_cli(["adapt", str(doc), "-o", str(tmp_path / "m.safetensors"), "--checkpoint",
+                            "shipped:qa9"], capsys)
+    assert code == 2 and "--checkpoint shipped:qa9: not a shipped checkpoint" in err
+    assert "shipped:qa1-open, shipped:qa1-reader" in err and not (tmp_path / "m.safetensors").exists()

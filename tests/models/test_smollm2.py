@@ -85,8 +85,6 @@ def test_the_cached_gguf_base_equals_the_gguf_load(tmp_path):
 def test_the_default_demo_runs_the_shipped_checkpoint_on_the_shipped_reader(tmp_path, capsys, monkeypatch):
     """`perk demo` as a new user runs it: no training, PERK beside the base reading in context and plain TTT
     at 128 and 1,024 tokens, one document adapted and asked (2 tasks a length here to keep it short)."""
-    from perk_cli.data import vocab
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--out", str(out), "--test-tasks", "2", "--seed", "5", "--json"], capsys)
@@ -95,8 +93,8 @@ def test_the_default_demo_runs_the_shipped_checkpoint_on_the_shipped_reader(tmp_
     assert result["trained_here"] is False and result["lengths"] == [128, 1024]
     assert set(result["em"]) == {"perk", "base", "plain-ttt"} and not (out / "run").exists()
     assert set(result["references"]) == {"128", "1024"}
-    assert result["answer"].strip() and result["gold"] in vocab.LOCATIONS
+    assert result["answer"].strip() and result["gold"] in result["document"]  # a held-out place of its story
     memory_meta = __import__("safetensors").safe_open(str(out / "sample-memory.safetensors"), "pt").metadata()
-    assert memory_meta["base_model"] == "smollm2-reader"  # `perk ask` reloads the shipped base by name
+    assert memory_meta["base_model"] == "smollm2-open-reader"  # `perk ask` reloads the shipped base by name
     code, answer, err = run_cli(["ask", str(out / "sample-memory.safetensors"), result["question"]], capsys)
     assert code == 0 and answer.strip() == result["answer"], err
