@@ -3,7 +3,7 @@
 A recipe is a list of stages. Each stage prepares its own generated tasks (a seed of its own) and
 meta-trains on them; every meta-training stage after the first starts from the previous one's best/
 checkpoint (`--init-from`: its meta-parameters, a fresh outer optimiser); the first starts from its
-own `init_from` (a checkpoint, `shipped`) or from scratch. A reading-base stage fine-tunes a base on its
+own `init_from` (a checkpoint, `shipped:NAME`) or from scratch. A reading-base stage fine-tunes a base on its
 tasks (`perk reading-base --task`), and every meta-training stage after it runs over that base.
 `run_recipe` lays a recipe out as
 
@@ -15,8 +15,9 @@ and skips whatever is already there, so a run stopped at any moment continues wh
 (a meta-training stage with a last/ checkpoint is resumed; one stopped before its first checkpoint, and a
 reading base stopped before it finished, start again).
 
-`qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader (experiments/LOG.md has each
-stage as the perk commands that first ran it); `perk demo --retrain` runs it.
+`qa1_reader_recipe()` is the recipe of perk_cli/shipped/qa1-reader and `qa1_open_recipe()` that of the
+default perk_cli/shipped/qa1-open (experiments/LOG.md has each stage as the perk commands that first ran
+it); `perk recipe NAME` runs either, `perk demo --retrain` the default's.
 """
 
 from __future__ import annotations
