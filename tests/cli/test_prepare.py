@@ -11,7 +11,8 @@ def test_help_lists_only_built_commands_with_an_example(capsys):
     from perk_cli.cli import app
 
     code, out, _ = run_cli(["--help"], capsys)
-    commands = {"prepare", "reading-base", "meta-train", "eval", "compare", "reproduce", "adapt", "ask", "serve", "demo"}
+    commands = {"prepare", "reading-base", "meta-train", "recipe", "eval", "compare", "reproduce", "adapt", "ask", "serve",
+                "demo"}
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert code == 0 and registered == commands  # nothing else is registered (no placeholder commands)
     for command in sorted(commands):

@@ -79,7 +79,7 @@ def test_base_problem_names_what_a_base_can_be(tmp_path):
     from perk_cli.evaluation.reproduce import base_problem
     assert base_problem("smollm2-reader") is None  # shipped with the package
     assert "not a model directory" in base_problem("runs/no-such-base")
-    assert "shipped reader (smollm2-reader)" in base_problem("runs/no-such-base")
+    assert "shipped reader (smollm2-reader, smollm2-open-reader)" in base_problem("runs/no-such-base")
     assert base_problem("no-such.safetensors") == "--base no-such.safetensors: no such file"
     save_file({"x": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
     assert "not a perk base delta" in base_problem(str(tmp_path / "weights.safetensors"))

@@ -217,7 +217,7 @@ def test_perk_demo_retrain_runs_the_recipe_then_evaluates_what_it_made(tmp_path,
     import perk_cli.demo
     import perk_cli.training.recipe
 
-    monkeypatch.setattr(perk_cli.training.recipe, "qa1_reader_recipe", tiny_recipe)  # the real one takes hours
+    monkeypatch.setattr(perk_cli.training.recipe, "qa1_open_recipe", tiny_recipe)  # the real one takes hours
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--retrain", "--out", str(out), "--test-tasks", "1", "--json"], capsys)
     assert code == 0, err
