@@ -92,6 +92,12 @@ def test_the_default_demo_uses_the_shipped_checkpoint_at_8x_with_no_training(tmp
     result = json.loads(stdout)
     assert result["trained_here"] is False and result["lengths"] == [128, 1024]
     assert not (out / "run").exists()  # nothing trained
+    # the shipped default is shown on stories like a user's (held-out names and prose, no numbering);
+    # the tiny preset trained here on the generator's first layout
+    for directory, layout in ((out, {"vocab": "open", "order_tags": "none", "filler": "prose"}),
+                              (run, {"vocab": "closed", "order_tags": "event", "filler": "template"})):
+        settings = json.loads((directory / "data" / "qa1-128" / "prepare.json").read_text())["settings"]
+        assert {key: settings[key] for key in layout} == layout, directory
     for length in (128, 1024):
         report = json.loads((out / f"eval-{length}" / "metrics.json").read_text())
         assert report["settings"]["plain_lr"] == perk_cli.demo.SHIPPED_PLAIN_LR  # tuned once, not per demo
