@@ -227,6 +227,11 @@ class PromptSettings(_Settings):
         "layout, with the recital as its context)."
     )
     max_answer_tokens: int = Field(64, ge=1, description="Cap on the target length (and on decoding).")
+    segment_ids: Literal["shuffled", "ordered"] = Field(
+        "shuffled", description="How meta-training numbers a task's segments: shuffled, a fresh random permutation "
+        "(the SPEC's: ids say nothing of order); ordered, story order from a random offset (ids say which segment "
+        "came later, never where the story starts). Test time numbers them 0..N-1 either way."
+    )
 
     @field_validator("segment_prefix", "question_template")
     @classmethod

@@ -2,7 +2,8 @@
 generations back to answers, the same for PERK and every baseline.
 
 Each segment becomes `"doc_{i}: " + segment + eos`, the prefix masked out of the inner loss; ids are a
-fresh random permutation a task in meta-training and 0..N-1 at test time. The question becomes
+fresh random permutation a task in meta-training (or, with segment_ids "ordered", story order from a
+random offset) and 0..N-1 at test time. The question becomes
 `"You have memorized {N} documents.\n{question}\nAnswer:"` with target `" {answer}" + eos` (or the
 `<support>...</support>\n<output>...</output>` form). The in-context baseline reads the same
 question prompt after the context's segments, one a line.
@@ -184,9 +185,15 @@ def encode_question(tokenizer, question: str, n_segments: int, settings: PromptS
 
 def encode_task(tokenizer, task, settings: PromptSettings, rng: random.Random | None = None,
                 max_len: int | None = None) -> MetaTask:
-    """A Task record as a MetaTask; `rng` draws a random id permutation (training), None = 0..N-1."""
+    """A Task record as a MetaTask; `rng` draws the training ids (settings.segment_ids: a random permutation,
+    or story order from a random offset in 0..N), None = 0..N-1."""
     n = len(task.context)
-    doc_ids = rng.sample(range(n), n) if rng is not None else None
+    doc_ids = None
+    if rng is not None and settings.segment_ids == "ordered":
+        start = rng.randint(0, n)
+        doc_ids = list(range(start, start + n))
+    elif rng is not None:
+        doc_ids = rng.sample(range(n), n)
     return MetaTask(
         encode_context(tokenizer, task.context, settings, doc_ids, max_len),
         encode_question(tokenizer, task.question, n, settings, task.answer, task.support),

@@ -44,6 +44,28 @@ def test_a_segment_keeps_its_leading_space_and_only_the_prefix_is_masked(tokeniz
         assert " " not in [tokenizer.decode([i]) for i in ids]  # no lone space token between them
 
 
+def test_training_ids_are_a_permutation_or_story_order_from_a_random_offset_and_test_ids_count_from_zero(tokenizer):
+    import random
+
+    from perk_cli.data.schema import Task
+    from perk_cli.prompts import encode_task
+
+    n = 6
+    task = Task(id="t", context=[f"Segment {k} of the story." for k in range(n)], question="Where?", answer="here")
+
+    def ids(settings, rng):
+        batch = encode_task(tokenizer, task, settings, rng).context
+        return [int(tokenizer.decode(row[~target & (row != tokenizer.pad_token_id)].tolist())[4:-1])
+                for row, target in zip(batch.input_ids, batch.target_mask)]
+
+    assert ids(PromptSettings(segment_ids="ordered"), None) == ids(PromptSettings(), None) == list(range(n))
+    ordered = [ids(PromptSettings(segment_ids="ordered"), random.Random(seed)) for seed in range(40)]
+    assert all(d == list(range(d[0], d[0] + n)) for d in ordered)  # consecutive, in the story's order
+    assert {d[0] for d in ordered} == set(range(n + 1))  # from every offset 0..N, so never "where it starts"
+    shuffled = [ids(PromptSettings(), random.Random(seed)) for seed in range(40)]
+    assert all(sorted(d) == list(range(n)) for d in shuffled) and sum(d != sorted(d) for d in shuffled) >= 35
+
+
 def test_truncation_to_the_models_positions(tokenizer):
     batch = encode_context(tokenizer, ["word " * 50], PromptSettings(), max_len=12)
     assert batch.input_ids.shape == (1, 12) and batch.target_mask[0, :4].sum() == 0

@@ -165,6 +165,7 @@ def meta_train_command(
     cache_prefix: Optional[bool] = setting(InnerLoopSettings, "cache_prefix", "--cache-prefix/--no-cache-prefix"),
     segment_tokens: Optional[int] = setting(PromptSettings, "segment_tokens"),
     answer_format: Optional[str] = setting(PromptSettings, "answer_format"),
+    segment_ids: Optional[str] = setting(PromptSettings, "segment_ids"),
     lr: Optional[float] = setting(TrainSettings, "lr"),
     step_size_lr: Optional[float] = setting(TrainSettings, "step_size_lr"),
     schedule: Optional[str] = setting(TrainSettings, "schedule"),

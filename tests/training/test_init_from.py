@@ -182,6 +182,29 @@ def test_init_from_lets_a_new_stage_choose_its_answer_format(qa1, tmp_path, caps
             k: v for k, v in source["prompt"].items() if k not in ("answer_format", "max_answer_tokens")}
 
 
+def test_init_from_lets_a_new_stage_number_its_segments_in_story_order(qa1, tmp_path, capsys, monkeypatch):
+    """How meta-training numbers segments is a stage's choice (a shuffled-id checkpoint may go on with ordered
+    ids): the run records it and trains on consecutive ids in story order, while validation numbers 0..N-1."""
+    import perk_cli.prompts as prompts
+
+    start = _source_run(qa1, tmp_path, capsys)
+    assert json.loads((tmp_path / "a" / "last" / "config.json").read_text())["prompt"]["segment_ids"] == "shuffled"
+    seen, encode = [], prompts.encode_context
+
+    def spy(tokenizer, segments, settings, doc_ids=None, max_len=None):
+        seen.append(doc_ids)
+        return encode(tokenizer, segments, settings, doc_ids, max_len)
+
+    monkeypatch.setattr(prompts, "encode_context", spy)
+    code, _, err = run_cli(start + ["--segment-ids", "ordered", "--max-steps", "4", "--out", str(tmp_path / "ordered")],
+                           capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ordered" / "last" / "config.json").read_text())["prompt"]["segment_ids"] == "ordered"
+    trained = [d for d in seen if d is not None]
+    assert trained and all(d == list(range(d[0], d[0] + len(d))) for d in trained)
+    assert len({d[0] for d in trained}) > 1 and None in seen  # random offsets; validation counts from 0
+
+
 def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys):
     """K is a stage's choice: the source's K=2 step sizes carry over and the added steps start at the run's
     lr_init (the checkpoint's unless --inner-lr sets it); the rest of the inner loop stays the checkpoint's,
