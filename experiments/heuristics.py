@@ -4,7 +4,9 @@
     python experiments/heuristics.py runs/recall-heldout-6 --predictions runs/ev-k4-6/predictions.jsonl
 
 With --predictions (perk eval's predictions.jsonl on that split), recall answers are sorted per method
-into right, another student's value of the asked attribute, and neither.
+into right, another student's value of the asked attribute, and neither; qa1 answers by where the asked
+person's moves lie (one move, several in one segment, several across segments), with the share that
+are a place the person left.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from perk_cli.evaluation.references import recall_errors, references
+from perk_cli.evaluation.references import order_errors, recall_errors, references
 
 
 def main() -> None:
@@ -29,7 +31,8 @@ def main() -> None:
         parser.error(f"--predictions {args.predictions}: no such file (perk eval writes predictions.jsonl)")
     result = references(args.directory, args.split)
     if args.predictions is not None:
-        result = {"references": result, "recall errors": recall_errors(args.directory, args.split, args.predictions)}
+        result = {"references": result, "recall errors": recall_errors(args.directory, args.split, args.predictions),
+                  "qa1 order": order_errors(args.directory, args.split, args.predictions)}
     print(json.dumps(result, indent=2))
 
 

@@ -20,6 +20,10 @@ Student-records recall (one student id and one attribute in the question: "What 
 Other tasks without a story of events (records relation and aggregation) have none: they are left
 out, and `tasks` counts the tasks scored.
 
+`order_errors` sorts a method's qa1 answers by where the asked person's moves lie (one move; several
+in one segment; several across segments, where only the segments' order tells the last) and counts the
+wrong answers that are a place the person left, which is how a memory without the story's order fails.
+
 `recall_errors` sorts a method's recall answers (perk eval's predictions.jsonl) into right, another
 student's value of the asked attribute (the value was read, its owner was not), and anything else.
 """
@@ -118,4 +122,42 @@ def recall_errors(directory: Path, split: str, predictions: Path) -> dict:
         counts[row["method"]][kind] += 1
     kinds = ("right", "another student's value", "not in the database")
     return {method: {kind: round(c[kind] / sum(c.values()), 3) for kind in kinds} | {"tasks": sum(c.values())}
+            for method, c in counts.items()}
+
+
+ORDER_CLASSES = ("one move", "moves in one segment", "moves across segments")
+
+
+def order_class(task: dict) -> str | None:
+    """Where the asked person's moves lie (ORDER_CLASSES), or None for a task that is not qa1's."""
+    if not task["question"].startswith("Where is ") or task["question"].startswith("Where is the "):
+        return None
+    person = task["question"].removeprefix("Where is ").rstrip("?")
+    segments = [k for k, segment in enumerate(task["context"]) for m in MOVE.finditer(segment) if m[2] == person]
+    if not segments:
+        return None
+    return ORDER_CLASSES[0] if len(segments) == 1 else ORDER_CLASSES[1 if len(set(segments)) == 1 else 2]
+
+
+def order_errors(directory: Path, split: str, predictions: Path) -> dict:
+    """Per method and ORDER_CLASS: the tasks, the share answered right, and the share answered with a place
+    the asked person had left (an earlier move's place)."""
+    tasks = {task["id"]: task for task in map(json.loads, (directory / f"{split}.jsonl").read_text().splitlines())}
+    counts: dict = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
+    for row in map(json.loads, predictions.read_text().splitlines()):
+        task = tasks.get(row["id"])
+        kind = order_class(task) if task else None
+        if kind is None:
+            continue
+        person = task["question"].removeprefix("Where is ").rstrip("?")
+        left = [where for _, who, where in events(task) if who == person][:-1]
+        tally = counts[row["method"]][kind]
+        tally["tasks"] += 1
+        if exact_match(row["prediction"], task["answer"]):
+            tally["right"] += 1
+        elif any(exact_match(row["prediction"], where) for where in left):
+            tally["a place the person left"] += 1
+    return {method: {kind: {"tasks": c[kind]["tasks"], "right": round(c[kind]["right"] / c[kind]["tasks"], 3),
+                            "a place the person left": round(c[kind]["a place the person left"] / c[kind]["tasks"], 3)}
+                     for kind in ORDER_CLASSES if c[kind]["tasks"]}
             for method, c in counts.items()}

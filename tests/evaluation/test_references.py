@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from perk_cli.data import vocab
-from perk_cli.evaluation.references import events, recall_attribute, recall_errors, references
+from perk_cli.evaluation.references import events, order_errors, recall_attribute, recall_errors, references
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,3 +107,31 @@ def test_recall_errors_sort_answers_by_kind(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "heuristics.py"), str(tmp_path),
                            "--predictions", str(predictions)], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["recall errors"] == recall_errors(tmp_path, "test", predictions)
+
+
+def test_order_errors_sort_qa1_answers_by_where_the_persons_moves_lie(tmp_path):
+    tasks = [
+        {"id": "one", "context": ["Ann went to Oslo. Bo went to Lima.", "Bo moved to Rome."],
+         "question": "Where is Ann?", "answer": "Oslo"},
+        {"id": "same", "context": ["Ann went to Oslo. Ann moved to Lima.", "Bo went to Rome."],
+         "question": "Where is Ann?", "answer": "Lima"},
+        {"id": "across1", "context": ["Ann went to Oslo.", "Bo went to Rome.", "Ann journeyed to Lima."],
+         "question": "Where is Ann?", "answer": "Lima"},
+        {"id": "across2", "context": ["Ann went to Oslo.", "Ann travelled to Kyiv.", "Ann journeyed to Lima."],
+         "question": "Where is Ann?", "answer": "Lima"},
+        {"id": "object", "context": ["Ann went to Oslo. Ann picked up the apple there."],
+         "question": "Where is the apple?", "answer": "Oslo"},  # qa2: not sorted
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    rows = [("perk", "one", "Oslo"), ("perk", "same", "Oslo"), ("perk", "across1", "oslo"),
+            ("perk", "across2", "Rome"), ("perk", "object", "Oslo"), ("base", "across1", "Lima")]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"method": m, "id": i, "prediction": p}) + "\n" for m, i, p in rows))
+    assert order_errors(tmp_path, "test", predictions) == {
+        "perk": {"one move": {"tasks": 1, "right": 1.0, "a place the person left": 0.0},
+                 "moves in one segment": {"tasks": 1, "right": 0.0, "a place the person left": 1.0},
+                 "moves across segments": {"tasks": 2, "right": 0.0, "a place the person left": 0.5}},
+        "base": {"moves across segments": {"tasks": 1, "right": 1.0, "a place the person left": 0.0}}}
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "heuristics.py"), str(tmp_path),
+                           "--predictions", str(predictions)], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["qa1 order"] == order_errors(tmp_path, "test", predictions)
