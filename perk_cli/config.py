@@ -92,6 +92,12 @@ class InnerLoopSettings(_Settings):
     max_tokens_per_group: int | None = Field(
         None, ge=1, description="Split segments into accumulation groups of at most this many tokens."
     )
+    recency: float = Field(
+        0.0, description="Later segments weigh more in the inner step: the tokens of segment k of N count "
+        "exp(recency * (k / (N - 1) - 1/2)) times their weight (then normalised as always), so the last "
+        "segment's weigh e^recency times the first's. 0 (the SPEC's inner loss): place plays no part. A later "
+        "fact then outweighs an earlier one it replaces, where only the segments' order tells which is later."
+    )
     engine: Literal["func", "higher"] = Field(
         "func", description="func: torch.func.functional_call; higher: the official code's library."
     )
@@ -113,6 +119,9 @@ class InnerLoopSettings(_Settings):
         if self.engine == "higher" and self.weighting and self.weighting_mode != "legacy":
             raise ValueError("engine 'higher' differentiates the weighted loss as a whole (the official code's "
                              "rule): use weighting off or weighting_mode 'legacy'")
+        if self.recency and (self.engine == "higher" or self.weighting_mode == "legacy"):
+            raise ValueError("recency weights the coefficients of the func engine's inner step: use engine "
+                             "'func' with weighting_mode 'coefficients', or recency 0")
         if self.engine == "higher" and self.optimizer == "adamw" and self.weight_decay:
             raise ValueError("engine 'higher' has no AdamW; use optimizer 'adam' or weight_decay 0")
         return self

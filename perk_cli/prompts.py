@@ -23,8 +23,9 @@ from perk_cli.engine.lora import lora_values
 
 
 def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int,
-             answers: list[list[bool]] | None = None) -> TokenBatch:
-    """Rows of (ids, target flags) right-padded into a batch; `answers`: each row's answer-token flags."""
+             answers: list[list[bool]] | None = None, places: list[float] | None = None) -> TokenBatch:
+    """Rows of (ids, target flags) right-padded into a batch; `answers`: each row's answer-token flags;
+    `places`: each row's place in its document (0 first to 1 last)."""
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -36,7 +37,8 @@ def pad_rows(rows: list[tuple[list[int], list[bool]]], pad_id: int,
         targets[r, : len(row_ids)] = torch.tensor(row_targets)
         if answer_mask is not None:
             answer_mask[r, : len(answers[r])] = torch.tensor(answers[r], dtype=torch.bool)
-    return TokenBatch(ids, attention, targets, answer_mask)
+    row_place = None if places is None else torch.tensor(places, dtype=torch.float32)
+    return TokenBatch(ids, attention, targets, answer_mask, row_place)
 
 
 def _prefixed_rows(tokenizer, prefixes: list[str], segments: list[str]) -> list[tuple[list[int], int]]:
@@ -67,7 +69,8 @@ def _prefixed_rows(tokenizer, prefixes: list[str], segments: list[str]) -> list[
 
 def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc_ids: list[int] | None = None,
                    max_len: int | None = None) -> TokenBatch:
-    """One row a segment: masked prefix, segment tokens (targets), eos (target)."""
+    """One row a segment: masked prefix, segment tokens (targets), eos (target); each row's place in the
+    document (k / (N - 1), whatever the ids) rides along for a recency-weighted inner loss."""
     doc_ids = list(range(len(segments))) if doc_ids is None else doc_ids
     eos = tokenizer.eos_token_id
     prefixes = [settings.segment_prefix.format(i=i) for i in doc_ids]
@@ -78,7 +81,8 @@ def encode_context(tokenizer, segments: list[str], settings: PromptSettings, doc
         if max_len is not None and len(ids) > max_len:
             ids, mask = ids[:max_len], mask[:max_len]
         rows.append((ids, mask))
-    return pad_rows(rows, tokenizer.pad_token_id)
+    last = max(len(rows) - 1, 1)
+    return pad_rows(rows, tokenizer.pad_token_id, places=[k / last for k in range(len(rows))])
 
 
 def question_prompt(question: str, n_segments: int, settings: PromptSettings) -> str:

@@ -66,6 +66,13 @@ def test_training_ids_are_a_permutation_or_story_order_from_a_random_offset_and_
     assert all(sorted(d) == list(range(n)) for d in shuffled) and sum(d != sorted(d) for d in shuffled) >= 35
 
 
+def test_each_segment_row_carries_its_place_in_the_document(tokenizer):
+    batch = encode_context(tokenizer, ["One.", "Two.", "Three.", "Four.", "Five."], PromptSettings(), doc_ids=[4, 0, 3, 1, 2])
+    assert batch.row_place.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]  # story order, whatever the ids
+    assert encode_context(tokenizer, ["Alone."], PromptSettings()).row_place.tolist() == [0.0]
+    assert batch.rows(1, 3).row_place.tolist() == [0.25, 0.5]
+
+
 def test_truncation_to_the_models_positions(tokenizer):
     batch = encode_context(tokenizer, ["word " * 50], PromptSettings(), max_len=12)
     assert batch.input_ids.shape == (1, 12) and batch.target_mask[0, :4].sum() == 0

@@ -156,6 +156,7 @@ def meta_train_command(
     inner_steps: Optional[int] = setting(InnerLoopSettings, "steps", "--inner-steps"),
     inner_optimizer: Optional[str] = setting(InnerLoopSettings, "optimizer", "--inner-optimizer"),
     inner_lr: Optional[float] = setting(InnerLoopSettings, "lr_init", "--inner-lr"),
+    recency: Optional[float] = setting(InnerLoopSettings, "recency"),
     unroll: Optional[str] = setting(InnerLoopSettings, "unroll"),
     unroll_start: Optional[int] = setting(InnerLoopSettings, "unroll_start"),
     weighting: Optional[bool] = setting(InnerLoopSettings, "weighting", "--weighting/--no-weighting"),

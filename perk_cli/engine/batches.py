@@ -12,12 +12,15 @@ class TokenBatch:
     """Right-padded sequences. `target_mask[b, j]` is True where predicting token j counts in a loss
     (context text for the inner loss; answer tokens for the outer loss). Column 0 is never a target.
     `answer_mask` (question batches) marks the targets that hold the answer's own characters, the ones
-    `answer_weight` weighs up in the outer loss (in the support format, not the facts or the tags)."""
+    `answer_weight` weighs up in the outer loss (in the support format, not the facts or the tags).
+    `row_place` (context batches) is each row's place in its document, 0 for the first segment to 1 for
+    the last: what a recency-weighted inner loss reads (InnerLoopSettings.recency)."""
 
     input_ids: torch.Tensor  # [B, T] long
     attention_mask: torch.Tensor  # [B, T] long
     target_mask: torch.Tensor  # [B, T] bool
     answer_mask: torch.Tensor | None = None  # [B, T] bool, within target_mask
+    row_place: torch.Tensor | None = None  # [B] float in [0, 1]
 
     def __post_init__(self) -> None:
         if not (self.input_ids.shape == self.attention_mask.shape == self.target_mask.shape):
@@ -27,6 +30,8 @@ class TokenBatch:
             if self.answer_mask.shape != self.target_mask.shape:
                 raise ValueError("answer_mask must have the shape of target_mask")
             self.answer_mask = self.answer_mask.bool() & self.target_mask
+        if self.row_place is not None and self.row_place.shape != self.input_ids.shape[:1]:
+            raise ValueError("row_place must hold one place a row")
 
     def target_weights(self, answer_weight: float = 1.0) -> torch.Tensor:
         """[B, T-1] the weight of predicting token j+1 in the answer loss: 1 on a target, `answer_weight`
@@ -46,16 +51,18 @@ class TokenBatch:
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         answers = None if self.answer_mask is None else self.answer_mask.to(device)
+        place = None if self.row_place is None else self.row_place.to(device)
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device),
-                          answers)
+                          answers, place)
 
     def rows(self, start: int, stop: int) -> "TokenBatch":
         """Rows [start, stop), with trailing all-padding columns trimmed."""
         mask = self.attention_mask[start:stop]
         width = max(int(mask.sum(dim=1).max()), 1)
         answers = None if self.answer_mask is None else self.answer_mask[start:stop, :width]
+        place = None if self.row_place is None else self.row_place[start:stop]
         return TokenBatch(
-            self.input_ids[start:stop, :width], mask[:, :width], self.target_mask[start:stop, :width], answers
+            self.input_ids[start:stop, :width], mask[:, :width], self.target_mask[start:stop, :width], answers, place
         )
 
     def split(self, max_tokens: int | None) -> list["TokenBatch"]:
@@ -93,9 +100,12 @@ class TokenBatch:
         if any(b.answer_mask is not None for b in batches):  # a batch without one marks no answer
             answers = torch.cat([pad(b.answer_mask if b.answer_mask is not None else torch.zeros_like(b.target_mask))
                                  for b in batches])
+        places = None
+        if all(b.row_place is not None for b in batches):  # each task's rows keep their places in its document
+            places = torch.cat([b.row_place for b in batches])
         return TokenBatch(torch.cat([pad(b.input_ids) for b in batches]),
                           torch.cat([pad(b.attention_mask) for b in batches]),
-                          torch.cat([pad(b.target_mask) for b in batches]), answers)
+                          torch.cat([pad(b.target_mask) for b in batches]), answers, places)
 
 
 def task_of_rows(rows_per_task: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ With differentiable=False (test time) no graph survives a step: memory is one gr
 
 The step direction is g_t = sum_j w_j grad CE_j(phi_t) / sum_j w_j over the task's target tokens:
 the token weights are coefficients (normalised to mean 1), so the step lowers the weighted
-cross-entropy and never the weights themselves. In second-order steps the weights keep their graph
+cross-entropy and never the weights themselves; `settings.recency` multiplies each segment's weights
+by exp(recency * (place - 1/2)) before that normalisation. In second-order steps the weights keep their graph
 (`autograd.grad(..., grad_outputs=w, create_graph=True)`), so the meta-gradient reaches the weighter
 exactly. `weighting_mode="legacy"` differentiates sum_j w_j CE_j / N as a whole instead.
 
@@ -111,7 +112,7 @@ def run_inner_loop(
                     group_grads = torch.autograd.grad(loss, leaves, create_graph=second_order)
                     weighted_nll, total_weight = weighted_nll + float(loss.detach()), 1.0
                 else:
-                    nll, weights = weighted_token_nll(call, group, weighter)
+                    nll, weights = weighted_token_nll(call, group, weighter, recency=settings.recency)
                     if not second_order:
                         weights = weights.detach()
                     group_grads = torch.autograd.grad(nll, leaves, grad_outputs=weights, create_graph=second_order)

@@ -79,17 +79,22 @@ def _nll(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
 
 
 def weighted_token_nll(call: ModelCall, batch: TokenBatch, weighter: TokenWeighter | None,
-                       legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       legacy: bool = False, recency: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, T-1] NLL of token j+1, [B, T-1] its weight), both zero where token j+1 is not a target.
 
     Without a weighter every target weighs 1. With one, the weight of token j+1 is read from the last
     hidden state at position j+1, the state that has read that token (`legacy`: from position j, the
     state that predicts it and has not seen it). The weights keep their graph (to the weighter and,
-    through the hidden state, to phi); the inner loop decides what to differentiate.
+    through the hidden state, to phi); the inner loop decides what to differentiate. With `recency`, a
+    row's weights are multiplied by exp(recency * (its place - 1/2)) (`batch.row_place`, 0 to 1).
     """
     logits, hidden = _scored(call, batch, with_hidden=weighter is not None)
     nll = _nll(logits, batch)
     mask = batch.target_mask[:, 1:].to(nll.dtype)
+    if recency:
+        if batch.row_place is None:
+            raise ValueError("a recency-weighted inner loss needs each row's place (TokenBatch.row_place)")
+        mask = mask * torch.exp(recency * (batch.row_place.to(nll.dtype) - 0.5))[:, None]
     if weighter is None:
         return nll, mask
     return nll, weighter(hidden[:, :-1] if legacy else hidden[:, 1:]).to(nll.dtype) * mask

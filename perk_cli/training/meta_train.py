@@ -99,11 +99,12 @@ RESUME_CHOICES = ("max_steps", "tasks_per_forward", "save_minutes", "max_minutes
 INHERITED = ("lora", "inner", "prompt")  # what --init-from fixes (the base is the checkpoint's unless named)
 # ... except these: the outer loss's target and the decoding cap are no meta-parameters (the LoRA init, step
 # sizes and weighter act on the document), so a new stage may change them, e.g. plain answers -> support;
-# nor is how meta-training numbers segments (test time numbers them 0..N-1 either way).
+# nor is how meta-training numbers segments (test time numbers them 0..N-1 either way). A stage may also
+# weigh later segments up (recency): a fixed rule of the inner step the meta-parameters then learn under.
 # So may the number of inner steps (the step sizes follow it, steps the checkpoint lacks starting at the
 # run's lr_init: fit_step_sizes) and how the meta-gradient flows through them.
 STAGE_CHOICES = {"prompt": ("answer_format", "max_answer_tokens", "segment_ids"),
-                 "inner": ("steps", "lr_init", "unroll", "unroll_start")}
+                 "inner": ("steps", "lr_init", "unroll", "unroll_start", "recency")}
 
 
 def fixed_by_checkpoint(section: str, key: str) -> bool:

@@ -1,9 +1,9 @@
-"""Accumulation groups equal the unsplit step; the func and higher engines agree."""
+"""Accumulation groups equal the unsplit step (recency-weighted too); the func and higher engines agree."""
 
 import pytest
 import torch
 
-from perk_cli.engine.batches import MetaTask
+from perk_cli.engine.batches import MetaTask, TokenBatch
 from tests.conftest import meta_grads, random_batch, seeded_meta
 
 
@@ -34,6 +34,24 @@ def test_accumulation_groups_equal_the_unsplit_loop(micro_peft, unroll):
     for a, b in zip(whole[2], split[2]):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_accumulation_groups_keep_each_segments_place_under_recency(micro_peft):
+    batch = random_batch(6, 12, seed=4, pad_first=5)
+    placed = TokenBatch(batch.input_ids, batch.attention_mask, batch.target_mask,
+                        row_place=torch.linspace(0, 1, 6))
+    task = MetaTask(placed, random_batch(1, 7, seed=3, prefix=4))
+    whole = _grads(_meta(micro_peft, unroll="truncated", recency=2.0), task)
+    split = _grads(_meta(micro_peft, unroll="truncated", recency=2.0, max_tokens_per_group=24), task)
+    groups = placed.split(24)
+    assert [len(g.row_place) for g in groups] == [2, 2, 2]
+    assert torch.cat([g.row_place for g in groups]).tolist() == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert split[0] == pytest.approx(whole[0], rel=1e-12)
+    for a, b in zip(whole[2], split[2]):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    plain = _grads(_meta(micro_peft, unroll="truncated"), task)
+    assert whole[0] != pytest.approx(plain[0], rel=1e-6)  # the places did change the memory
 
 
 def test_test_time_path_equals_the_differentiable_values_and_keeps_no_graph(micro_peft):

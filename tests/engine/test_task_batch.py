@@ -91,6 +91,15 @@ def test_with_answer_tokens_weighed_up():
     assert weighed[0] == pytest.approx(plain[0], rel=1e-12) and weighed[1:] != pytest.approx(plain[1:], rel=1e-3)
 
 
+def test_with_recency_each_task_keeps_its_own_segments_places():
+    batch = tasks([(4, 10, 7), (2, 7, 9), (3, 12, 6)])
+    for task in batch:
+        rows = task.context.input_ids.shape[0]
+        task.context = TokenBatch(task.context.input_ids, task.context.attention_mask, task.context.target_mask,
+                                  row_place=torch.arange(rows, dtype=torch.float32) / (rows - 1))
+    compare(meta_for("gpt2", unroll="truncated", unroll_start=1, recency=2.0), batch, 1e-8)
+
+
 def test_legacy_weighting_runs_one_by_one():
     meta = meta_for("gpt2", weighting_mode="legacy")
     batch = tasks([(2, 8, 7), (3, 9, 7)])
