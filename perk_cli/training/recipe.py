@@ -250,21 +250,32 @@ def _open_config() -> RunConfig:
     return config.model_copy(update={"train": train})
 
 
+def _recency_config() -> RunConfig:
+    """The fourth stage: the inner step weighs later segments up (recency 2), at a continuation's lower rate."""
+    config = _open_config()
+    return config.model_copy(update={
+        "inner": config.inner.model_copy(update={"recency": 2.0}),
+        "train": config.train.model_copy(update={"max_steps": 60, "lr": 3e-4, "warmup_steps": 5})})
+
+
 def qa1_open_recipe() -> Recipe:
     """qa1 for documents the generator's first layout never showed: from the shipped qa1-reader, 40 steps in
     the open layout, a reading base fine-tuned on that layout, 40 more steps over it (experiments/LOG.md,
-    2026-12-07, "over a reading base of the open layout")."""
+    2026-12-07, "over a reading base of the open layout"), then 60 under a recency-weighted inner step on
+    fresh stories ("later segments weighed up")."""
     return Recipe(
         name="qa1-open",
         description="PERK on qa1 in the open layout (held-out names, real prose, no order tags): 40 steps from "
-                    "the shipped qa1-reader, a reading base fine-tuned 40 steps on that layout, 40 steps over it",
-        minutes=105,  # measured: 37 + 28 + 40 minutes here (experiments/LOG.md)
+                    "the shipped qa1-reader, a reading base fine-tuned 40 steps on that layout, 40 steps over it, "
+                    "60 more with later segments weighed up (recency 2)",
+        minutes=165,  # measured: 37 + 28 + 40 + 60 minutes here (experiments/LOG.md)
         stages=[
             RecipeStage(name="1-open-qa1", data=_open_qa1_data(600, 16, 9101), config=_open_config()),
             ReadingBaseStage(name="2-reading-base", data=_open_qa1_data(800, 40, 9104),
                              reading_base=ReadingBaseSettings(model="smollm2-reader", steps=40, tasks_per_step=8,
                                                               lr=2e-5, bf16=False, delta_rank=16, seed=11)),
             RecipeStage(name="3-open-qa1-reader", data=_open_qa1_data(600, 16, 9101), config=_open_config()),
+            RecipeStage(name="4-open-qa1-recency", data=_open_qa1_data(1200, 16, 9106), config=_recency_config()),
         ],
     )
 

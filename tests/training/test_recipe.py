@@ -257,7 +257,7 @@ def test_perk_recipe_lists_the_recipes_and_refuses_bad_arguments_in_one_line(tmp
     listed = json.loads(out)
     assert code == 0 and {"qa1-reader", "qa1-open"} <= set(listed)
     assert [stage["name"] for stage in listed["qa1-open"]["stages"]] == ["1-open-qa1", "2-reading-base",
-                                                                         "3-open-qa1-reader"]
+                                                                         "3-open-qa1-reader", "4-open-qa1-recency"]
     for args, message in ((["recipe", "qa9"], "NAME qa9: not a recipe name"),
                           (["recipe", "qa1-open"], "--out: where recipe qa1-open writes its stages")):
         code, _, err = run_cli(args, capsys)
@@ -272,13 +272,14 @@ def test_the_qa1_open_recipe_is_what_ran():
     from perk_cli.training.recipe import qa1_open_recipe
 
     recipe = qa1_open_recipe()
-    first, reader, last = recipe.stages
-    for stage, config_file in ((first, "meta-train-config.json"), (last, "over-reader-config.json")):
+    first, reader, over, recency = recipe.stages
+    for stage, config_file in ((first, "meta-train-config.json"), (over, "over-reader-config.json"),
+                               (recency, "order/recency-config.json")):
         recorded = RunConfig.model_validate(upgrade_config(json.loads((GENERAL / config_file).read_text())))
         assert _comparable(stage.config.model_dump(mode="json")) == _comparable(recorded.model_dump(mode="json"))
         assert recorded.train.max_steps >= stage.config.train.max_steps  # ran (or was stopped at) its steps
     for stage, prepared in ((first, "qa1-train-prepare.json"), (reader, "reading-base-data-prepare.json"),
-                            (last, "qa1-train-prepare.json")):
+                            (over, "qa1-train-prepare.json"), (recency, "order/qa1-train2-prepare.json")):
         settings = json.loads((GENERAL / prepared).read_text())["settings"]
         assert {k: v for k, v in stage.data.model_dump(mode="json").items() if k != "out"} == \
                {k: v for k, v in settings.items() if k != "out"}, stage.name
