@@ -2,6 +2,7 @@
 would silently override, and may take another base, answer format or inner-step count."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,33 @@ def test_init_from_lets_a_new_stage_number_its_segments_in_story_order(qa1, tmp_
     trained = [d for d in seen if d is not None]
     assert trained and all(d == list(range(d[0], d[0] + len(d))) for d in trained)
     assert len({d[0] for d in trained}) > 1 and None in seen  # random offsets; validation counts from 0
+
+
+def test_a_stage_may_weigh_later_segments_up_and_adapt_follows_its_checkpoint(qa1, tmp_path, capsys):
+    """--recency is a stage's choice; the checkpoint carries it to `perk adapt` (a memory written with it
+    differs from one written by the same meta-parameters without it)."""
+    from safetensors import safe_open
+
+    start = _source_run(qa1, tmp_path, capsys)
+    code, _, err = run_cli(start + ["--recency", "2", "--out", str(tmp_path / "recent")], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "recent" / "best" / "config.json").read_text())
+    assert config["inner"]["recency"] == 2.0
+    flat = tmp_path / "flat"
+    shutil.copytree(tmp_path / "recent" / "best", flat)
+    config["inner"]["recency"] = 0.0
+    (flat / "config.json").write_text(json.dumps(config))
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Event {i}: Mary went to the kitchen number {i}." for i in range(120)))
+    memories = []
+    for checkpoint in (tmp_path / "recent", flat):
+        out = tmp_path / f"{checkpoint.name}.safetensors"
+        code, _, err = run_cli(["adapt", str(doc), "-o", str(out), "--checkpoint", str(checkpoint), "-q"], capsys)
+        assert code == 0, err
+        with safe_open(str(out), "pt") as f:
+            memories.append({k: f.get_tensor(k) for k in f.keys()})
+    assert memories[0].keys() == memories[1].keys()
+    assert any(not torch.equal(memories[0][k], memories[1][k]) for k in memories[0])
 
 
 def test_init_from_lets_a_new_stage_take_more_inner_steps(qa1, tmp_path, capsys):
