@@ -6,22 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perk_cli import __version__
-from perk_cli.config import EvalSettings, InnerLoopSettings, LoraSettings, PromptSettings, RunConfig, TrainSettings
+from perk_cli.config import EvalSettings
 from perk_cli.evaluation.evaluate import evaluate
-from perk_cli.training.meta_train import meta_train
-from tests.conftest import prepared_qa1
+from tests.conftest import one_step_run, prepared_qa1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "recency.py"
 
 
 def test_each_bias_scores_the_checkpoint_under_that_recency(tmp_path_factory, tmp_path):
     data = prepared_qa1(tmp_path_factory, train=8, validation=4, test=0, seed=2)
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=2, alpha=4),
-                       inner=InnerLoopSettings(steps=2, lr_init=1e-2), prompt=PromptSettings(segment_tokens=16),
-                       train=TrainSettings(max_steps=1, tasks_per_batch=1, eval_tasks=1, train_base=True,
-                                           baseline=False, eval_decode=False))
-    meta_train(config, data, tmp_path / "run")
+    one_step_run(data, tmp_path / "run")
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "run"), str(data), "--bias", "0,6",
                            "-o", str(tmp_path / "probe")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
