@@ -131,7 +131,8 @@ class InnerLoopSettings(_Settings):
 # (the first subtask is a task name's default: `--task babi` means babi:qa1).
 READERS = ("babilong", "student-records", "longgorilla", "jsonl")
 SUBTASKS = {"babi": ("qa1", "qa2", "qa3"), "records": ("recall", "relation", "aggregate")}
-TASKS = READERS + tuple(SUBTASKS)
+MIX = "mix"
+TASKS = READERS + tuple(SUBTASKS) + (MIX,)
 # What `--task` accepts as a name: babi, babi:qa2, ..., records, records:relation, ...
 TASK_NAMES = tuple(f"{family}:{sub}" if i else family for family, subs in SUBTASKS.items() for i, sub in enumerate(subs))
 
@@ -140,10 +141,12 @@ class PrepareSettings(_Settings):
     """How `perk prepare` builds a task directory (saved in its prepare.json)."""
 
     task: Literal[TASKS] = Field(
-        description=f"Read {' | '.join(READERS)} files, or generate {' | '.join(SUBTASKS)} tasks."
+        description=f"Read {' | '.join(READERS)} files, generate {' | '.join(SUBTASKS)} tasks, or {MIX} "
+        "prepared directories (--input A,B,...) into one, task by task."
     )
     out: str = Field(description="Output directory for train/validation/test.jsonl and prepare.json.")
-    input: str | None = Field(None, description="File or directory of records (reader tasks).")
+    input: str | None = Field(None, description="File or directory of records (reader tasks); for --task mix, a "
+                              "comma list of prepared task directories.")
     hub: str | None = Field(None, description="Hugging Face dataset id, e.g. RMT-team/babilong.")
     hub_config: str | None = Field(None, description="Hub dataset config, e.g. 1k.")
     hub_split: str | None = Field(None, description="Hub dataset split, e.g. qa1.")
@@ -206,6 +209,11 @@ class PrepareSettings(_Settings):
                 raise ValueError("--train, --validation and --test are all 0: nothing to generate")
             if self.task == "records" and self.records is not None and self.length is not None:
                 raise ValueError("give --records or --length, not both")
+        elif self.task == MIX:
+            if self.input is None or self.hub is not None:
+                raise ValueError("--task mix joins prepared directories: give them as --input A,B,...")
+            if len([p for p in self.input.split(",") if p.strip()]) < 2:
+                raise ValueError("--task mix: --input needs at least two prepared directories, comma separated")
         else:
             if (self.input is None) == (self.hub is None):
                 raise ValueError(f"--task {self.task} reads records: give exactly one of --input or --hub")
