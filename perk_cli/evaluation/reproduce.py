@@ -174,6 +174,9 @@ def recipe_settings(recipe, args: SimpleNamespace) -> tuple[str, str, int, int]:
                         "one fixed base, so give it a recipe of meta-training stages only")
     first = recipe.stages[0]
     data, config = first.data, first.config
+    if isinstance(data, list):
+        raise PerkError(f"--recipe {recipe.name}: its first stage trains on a mixture; perk reproduce compares the "
+                        "methods on one family, so give it a recipe whose first stage has one")
     family = next((name for name, (task, subtask, _) in FAMILIES.items()
                    if task == data.task and subtask == data.subtask), None)
     if family is None:

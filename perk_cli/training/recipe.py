@@ -47,7 +47,8 @@ class RecipeStage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=STAGE_NAME, description="Directory name of the stage.")
-    data: PrepareSettings = Field(description="Its tasks; `out` is replaced by OUT/data/<name>.")
+    data: PrepareSettings | list[PrepareSettings] = Field(
+        description="Its tasks; `out` is replaced by OUT/data/<name> (a list: each part prepared, then mixed).")
     config: RunConfig = Field(description="Its run; from the second stage on it starts from the previous best/.")
 
 
@@ -57,8 +58,10 @@ class ReadingBaseStage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=STAGE_NAME, description="Directory name of the stage.")
-    data: PrepareSettings = Field(description="Its tasks; `out` is replaced by OUT/data/<name>.")
-    reading_base: ReadingBaseSettings = Field(description="Its settings; `task` and `out` are filled in.")
+    data: PrepareSettings | list[PrepareSettings] = Field(
+        description="Its tasks; `out` is replaced by OUT/data/<name> (a list: each part prepared, then mixed).")
+    reading_base: ReadingBaseSettings = Field(description="Its settings; `task` and `out` are filled in (after "
+                                                          "another reading-base stage, `model` too: it continues it).")
 
 
 class Recipe(BaseModel):
@@ -113,10 +116,53 @@ def stage_configs(recipe: Recipe, out: Path) -> list[tuple[RecipeStage, Path, Ru
     return planned
 
 
+def stage_parts(data: PrepareSettings | list[PrepareSettings], data_dir: Path) -> list[PrepareSettings]:
+    """A stage's prepare settings with their output directories: one part into `data_dir`, or each of a
+    list into OUT/data/<stage>.parts/<i>-<subtask>, mixed into `data_dir` afterwards."""
+    if isinstance(data, PrepareSettings):
+        return [data.model_copy(update={"out": str(data_dir)})]
+    parts = data_dir.parent / f"{data_dir.name}.parts"
+    return [part.model_copy(update={"out": str(parts / f"{i}-{part.subtask}")}) for i, part in enumerate(data)]
+
+
+def prepare_stage_data(data: PrepareSettings | list[PrepareSettings], data_dir: Path) -> None:
+    """Prepare a stage's tasks into `data_dir`, skipping every part already prepared (a stopped recipe
+    continues); a list of parts is mixed task by task (`perk prepare --task mix`)."""
+    from perk_cli.prepare import prepare
+
+    parts = stage_parts(data, data_dir)
+    for part in parts:
+        if not (Path(part.out) / "prepare.json").is_file():
+            prepare(part)
+    if len(parts) > 1 and not (data_dir / "prepare.json").is_file():
+        prepare(PrepareSettings(task="mix", input=",".join(part.out for part in parts), model=parts[0].model,
+                                out=str(data_dir)))
+
+
+def _training_tasks(data: PrepareSettings | list[PrepareSettings]) -> int:
+    return data.train if isinstance(data, PrepareSettings) else sum(part.train for part in data)
+
+
+def reading_base_settings(recipe: Recipe, out: Path) -> dict[str, ReadingBaseSettings]:
+    """Each reading-base stage's settings as `run_recipe` trains it: a stage after another reading-base
+    stage starts from that one's model (OUT/<previous>/model)."""
+    settings, previous = {}, None
+    for stage in recipe.stages:
+        if isinstance(stage, ReadingBaseStage):
+            update = {"task": str(out / "data" / stage.name), "out": str(out / stage.name)}
+            if previous:
+                update["model"] = str(out / previous / "model")
+            settings[stage.name] = stage.reading_base.model_copy(update=update)
+            previous = stage.name
+    return settings
+
+
 def run_reading_base_stage(stage: ReadingBaseStage, data_dir: Path, run_dir: Path, say: Callable[[str], None] = print,
-                           header: str = "", on_step: Callable[[int, int, dict], None] | None = None) -> tuple[dict, bool]:
+                           header: str = "", on_step: Callable[[int, int, dict], None] | None = None,
+                           settings: ReadingBaseSettings | None = None) -> tuple[dict, bool]:
     """Fine-tune the stage's reading base into `run_dir` (OUT/<stage>/model), or read back the finished one
-    (done.json); one stopped before it finished starts again. Returns ({"steps", "gate"}, done before)."""
+    (done.json); one stopped before it finished starts again. `settings` replaces the stage's own (as
+    `reading_base_settings` fills them in). Returns ({"steps", "gate"}, done before)."""
     from perk_cli.training.reading_base import train_reading_base
 
     done = run_dir / "done.json"
@@ -124,7 +170,7 @@ def run_reading_base_stage(stage: ReadingBaseStage, data_dir: Path, run_dir: Pat
         return json.loads(done.read_text()), True
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a reading base saves nothing to continue from before it finishes
-    settings = stage.reading_base.model_copy(update={"task": str(data_dir), "out": str(run_dir)})
+    settings = (settings or stage.reading_base).model_copy(update={"task": str(data_dir), "out": str(run_dir)})
     say(f"{header + ': ' if header else ''}fine-tuning the reading base for {settings.steps} steps into {run_dir}")
     report = train_reading_base(settings, say=lambda line: say(f"{header}: {line}" if header else line),
                                 on_step=(lambda step, total, loss: on_step(step, total, {"answer_loss": loss}))
@@ -159,8 +205,6 @@ def run_stage(config: RunConfig, data_dir: Path, run_dir: Path, say: Callable[[s
 def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
                on_step: StageCallback | None = None) -> RecipeResult:
     """Run (or continue) every stage of `recipe` in `out`; returns the last stage's best/ checkpoint."""
-    from perk_cli.prepare import prepare
-
     recipe_file = out / "recipe.json"
     if recipe_file.is_file():
         try:
@@ -177,16 +221,17 @@ def run_recipe(recipe: Recipe, out: Path, say: Callable[[str], None] = print,
     recipe_file.write_text(recipe.model_dump_json(indent=2) + "\n")
     result = RecipeResult(out=out, checkpoint=out / recipe.meta_stages()[-1].name / "best")
     configs = {stage.name: config for stage, _, config in stage_configs(recipe, out)}
+    bases = reading_base_settings(recipe, out)
     for index, stage in enumerate(recipe.stages, start=1):
         run_dir, data_dir = out / stage.name, out / "data" / stage.name
         header = f"stage {index}/{len(recipe.stages)} ({stage.name})"
         if not (data_dir / "prepare.json").is_file():
-            say(f"{header}: preparing {stage.data.train} training tasks in {data_dir}")
-            prepare(stage.data.model_copy(update={"out": str(data_dir)}))
+            say(f"{header}: preparing {_training_tasks(stage.data)} training tasks in {data_dir}")
+            prepare_stage_data(stage.data, data_dir)
         if isinstance(stage, ReadingBaseStage):
             summary, before = run_reading_base_stage(
                 stage, data_dir, run_dir, say, header,
-                (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None)
+                (lambda s, t, m, name=stage.name: on_step(name, s, t, m)) if on_step else None, bases[stage.name])
             if before:
                 say(f"{header}: done before ({summary['steps']} steps)")
         else:
@@ -280,8 +325,39 @@ def qa1_open_recipe() -> Recipe:
     )
 
 
+def _open_mix_data(train: int, validation: int, seed: int) -> list[PrepareSettings]:
+    """qa1 (4 facts), qa2 (6), qa3 (8) in the open layout at 128/512/1,024 tokens and six-record recall
+    databases with open-vocabulary students, seeds seed..seed+3, mixed task by task."""
+    babi = [PrepareSettings(task="babi", subtask=subtask, facts=facts, length=[128, 512, 1024], segment_tokens=64,
+                            model="smollm2-reader", train=train, validation=validation, test=0, seed=seed + i, out="-")
+            for i, (subtask, facts) in enumerate((("qa1", 4), ("qa2", 6), ("qa3", 8)))]
+    recall = PrepareSettings(task="records", subtask="recall", records=6, model="smollm2-reader", train=train,
+                             validation=validation, test=0, seed=seed + 3, out="-")
+    return [*babi, recall]
+
+
+def open_mix_recipe() -> Recipe:
+    """Several kinds of question in one memory: the qa1-open recipe, then its reading base continued on a
+    mixture of qa1, qa2, qa3 and recall, and 60 meta-steps on a fresh mixture over that base from the
+    qa1-open checkpoint (experiments/LOG.md, 2026-12-07, "several kinds of question in one memory")."""
+    qa1 = qa1_open_recipe()
+    return Recipe(
+        name="open-mix",
+        description="qa1-open's four stages, then its reading base continued 60 steps on a mixture of qa1, qa2, "
+                    "qa3 and six-record recall, and 60 meta-steps on a fresh mixture over it (recency 2)",
+        minutes=qa1.minutes + 100,  # measured: 45 + 55 minutes here for the two added stages (experiments/LOG.md)
+        stages=[
+            *qa1.stages,
+            ReadingBaseStage(name="5-reading-base-mix", data=_open_mix_data(500, 10, 9411),
+                             reading_base=ReadingBaseSettings(model="smollm2-reader", steps=60, tasks_per_step=8,
+                                                              lr=3e-5, bf16=False, delta_rank=16, seed=12)),
+            RecipeStage(name="6-open-mix", data=_open_mix_data(600, 4, 9421), config=_recency_config()),
+        ],
+    )
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {"qa1-reader": qa1_reader_recipe,  # by name (perk reproduce --recipe)
-                                            "qa1-open": qa1_open_recipe}
+                                            "qa1-open": qa1_open_recipe, "open-mix": open_mix_recipe}
 
 
 def load_recipe(value: str, option: str = "--recipe") -> Recipe:

@@ -1,6 +1,7 @@
 """perk_cli.training.recipe: stages chained by their best/ checkpoints, resumable, and the shipped recipe."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,45 @@ def test_a_reading_base_stage_fine_tunes_the_base_the_later_stages_run_over(tmp_
     run_recipe(recipe, tmp_path / "r", say=said.append)
     assert any("stage 1/2 (reader): fine-tuning the reading base" in m for m in said)
     assert any("stage 2/2 (perk): done before" in m for m in said)
+
+
+def _ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_a_stage_of_several_parts_trains_on_their_mixture_and_keeps_the_parts(tmp_path):
+    stage = tiny_stage("mixed", seed=11)
+    qa1 = stage.data
+    stage.data = [qa1, qa1.model_copy(update={"subtask": "qa2", "facts": 3, "seed": 12})]
+    recipe = Recipe(name="mixture", description="two subtasks", minutes=1.0, stages=[stage])
+    said = []
+    run_recipe(recipe, tmp_path / "r", say=said.append)
+    data, parts = tmp_path / "r" / "data" / "mixed", tmp_path / "r" / "data" / "mixed.parts"
+    assert any("preparing 8 training tasks" in m for m in said)
+    assert sorted(p.name for p in parts.iterdir()) == ["0-qa1", "1-qa2"]
+    assert json.loads((parts / "1-qa2" / "prepare.json").read_text())["settings"]["seed"] == 12
+    assert _ids(data / "train.jsonl") == [f"{sub}-train-{i:05d}" for i in range(4) for sub in ("qa1", "qa2")]
+    assert json.loads((tmp_path / "r" / "mixed" / "config.json").read_text())["task"] == str(data)
+    # a recipe stopped after its parts were prepared mixes them without preparing them again
+    before = (parts / "0-qa1" / "train.jsonl").stat().st_mtime_ns
+    for path in (data, tmp_path / "r" / "mixed"):
+        shutil.rmtree(path)
+    run_recipe(recipe, tmp_path / "r", say=lambda m: None)
+    assert (parts / "0-qa1" / "train.jsonl").stat().st_mtime_ns == before and (data / "prepare.json").is_file()
+
+
+def test_a_second_reading_base_stage_continues_the_first(tmp_path):
+    from perk_cli.training.recipe import reading_base_settings
+
+    recipe = Recipe(name="two-readers", description="a reading base continued", minutes=1.0,
+                    stages=[reading_stage("r1"), reading_stage("r2", seed=22), tiny_stage("perk", seed=11)])
+    planned = reading_base_settings(recipe, tmp_path / "r")
+    assert planned["r1"].model == "tiny" and planned["r2"].model == str(tmp_path / "r" / "r1" / "model")
+    run_recipe(recipe, tmp_path / "r", say=lambda m: None)
+    ran = json.loads((tmp_path / "r" / "r2" / "reading_base.json").read_text())["recipe"]
+    assert ran["model"] == str(tmp_path / "r" / "r1" / "model") and ran["task"] == str(tmp_path / "r" / "data" / "r2")
+    config = json.loads((tmp_path / "r" / "perk" / "config.json").read_text())
+    assert config["model"]["name"] == str(tmp_path / "r" / "r2" / "model")
 
 
 def test_a_first_stage_starts_from_its_own_init_from(tmp_path):
