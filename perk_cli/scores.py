@@ -61,17 +61,18 @@ def position_bucket(position: float | None) -> str:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """EM/F1 per method, overall and by length and position bucket."""
+    """EM/F1 per method, overall and by length bucket, position bucket and task family (rows written
+    before families were recorded count as 'unknown')."""
     out: dict = {}
     for method in sorted({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == method]
         entry = {"n": len(mine), "em": statistics.mean(r["correct"] for r in mine),
                  "f1": statistics.mean(r["f1"] for r in mine),
                  "failures": sum(1 for r in mine if r.get("note"))}
-        for key in ("length_bucket", "position_bucket"):
+        for key in ("length_bucket", "position_bucket", "family"):
             groups = defaultdict(list)
             for r in mine:
-                groups[r[key]].append(r)
+                groups[r.get(key) or "unknown"].append(r)
             entry[f"by_{key.removesuffix('_bucket')}"] = {
                 k: {"n": len(v), "em": statistics.mean(x["correct"] for x in v)} for k, v in sorted(groups.items())}
         out[method] = entry

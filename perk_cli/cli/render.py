@@ -23,15 +23,18 @@ def prepare_table(settings: PrepareSettings, summary: dict) -> Table:
 
 
 def eval_table(settings: EvalSettings, report: dict) -> Table:
-    """EM and F1 per method, EM by context-length bucket, and the failures."""
+    """EM and F1 per method, EM by context-length bucket and (in a mixture) by family, and the failures."""
     table = Table(title=escape(f"{settings.task} [{settings.split}], {report['n_tasks']} tasks"))
     buckets = sorted({b for m in report["methods"].values() for b in m["by_length"]},
                      key=lambda b: (b == "unknown", int(b) if b.isdigit() else 0))
-    for column in ["method", "EM", "F1", *[f"EM@{b}" for b in buckets], "failures"]:
+    families = sorted({f for m in report["methods"].values() for f in m.get("by_family", {})})
+    families = families if len(families) > 1 else []
+    for column in ["method", "EM", "F1", *[f"EM@{b}" for b in buckets], *[escape(f) for f in families], "failures"]:
         table.add_column(column, justify="left" if column == "method" else "right")
     for method, m in report["methods"].items():
         table.add_row(method, f"{m['em']:.3f}", f"{m['f1']:.3f}",
                       *[f"{m['by_length'][b]['em']:.3f}" if b in m["by_length"] else "-" for b in buckets],
+                      *[f"{m['by_family'][f]['em']:.3f}" if f in m["by_family"] else "-" for f in families],
                       str(m["failures"]))
     return table
 

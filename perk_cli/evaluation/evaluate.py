@@ -146,7 +146,8 @@ def evaluate(settings: EvalSettings, on_task: TaskCallback | None = None, resume
             base = {"id": task.id, "question": task.question, "gold": task.answer,
                     "length_tokens": meta.length_tokens if meta else None,
                     "length_bucket": length_bucket(meta.length_tokens if meta else None),
-                    "position_bucket": position_bucket(meta.position if meta else None)}
+                    "position_bucket": position_bucket(meta.position if meta else None),
+                    "family": (meta.family if meta else None) or "unknown"}
 
             def record(method: str, answer: str, raw: str, loss: float | None = None, note: str = "",
                        **extra) -> None:

@@ -107,3 +107,29 @@ def test_eval_inner_steps_adapts_as_the_checkpoint_saved_with_that_count_does(qa
     assert all(abs(a - b) > 1e-6 for a, b in zip(losses("ev3"), losses("ev2")))  # and the third step changed the memory
     code, _, err = run_cli(["eval", "--checkpoint", str(run), "--inner-steps", "0", *common], capsys)
     assert code == 2 and "--inner-steps" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_on_a_mixture_scores_each_family_apart(qa1, tmp_path, capsys):
+    from perk_cli.config import PrepareSettings
+    from perk_cli.prepare import prepare
+
+    qa2 = tmp_path / "qa2"
+    prepare(PrepareSettings(task="babi", subtask="qa2", facts=3, out=str(qa2), segment_tokens=32, train=0,
+                            validation=0, test=3, seed=6))
+    code, _, err = run_cli(["prepare", "--task", "mix", "--input", f"{qa1},{qa2}", "-o", str(tmp_path / "mix")], capsys)
+    assert code == 0, err
+    meta_train(_config(max_steps=1, eval_every=1, baseline=False), qa1, tmp_path / "run")
+    code, out, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(tmp_path / "mix"),
+                              "--max-new-tokens", "3", "--baselines", "", "--out", str(tmp_path / "ev"), "--json"],
+                           capsys)
+    assert code == 0, err
+    rows = [json.loads(l) for l in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["family"] for r in rows] == ["babi/qa1", "babi/qa2"] * 3 + ["babi/qa1"] * 5  # 8 and 3, interleaved
+    perk = json.loads(out)["methods"]["perk"]
+    for family in ("babi/qa1", "babi/qa2"):
+        mine = [r["correct"] for r in rows if r["family"] == family]
+        assert perk["by_family"][family] == {"n": len(mine), "em": pytest.approx(sum(mine) / len(mine))}
+    code, out, err = run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--task", str(tmp_path / "mix"),
+                              "--max-new-tokens", "3", "--baselines", "", "--out", str(tmp_path / "ev"), "--resume"],
+                             capsys)  # the finished folder, read back and rendered
+    assert code == 0 and "babi/qa1" in out and "babi/qa2" in out, err
