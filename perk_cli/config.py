@@ -313,6 +313,10 @@ class TrainSettings(_Settings):
         "a task counts when every target token (support facts and eos included) is the top token given the target "
         "before it, i.e. when greedy decoding would reproduce the target exactly. A lower bound on the decoded EM "
         "that costs one forward pass instead of a decode.")
+    split_writes: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of training tasks written into the memory in two calls, as "
+        "`perk adapt --into` grows one: the first rows from the LoRA init, the rest (cut at a random row) from the "
+        "memory the first call left, at the grown memory's step-size scale; the outer loss asks about either part.")
     train_base: bool = Field(False, description="Also train the base model (only sensible for 'tiny').")
     baseline: bool = Field(True, description="Also train the in-context baseline LoRA into the run.")
     seed: int = Field(0, description="Seed of the initialisation and the data order.")
@@ -334,6 +338,13 @@ class RunConfig(_Settings):
     prompt: PromptSettings = PromptSettings()
     train: TrainSettings = TrainSettings()
     task: str | None = Field(None, description="Task directory it was trained on.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.train.split_writes and self.inner.engine == "higher":
+            raise ValueError("train.split_writes: the higher engine always starts from the LoRA init; use engine "
+                             "'func'")
+        return self
 
 
 class EvalSettings(_Settings):

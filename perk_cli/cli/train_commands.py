@@ -175,6 +175,7 @@ def meta_train_command(
     answer_weight: Optional[float] = setting(TrainSettings, "answer_weight"),
     tasks_per_batch: Optional[int] = setting(TrainSettings, "tasks_per_batch"),
     tasks_per_forward: Optional[int] = setting(TrainSettings, "tasks_per_forward"),
+    split_writes: Optional[float] = setting(TrainSettings, "split_writes"),
     max_steps: Optional[int] = setting(TrainSettings, "max_steps"),
     max_minutes: Optional[float] = setting(TrainSettings, "max_minutes"),
     save_minutes: Optional[float] = setting(TrainSettings, "save_minutes"),

@@ -65,6 +65,13 @@ class TokenBatch:
             self.input_ids[start:stop, :width], mask[:, :width], self.target_mask[start:stop, :width], answers, place
         )
 
+    def as_document(self) -> "TokenBatch":
+        """The same rows as a document of their own: places 0 (first row) to 1 (last), as `encode_context`
+        gives a document written alone (a memory grown by it sees it so)."""
+        n = self.input_ids.shape[0]
+        place = torch.arange(n, dtype=torch.float32, device=self.input_ids.device) / max(n - 1, 1)
+        return TokenBatch(self.input_ids, self.attention_mask, self.target_mask, self.answer_mask, place)
+
     def split(self, max_tokens: int | None) -> list["TokenBatch"]:
         """Consecutive groups of rows whose padded size (rows x longest row) stays within `max_tokens`.
 
@@ -115,10 +122,20 @@ def task_of_rows(rows_per_task: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MetaTask:
-    """One meta-training example: context segments to memorise and a question/answer to score."""
+    """One meta-training example: context segments to memorise and a question/answer to score.
+
+    With `first_write` the context is written in two calls, as a memory grows: rows [0, first_write), then
+    the rest starting from the memory the first call left, its step sizes times `grow_scale`."""
 
     context: TokenBatch
     question: TokenBatch
+    first_write: int | None = None
+    grow_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        rows = self.context.input_ids.shape[0]
+        if self.first_write is not None and not 0 < self.first_write < rows:
+            raise ValueError(f"first_write must leave rows for both writes (1..{rows - 1}), got {self.first_write}")
 
     def to(self, device: torch.device | str) -> "MetaTask":
-        return MetaTask(self.context.to(device), self.question.to(device))
+        return MetaTask(self.context.to(device), self.question.to(device), self.first_write, self.grow_scale)

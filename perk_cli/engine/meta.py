@@ -107,15 +107,26 @@ class MetaLearner(nn.Module):
 
     def meta_loss(self, task: MetaTask, answer_weight: float = 1.0) -> tuple[torch.Tensor, InnerResult]:
         """Outer loss CE(answer | question; theta, phi_K), differentiable into Omega (the answer's own
-        tokens weighted `answer_weight`: see losses.answer_scores)."""
-        result = self.inner_loop(task.context, differentiable=True)
+        tokens weighted `answer_weight`: see losses.answer_scores). A task written in two calls
+        (`task.first_write`) chains them: the second starts from the first's phi_K, and the outer loss
+        differentiates through both."""
+        if task.first_write is None:
+            result = self.inner_loop(task.context, differentiable=True)
+        else:
+            rows = task.context.input_ids.shape[0]
+            first = self.inner_loop(task.context.rows(0, task.first_write).as_document(), differentiable=True)
+            second = self.inner_loop(task.context.rows(task.first_write, rows).as_document(), differentiable=True,
+                                     start=first.params, step_scale=task.grow_scale)
+            result = InnerResult(second.params, first.losses + second.losses)
         return self.answer_loss(result.params, task.question, answer_weight), result
 
     def meta_losses(self, tasks: list[MetaTask], answer_weight: float = 1.0) -> list[tuple[torch.Tensor, InnerResult]]:
         """`meta_loss` of each task, the tasks run together: one task-batched inner loop (their context
         rows in one batch, each with its own memory) and one answer forward. The same numbers as one
-        task at a time, to rounding. The `higher` engine and legacy weighting run them one by one."""
-        if len(tasks) == 1 or self.settings.engine == "higher" or self.settings.weighting_mode == "legacy":
+        task at a time, to rounding. The `higher` engine, legacy weighting and tasks written in two calls
+        run them one by one."""
+        if len(tasks) == 1 or self.settings.engine == "higher" or self.settings.weighting_mode == "legacy" \
+                or any(task.first_write is not None for task in tasks):
             return [self.meta_loss(task, answer_weight) for task in tasks]
         n = len(tasks)
         device = tasks[0].context.input_ids.device

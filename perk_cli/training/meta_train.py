@@ -28,7 +28,8 @@ from perk_cli.errors import Interrupted as StoppedByUser
 from perk_cli.errors import PerkError
 from perk_cli.files import recover_directory
 from perk_cli.scores import mean_forced_scores, mean_scores
-from perk_cli.memory import perk_answer, perk_forced
+from perk_cli.engine.batches import MetaTask
+from perk_cli.memory import GROW_STEP_SCALE, perk_answer, perk_forced
 from perk_cli.prompts import answer_lengths, decode_budget, encode_task
 from perk_cli.training import distributed
 from perk_cli.checkpoint import (Runtime, build_runtime, checkpoint_config, fit_step_sizes,
@@ -195,6 +196,15 @@ def _refuse_cut_answers(runtime: Runtime, tasks: list[Task], task_dir: Path) -> 
                         f"{max(lengths)}: set it in --config (prompt: {{max_answer_tokens: N}})")
 
 
+def split_write(task: MetaTask, share: float, rng: random.Random) -> MetaTask:
+    """`task`, written in two calls with probability `share` (train.split_writes): cut at a random row, the
+    second call at the step-size scale a grown memory uses (`perk adapt --into`). A one-row task stays whole."""
+    rows = task.context.input_ids.shape[0]
+    if rows < 2 or not share or rng.random() >= share:
+        return task
+    return MetaTask(task.context, task.question, first_write=rng.randint(1, rows - 1), grow_scale=GROW_STEP_SCALE)
+
+
 def _step_sizes(runtime: Runtime) -> dict:
     lrs = runtime.meta.step_sizes().detach()
     return {"eta_mean": float(lrs.mean()), "eta_min": float(lrs.min()), "eta_max": float(lrs.max())}
@@ -286,9 +296,11 @@ def meta_train(config: RunConfig, task_dir: Path, out: Path, resume: bool = Fals
                 totals = [0.0, 0.0, 0.0]  # outer loss, first and last inner loss (summed over tasks)
                 mine = [(k, index) for k, index in enumerate(indices) if k % world == rank]
                 for start in range(0, len(mine), train.tasks_per_forward):
-                    tasks = [encode_task(runtime.tokenizer, train_tasks[index], config.prompt,
-                                         random.Random(f"{train.seed}/ids/{step}/{k}"),
-                                         max_len=runtime.max_positions).to(runtime.device)
+                    tasks = [split_write(encode_task(runtime.tokenizer, train_tasks[index], config.prompt,
+                                                     random.Random(f"{train.seed}/ids/{step}/{k}"),
+                                                     max_len=runtime.max_positions),
+                                         train.split_writes, random.Random(f"{train.seed}/writes/{step}/{k}")
+                                         ).to(runtime.device)
                              for k, index in mine[start:start + train.tasks_per_forward]]
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
                         outcomes = runtime.meta.meta_losses(tasks, train.answer_weight)

@@ -327,3 +327,28 @@ def test_the_qa1_open_recipe_is_what_ran():
     mine = reader.reading_base.model_dump(mode="json")
     assert {k: ran[k] for k in mine if k not in ("out", "task")} == {k: v for k, v in mine.items()
                                                                      if k not in ("out", "task")}
+
+
+def test_the_open_mix_recipe_is_what_ran():
+    """Its two added stages against the data settings, reading base and run config that the runs of
+    experiments/LOG.md ("several kinds of question in one memory") recorded."""
+    from perk_cli.training.recipe import open_mix_recipe, qa1_open_recipe
+
+    mix = REPO / "experiments" / "results" / "open-mix"
+    recipe = open_mix_recipe()
+    assert recipe.stages[:4] == qa1_open_recipe().stages
+    reader, perk = recipe.stages[4:]
+    for stage, prefix in ((reader, "rbmix"), (perk, "mtmix")):
+        assert [part.subtask for part in stage.data] == ["qa1", "qa2", "qa3", "recall"]
+        for part in stage.data:
+            settings = json.loads((mix / "data" / f"{prefix}-{part.subtask}-prepare.json").read_text())["settings"]
+            assert {k: v for k, v in part.model_dump(mode="json").items() if k != "out"} == \
+                   {k: v for k, v in settings.items() if k != "out"}, (stage.name, part.subtask)
+    ran = json.loads((mix / "reading-base.json").read_text())["recipe"]
+    mine = reader.reading_base.model_dump(mode="json")
+    # the model is the previous reading base's, filled in when the recipe runs (it ran from qa1-open's)
+    assert {k: ran[k] for k in mine if k not in ("out", "task", "model")} == \
+           {k: v for k, v in mine.items() if k not in ("out", "task", "model")}
+    recorded = RunConfig.model_validate(upgrade_config(json.loads((mix / "meta-train-config.json").read_text())))
+    assert _comparable(perk.config.model_dump(mode="json")) == _comparable(recorded.model_dump(mode="json"))
+    assert recorded.train.max_steps >= perk.config.train.max_steps
