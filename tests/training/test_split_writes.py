@@ -16,7 +16,7 @@ from perk_cli.engine.batches import MetaTask
 from perk_cli.memory import GROW_STEP_SCALE, adapt_segments, adapting_runtime
 from perk_cli.prompts import encode_task
 from perk_cli.training.meta_train import split_write
-from tests.conftest import run_cli, tiny_run_config
+from tests.conftest import run_cli
 
 FIRST = "Mary went to the kitchen. John went to the garden. Sandra travelled to the office."
 SECOND = "Mary moved to the hallway. Daniel journeyed to the bedroom. John went back to the kitchen."
