@@ -345,7 +345,7 @@ def open_mix_recipe() -> Recipe:
         name="open-mix",
         description="qa1-open's four stages, then its reading base continued 60 steps on a mixture of qa1, qa2, "
                     "qa3 and six-record recall, and 60 meta-steps on a fresh mixture over it (recency 2)",
-        minutes=qa1.minutes + 100,  # measured: 45 + 55 minutes here for the two added stages (experiments/LOG.md)
+        minutes=qa1.minutes + 82,  # measured here: 36 + 41 minutes for the two added stages, about 5 preparing their data
         stages=[
             *qa1.stages,
             ReadingBaseStage(name="5-reading-base-mix", data=_open_mix_data(500, 10, 9411),
