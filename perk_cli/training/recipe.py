@@ -339,12 +339,15 @@ def _open_mix_data(train: int, validation: int, seed: int) -> list[PrepareSettin
 def open_mix_recipe() -> Recipe:
     """Several kinds of question in one memory: the qa1-open recipe, then its reading base continued on a
     mixture of qa1, qa2, qa3 and recall, and 60 meta-steps on a fresh mixture over that base from the
-    qa1-open checkpoint (experiments/LOG.md, 2026-12-07, "several kinds of question in one memory")."""
+    qa1-open checkpoint (experiments/LOG.md, 2026-12-07, "several kinds of question in one memory?"). The
+    record of an attempt that failed (qa2 / qa3 / recall 0.29 / 0.09 / 0.17 on held-out stories, qa1 0.70),
+    kept so it can be rerun and changed; nothing it makes ships."""
     qa1 = qa1_open_recipe()
     return Recipe(
         name="open-mix",
         description="qa1-open's four stages, then its reading base continued 60 steps on a mixture of qa1, qa2, "
-                    "qa3 and six-record recall, and 60 meta-steps on a fresh mixture over it (recency 2)",
+                    "qa3 and six-record recall, and 60 meta-steps on a fresh mixture over it (recency 2); not "
+                    "shipped: its memory reads qa2, qa3 and recall below chance (docs/results.md)",
         minutes=qa1.minutes + 82,  # measured here: 36 + 41 minutes for the two added stages, about 5 preparing their data
         stages=[
             *qa1.stages,
