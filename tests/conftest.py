@@ -158,6 +158,25 @@ def qa1(tmp_path_factory):
     return prepared_qa1(tmp_path_factory, train=64, validation=8, test=8, seed=5)
 
 
+def random_init_checkpoint(directory, seed: int = 5, prompt: dict | None = None, inner: dict | None = None):
+    """A tiny-preset checkpoint in `directory` whose LoRA init has random B (N(0, 0.05)), so a memory written
+    from it is not the base alone; `prompt` and `inner` set PromptSettings / InnerLoopSettings fields."""
+    from perk_cli import __version__
+    from perk_cli.checkpoint import build_runtime, save_checkpoint
+    from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig
+
+    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
+                       inner=InnerLoopSettings(**(inner or {})), prompt=PromptSettings(**(prompt or {})))
+    torch.manual_seed(seed)
+    runtime = build_runtime(config)
+    with torch.no_grad():
+        for name, param in runtime.meta.lora_init().items():
+            if ".lora_B." in name:
+                param.normal_(0, 0.05)
+    save_checkpoint(directory, config, runtime.state_tensors())
+    return directory
+
+
 def tiny_run_config(**train):
     """A run config those tests start from: a rank-4 LoRA, 2 inner steps, 6 outer steps of 4 tasks; `train`
     overrides TrainSettings fields."""

@@ -7,13 +7,12 @@ import shutil
 import pytest
 import torch
 
-from perk_cli import __version__
-from perk_cli.config import LoraSettings, PromptSettings, RunConfig
+from perk_cli.config import RunConfig
 from perk_cli.data.segment import segment_text
 from perk_cli.memory import GROW_STEP_SCALE, Memory, adapt_text, adapting_runtime
 from perk_cli.prompts import encode_context
 from perk_cli.checkpoint import build_runtime, save_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import random_init_checkpoint, run_cli
 
 FIRST = "Mary went to the kitchen. John went to the garden. Sandra travelled to the office."
 SECOND = "Mary moved to the hallway. Daniel journeyed to the bedroom. John went back to the kitchen."
@@ -21,17 +20,7 @@ SECOND = "Mary moved to the hallway. Daniel journeyed to the bedroom. John went 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt") / "run" / "best"
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
-                       prompt=PromptSettings(segment_tokens=16))
-    torch.manual_seed(5)
-    runtime = build_runtime(config)
-    with torch.no_grad():
-        for name, param in runtime.meta.lora_init().items():
-            if ".lora_B." in name:
-                param.normal_(0, 0.05)
-    save_checkpoint(directory, config, runtime.state_tensors())
-    return directory
+    return random_init_checkpoint(tmp_path_factory.mktemp("ckpt") / "run" / "best", prompt={"segment_tokens": 16})
 
 
 def test_a_grown_memory_continues_the_numbering_and_starts_from_what_it_holds(checkpoint):

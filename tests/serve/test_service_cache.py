@@ -3,27 +3,15 @@ memory whose file changed read again (a file replaced in the store is served as 
 
 import shutil
 
-import torch
-
-from perk_cli import __version__
-from perk_cli.config import LoraSettings, PromptSettings, RunConfig
 from perk_cli.memory import adapt_text, adapting_runtime
 from perk_cli.serve.service import Service
 from perk_cli.serve.store import MemoryStore
-from perk_cli.checkpoint import build_runtime, save_checkpoint
+from tests.conftest import random_init_checkpoint
 
 
 def test_the_cache_keeps_the_most_recent_memories_and_rereads_a_changed_file(tmp_path):
-    checkpoint = tmp_path / "run" / "best"
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
-                       prompt=PromptSettings(segment_tokens=32, max_answer_tokens=4))
-    torch.manual_seed(3)
-    runtime = build_runtime(config)
-    with torch.no_grad():
-        for name, param in runtime.meta.lora_init().items():
-            if ".lora_B." in name:
-                param.normal_(0, 0.05)
-    save_checkpoint(checkpoint, config, runtime.state_tensors())
+    checkpoint = random_init_checkpoint(tmp_path / "run" / "best", seed=3,
+                                        prompt={"segment_tokens": 32, "max_answer_tokens": 4})
     store = MemoryStore(tmp_path / "store")
     writer, origin = adapting_runtime(checkpoint=checkpoint)
     for name, text in (("a", "Mary went to the kitchen."), ("b", "John went to the garden. Mary left."),

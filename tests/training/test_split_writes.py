@@ -7,37 +7,22 @@ import random
 import pytest
 import torch
 
-from perk_cli import __version__
-from perk_cli.checkpoint import build_runtime, save_checkpoint
-from perk_cli.config import InnerLoopSettings, LoraSettings, PromptSettings, RunConfig
 from perk_cli.data.schema import Task
 from perk_cli.data.segment import segment_text
 from perk_cli.engine.batches import MetaTask
 from perk_cli.memory import GROW_STEP_SCALE, adapt_segments, adapting_runtime
 from perk_cli.prompts import encode_task
 from perk_cli.training.meta_train import split_write
-from tests.conftest import run_cli
+from tests.conftest import random_init_checkpoint, run_cli
 
 FIRST = "Mary went to the kitchen. John went to the garden. Sandra travelled to the office."
 SECOND = "Mary moved to the hallway. Daniel journeyed to the bedroom. John went back to the kitchen."
 
 
-def _checkpoint(directory, recency):
-    config = RunConfig(perk_version=__version__, lora=LoraSettings(rank=4, alpha=8),
-                       inner=InnerLoopSettings(recency=recency), prompt=PromptSettings(segment_tokens=16))
-    torch.manual_seed(5)
-    runtime = build_runtime(config)
-    with torch.no_grad():
-        for name, param in runtime.meta.lora_init().items():
-            if ".lora_B." in name:
-                param.normal_(0, 0.05)
-    save_checkpoint(directory, config, runtime.state_tensors())
-    return directory
-
-
 @pytest.mark.parametrize("recency", [0.0, 2.0])
 def test_a_task_written_in_two_calls_is_the_memory_adapt_into_grows(tmp_path, recency):
-    runtime, origin = adapting_runtime(checkpoint=_checkpoint(tmp_path / "ckpt", recency))
+    runtime, origin = adapting_runtime(checkpoint=random_init_checkpoint(tmp_path / "ckpt", prompt={"segment_tokens": 16},
+                                                                     inner={"recency": recency}))
     size = runtime.config.prompt.segment_tokens
     first, second = (segment_text(text, runtime.tokenizer, size) for text in (FIRST, SECOND))
     assert len(first) > 1 and len(second) > 1
