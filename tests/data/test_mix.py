@@ -52,7 +52,10 @@ def test_two_seeds_of_one_subtask_are_told_apart_by_their_directory(tmp_path, ca
 
 def test_bad_mixes_are_refused_in_one_line_naming_the_input(tmp_path, capsys):
     qa1 = _generate(tmp_path, capsys, "qa1", "qa1", 1)
-    other = _generate(tmp_path, capsys, "other", "qa2", 1, "--model", "smollm2")
+    other = _generate(tmp_path, capsys, "other", "qa2", 1)
+    info = json.loads((other / "prepare.json").read_text())
+    info["settings"]["model"] = "smollm2"  # as if cut by another tokenizer (no second one is installed in CI)
+    (other / "prepare.json").write_text(json.dumps(info))
     cases = [
         ([str(qa1)], "needs at least two prepared directories"),
         ([f"{qa1},{tmp_path / 'nope'}"], f"--input {tmp_path / 'nope'}: not a task directory"),

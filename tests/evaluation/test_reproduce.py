@@ -261,5 +261,5 @@ def test_reproduce_refuses_flags_a_recipe_sets(tmp_path):
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run(COMMAND + ["--recipe", "no-such-recipe", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert "--recipe no-such-recipe: not a recipe name (qa1-reader, qa1-open) nor a recipe.json file" in done.stderr
+    assert "--recipe no-such-recipe: not a recipe name (qa1-reader, qa1-open, open-mix) nor a recipe.json file" in done.stderr
     assert not (tmp_path / "r").exists()  # refused before anything was written
