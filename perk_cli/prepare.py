@@ -20,7 +20,7 @@ from perk_cli import __version__
 from perk_cli.config import MIX, SUBTASKS, TASK_NAMES, PrepareSettings
 from perk_cli.data import babi, records
 from perk_cli.data.filler import Filler
-from perk_cli.data.mix import mix_directories, source_settings
+from perk_cli.data.mix import mix_directories
 from perk_cli.data.open_vocab import Vocabulary, vocabulary
 from perk_cli.data.readers import babilong, make_segmenter, read_source
 from perk_cli.data.schema import SPLITS, Task, TaskMeta, write_prepared
@@ -171,7 +171,7 @@ def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict
         source = f"generator:{settings.task}/{settings.subtask}"
     elif settings.task == MIX:
         directories = [Path(p.strip()) for p in settings.input.split(",") if p.strip()]
-        splits = mix_directories(directories)
+        splits, sources = mix_directories(directories)
         source = f"mix:{','.join(map(str, directories))}"
     elif settings.hub is not None:
         splits = _read_hub(settings, make_segmenter(tokenizer, settings.segment_tokens))
@@ -185,7 +185,7 @@ def prepare(settings: PrepareSettings, progress: Progress | None = None) -> dict
     if settings.task in ("babi", "records") and settings.filler == "prose":
         summary["python"] = platform.python_version()  # the prose corpus is this Python's documentation
     if settings.task == MIX:
-        summary["sources"] = {str(d): source_settings(d) for d in directories}
+        summary["sources"] = sources
     for split in SPLITS:
         if split in splits:
             lengths = _lengths(splits[split], tokenizer)

@@ -30,10 +30,12 @@ def interleave(sources: list[list[Task]]) -> list[Task]:
     return [tasks[i] for i in range(longest) for tasks in sources if i < len(tasks)]
 
 
-def mix_directories(directories: list[Path]) -> dict[str, list[Task]]:
-    """Every split present in any source, interleaved. Refuses sources cut by different tokenizers; where
-    two sources share task ids (two seeds of one subtask), every id is prefixed by its directory's name."""
-    models = {str(d): source_settings(d).get("model") for d in directories}
+def mix_directories(directories: list[Path]) -> tuple[dict[str, list[Task]], dict[str, dict]]:
+    """(every split present in any source, interleaved; each source's settings by directory). Refuses
+    sources cut by different tokenizers; where two sources share task ids (two seeds of one subtask), every
+    id is prefixed by its directory's name."""
+    settings = {str(d): source_settings(d) for d in directories}
+    models = {d: one.get("model") for d, one in settings.items()}
     if len(set(models.values())) > 1:
         listed = ", ".join(f"{d} ({m})" for d, m in models.items())
         raise PerkError(f"--input: the directories were prepared with different --model tokenizers ({listed}); "
@@ -52,4 +54,4 @@ def mix_directories(directories: list[Path]) -> dict[str, list[Task]]:
     splits = {split: interleave(per_source) for split, per_source in read.items() if any(per_source)}
     if not splits:
         raise PerkError("--input: none of the directories has a train, validation or test split")
-    return splits
+    return splits, settings

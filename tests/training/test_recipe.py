@@ -217,6 +217,12 @@ def test_reproduce_refuses_a_recipe_with_a_reading_base_stage_in_one_line(tmp_pa
     code, out, err = run_cli(["reproduce", "--recipe", str(path), "-o", str(tmp_path / "out")], capsys)
     assert code != 0 and "has a reading-base stage" in err and "Traceback" not in err
 
+    mixed = tiny_stage("mixed", seed=11)
+    mixed.data = [mixed.data, mixed.data.model_copy(update={"subtask": "qa2", "seed": 12})]
+    path.write_text(Recipe(name="mixture", description="x", minutes=1.0, stages=[mixed]).model_dump_json())
+    code, out, err = run_cli(["reproduce", "--recipe", str(path), "-o", str(tmp_path / "out2")], capsys)
+    assert code != 0 and "its first stage trains on a mixture" in err and len(err.strip().splitlines()) == 1
+
 
 # The recipe of the shipped checkpoint against the configs its three stages recorded when they first ran
 # (the first two on the full reading base, runs/reading-base-2/model, of which smollm2-reader is the delta).
